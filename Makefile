@@ -1,0 +1,29 @@
+# make parity : the parity report on the built-in default models (the main job)
+# make test   : the test suite
+# Both create .venv and install what they need on a fresh machine; quick once set up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build (lies on this project's machines). GPU users: see README, "CUDA install".
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: parity test bench clean setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[jax,torch,test]"
+	touch $(STAMP)
+
+parity: $(STAMP)
+	$(PY) -m parity $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,235 @@
+"""Configuration dataclasses shared by both backends (pure Python, no framework import).
+
+`jax_meanflow.config` and `torch_meanflow.config` re-export this module, so the two
+backends read the same field names and the same defaults by construction.
+
+Defaults follow `configs/default.py` of the official JAX MeanFlow code. The PyTorch
+reference (py-meanflow) differs in a few places; those differences are options whose
+defaults keep the JAX semantics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping, Sequence
+
+# ----------------------------------------------------------------------------------
+# The objective
+# ----------------------------------------------------------------------------------
+
+NOISE_DISTS = ("logit_normal", "uniform")
+GUIDANCE_EQS = ("cfg", "")
+RT_MASKS = ("first", "random")  # which samples get r = t
+TR_SAMPLERS = ("v0", "v1")  # py-meanflow: v0 order then mask, v1 mask then r = min(t, r)
+TANGENTS = ("guided", "v")  # tangent of z in the JVP: v_g (JAX) or plain v (py-meanflow)
+JVP_PATHS = ("jvp", "memory_saving")
+
+
+@dataclass(frozen=True)
+class MeanFlowConfig:
+    """Hyperparameters of the MeanFlow objective (SPEC section 1).
+
+    Every number the loss uses lives here; the loss functions take this object.
+    """
+
+    noise_dist: str = "logit_normal"
+    P_mean: float = -0.4
+    P_std: float = 1.0
+    data_proportion: float = 0.75
+    guidance_eq: str = "cfg"
+    omega: float = 1.0
+    kappa: float = 0.5
+    t_start: float = 0.0
+    t_end: float = 1.0
+    class_dropout_prob: float = 0.1
+    norm_p: float = 1.0
+    norm_eps: float = 0.01
+    # Options of the PyTorch reference (py-meanflow); defaults = JAX semantics.
+    clip_h: bool = True  # clip(t - r, 0, 1) in the target (py-meanflow: no clip)
+    rt_mask: str = "first"  # "first": first floor(B * p) samples; "random": each w.p. p
+    tr_sampler: str = "v0"  # only with rt_mask="random"
+    tangent: str = "guided"
+    jvp_path: str = "jvp"  # "memory_saving": du/dt under no_grad + separate forward (torch)
+    # Sampling
+    num_steps: int = 1
+
+    def __post_init__(self):
+        _check_choice(self, "noise_dist", NOISE_DISTS)
+        _check_choice(self, "guidance_eq", GUIDANCE_EQS)
+        _check_choice(self, "rt_mask", RT_MASKS)
+        _check_choice(self, "tr_sampler", TR_SAMPLERS)
+        _check_choice(self, "tangent", TANGENTS)
+        _check_choice(self, "jvp_path", JVP_PATHS)
+        if not 0.0 <= self.data_proportion <= 1.0:
+            raise ValueError(f"data_proportion must lie in [0, 1], got {self.data_proportion}")
+        if not 0.0 <= self.class_dropout_prob <= 1.0:
+            raise ValueError(f"class_dropout_prob must lie in [0, 1], got {self.class_dropout_prob}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+
+
+# ----------------------------------------------------------------------------------
+# The image network (DiT of the JAX reference)
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """DiT hyperparameters (SPEC section 2). Defaults: DiT-B/4 on 32x32x4 latents."""
+
+    input_size: int = 32
+    patch_size: int = 4
+    in_channels: int = 4
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    frequency_embedding_size: int = 256
+
+    def __post_init__(self):
+        if self.input_size % self.patch_size:
+            raise ValueError(
+                f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+            )
+        if self.hidden_size % 4:
+            raise ValueError("hidden_size must be a multiple of 4 (2-D sin-cos position embedding)")
+
+
+_DIT_SIZES = {  # name: (depth, hidden_size, num_heads), as in the reference's models_dit.py
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "M": (16, 1024, 16),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    f"DiT-{size}/{p}": DiTConfig(depth=d, hidden_size=w, num_heads=h, patch_size=p)
+    for size, (d, w, h) in _DIT_SIZES.items()
+    for p in (2, 4, 8)
+}
+# Tiny presets for tests and the default parity suite.
+DIT_PRESETS["tiny"] = DiTConfig(
+    input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=10
+)
+# Small preset used by the parity suite and the digits trainer (8x8x1 images).
+DIT_PRESETS["small"] = DiTConfig(
+    input_size=8, patch_size=2, in_channels=1, hidden_size=128, depth=4, num_heads=4, num_classes=10
+)
+
+
+# ----------------------------------------------------------------------------------
+# Optimisation
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW + EMA as in the JAX reference (lr 1e-4, b2 0.95, no weight decay, EMA 0.9999)."""
+
+    lr: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # global-norm clip; 0 = off
+    warmup_steps: int = 0
+    ema_decay: float = 0.9999
+
+
+# ----------------------------------------------------------------------------------
+# Presets, overrides by field name, config files
+# ----------------------------------------------------------------------------------
+
+
+def get_preset(table: Mapping[str, Any], name: str, what: str = "preset"):
+    """Look up `name` in a preset table; an unknown name is an error listing the choices."""
+    if name not in table:
+        raise KeyError(f"unknown {what} {name!r}; available: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def _check_choice(obj, name: str, choices: Sequence[str]):
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ValueError(f"{type(obj).__name__}.{name}={value!r} is not one of {list(choices)}")
+
+
+def _parse_value(text: str, typ: Any, key: str):
+    if isinstance(typ, str):
+        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, str)
+    if typ is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}: cannot read {text!r} as a bool")
+    origin = typing.get_origin(typ)
+    if origin in (tuple, list):
+        parsed = json.loads(text) if text.startswith("[") else text.split(",")
+        return tuple(parsed)
+    try:
+        return typ(text)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{key}: cannot read {text!r} as {getattr(typ, '__name__', typ)}") from err
+
+
+def override(cfg, assignments: Sequence[str] | Mapping[str, Any]):
+    """Return a copy of the frozen dataclass `cfg` with fields replaced by name.
+
+    `assignments` is either a mapping {field: value} or strings "field=value" (CLI form).
+    An unknown field is an error that names it and lists the valid ones.
+    """
+    names = {f.name: f for f in fields(cfg)}
+    hints = typing.get_type_hints(type(cfg))
+    if isinstance(assignments, Mapping):
+        items = list(assignments.items())
+    else:
+        items = []
+        for a in assignments:
+            if "=" not in a:
+                raise ValueError(f"override {a!r} is not of the form field=value")
+            k, v = a.split("=", 1)
+            items.append((k.strip(), v.strip()))
+    changes = {}
+    for key, value in items:
+        if key not in names:
+            raise KeyError(
+                f"unknown field {key!r} for {type(cfg).__name__}; valid: {', '.join(sorted(names))}"
+            )
+        changes[key] = _parse_value(value, hints[key], key) if isinstance(value, str) else value
+    return replace(cfg, **changes)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: Mapping[str, Any]):
+    """Build `cls` from a dict; unknown keys are an error naming them."""
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise KeyError(f"unknown field(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+__all__ = [
+    "MeanFlowConfig",
+    "DiTConfig",
+    "DIT_PRESETS",
+    "OptimConfig",
+    "get_preset",
+    "override",
+    "to_dict",
+    "from_dict",
+    "field",
+]
