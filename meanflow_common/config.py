@@ -233,3 +233,88 @@ __all__ = [
     "from_dict",
     "field",
 ]
+
+
+# ----------------------------------------------------------------------------------
+# The action network (FLOWER's flow transformer with the MeanFlow interval h)
+# ----------------------------------------------------------------------------------
+
+POSITION_MODES = ("rope", "learned", "none")  # FLOWER: use_rope / learned table / use_nope
+H_PLACEMENTS = ("adaln", "decoder")
+
+
+@dataclass(frozen=True)
+class FlowerConfig:
+    """FLOWER's flow transformer (SPEC section 3) plus the MeanFlow interval h.
+
+    Defaults are FLOWER's conf/model/flower.yaml with CALVIN's single action space
+    (`eef_delta`, 7-D) and Florence-2-large tokens (1024 features). One action space is
+    modelled; its name only appears in parameter names (`action_encoders.<name>...`).
+
+    h_placement: "adaln" adds stateless_norm(h_embedder(h)) to the global conditioning
+    (every block sees h); "decoder" replaces the action decoder by the seed guide's
+    MeanFlowDecoder (h embedded, concat(features, h_emb) -> MLP -> actions).
+    decoder_hidden_dim 0 means 2 * dit_dim (the guide's choice).
+    """
+
+    action_dim: int = 7
+    act_window_size: int = 10
+    cond_dim: int = 1024
+    dit_dim: int = 1024
+    n_heads: int = 16
+    n_layers: int = 18
+    attn_pdrop: float = 0.1
+    resid_pdrop: float = 0.1
+    mlp_pdrop: float = 0.1
+    position_mode: str = "rope"
+    rope_theta: float = 32.0
+    query_seq_len: int = 100  # FLOWER's RoPE table length: the longest action window
+    lora_dim: int = 256  # each block's adaLN down-projection
+    frequency_embedding_size: int = 256
+    use_proprio: bool = False
+    proprio_dim: int = 7
+    proprio_pdrop: float = 0.2
+    action_space: str = "eef_delta"
+    h_placement: str = "adaln"
+    decoder_hidden_dim: int = 0
+
+    def __post_init__(self):
+        _check_choice(self, "position_mode", POSITION_MODES)
+        _check_choice(self, "h_placement", H_PLACEMENTS)
+        if self.dit_dim % self.n_heads:
+            raise ValueError(f"dit_dim {self.dit_dim} is not a multiple of n_heads {self.n_heads}")
+        if self.position_mode == "rope" and (self.dit_dim // self.n_heads) % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {self.dit_dim // self.n_heads}")
+        if self.position_mode == "rope" and self.act_window_size > self.query_seq_len:
+            raise ValueError(
+                f"act_window_size {self.act_window_size} exceeds query_seq_len {self.query_seq_len}"
+            )
+        if self.frequency_embedding_size % 2:
+            raise ValueError("frequency_embedding_size must be even")
+        if not self.action_space.isidentifier():
+            raise ValueError(f"action_space {self.action_space!r} must be an identifier")
+        for name in ("action_dim", "act_window_size", "cond_dim", "n_layers", "lora_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def decoder_hidden(self) -> int:
+        """Hidden width of the "decoder" h placement's MLP."""
+        return self.decoder_hidden_dim or 2 * self.dit_dim
+
+
+FLOWER_PRESETS: dict[str, FlowerConfig] = {
+    # conf/model/flower.yaml: D 1024, 16 heads, 18 layers, RoPE theta 32, dropout 0.1
+    "default": FlowerConfig(),
+    # FLOWERVLA's constructor defaults (Florence-2-base tokens, learned positions)
+    "base": FlowerConfig(cond_dim=768, dit_dim=512, n_heads=16, n_layers=12, position_mode="learned"),
+    # CPU-sized: the parity suite and quick training runs
+    "small": FlowerConfig(cond_dim=128, dit_dim=128, n_heads=4, n_layers=4, lora_dim=64),
+    # tests
+    "tiny": FlowerConfig(
+        action_dim=3, act_window_size=4, cond_dim=24, dit_dim=32, n_heads=2, n_layers=2,
+        lora_dim=16, frequency_embedding_size=32, proprio_dim=5, decoder_hidden_dim=48,
+    ),
+}
+
+__all__ += ["FlowerConfig", "FLOWER_PRESETS", "POSITION_MODES", "H_PLACEMENTS"]
