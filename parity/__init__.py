@@ -1,0 +1,1 @@
+"""Parity suite: the only package importing both backends (conversion, inputs, comparison, report)."""
