@@ -1,0 +1,50 @@
+"""MeanFlow sampling in PyTorch (SPEC section 1, "Solver"), twin of `jax_meanflow.solver`.
+
+One step from t to r: z_r = z_t - (t - r) u(z_t, t, t - r, y). The schedule runs from
+t = 1 (noise) to 0 (data); one step is 1-NFE generation x = e - u(e, 1, 1, y).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["sampling_schedule", "solver_step", "generate"]
+
+
+def sampling_schedule(num_steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Times [num_steps + 1] from 1.0 down to 0.0, evenly spaced (computed in float64)."""
+    if int(num_steps) != num_steps or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps}")
+    grid = np.linspace(1.0, 0.0, int(num_steps) + 1, dtype=np.float64)
+    return torch.as_tensor(grid, device=device).to(dtype)
+
+
+def solver_step(u_fn: Callable[..., torch.Tensor], z_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor, y) -> torch.Tensor:
+    """z_r [B, ...] = z_t - (t - r) u(z_t, t, t - r, y) with the network in eval mode.
+
+    z_t: [B, ...]; t, r: [B] with t >= r.
+    """
+    b = z_t.shape[0]
+    for name, a in (("t", t), ("r", r)):
+        if tuple(a.shape) != (b,):
+            raise ValueError(f"{name} must have shape [B] = ({b},), got {tuple(a.shape)}")
+    h = t - r
+    u = u_fn(z_t, t, h, y, False)
+    return z_t - h.reshape(b, *([1] * (z_t.dim() - 1))) * u
+
+
+def generate(u_fn: Callable[..., torch.Tensor], e: torch.Tensor, y, num_steps: int = 1) -> torch.Tensor:
+    """Samples [B, ...] from noise e [B, ...] in `num_steps` solver steps (no gradient)."""
+    if not e.is_floating_point():
+        raise TypeError(f"noise e must be floating, got {e.dtype}")
+    schedule = sampling_schedule(num_steps, device=e.device, dtype=e.dtype)
+    b = e.shape[0]
+    z = e
+    with torch.no_grad():
+        for i in range(num_steps):
+            t = schedule[i].expand(b)
+            r = schedule[i + 1].expand(b)
+            z = solver_step(u_fn, z, t, r, y)
+    return z
