@@ -1,0 +1,142 @@
+"""Checkpoint files on both sides, and conversion between them.
+
+- JAX: an orbax checkpoint directory holding the Flax params tree (the official layout,
+  optionally under "params" / "net" / "ema_params" keys).
+- PyTorch: a state dict file (`.pt`, torch.save) or a `.safetensors` file.
+
+`load_params` reads any of them into a JAX-layout numpy tree, checked against the
+architecture's table and a fresh init of the named preset: a checkpoint of another
+architecture or size is an error naming the offending key. Writers never overwrite an
+existing file unless asked (`overwrite=True`), and write through a temporary name.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from parity import convert
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _pick_params(tree: dict, key: str | None) -> dict:
+    """Descend into wrappers that training states add around the params tree."""
+    if key:
+        if key not in tree:
+            raise KeyError(f"checkpoint has no {key!r} entry; top-level keys: {sorted(tree)}")
+        tree = tree[key]
+    for wrapper in ("params", "net"):
+        while isinstance(tree, dict) and set(tree) == {wrapper}:
+            tree = tree[wrapper]
+    if isinstance(tree, dict) and "params" in tree and isinstance(tree["params"], dict):
+        tree = tree["params"]
+        if set(tree) == {"net"}:
+            tree = tree["net"]
+    return tree
+
+
+def read_torch_file(path: str) -> dict[str, np.ndarray]:
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return dict(load_file(path))
+    import torch
+
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+
+
+def read_orbax(path: str) -> dict:
+    import orbax.checkpoint as ocp
+
+    restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
+    return _to_numpy_tree(restored)
+
+
+def _to_numpy_tree(tree):
+    if isinstance(tree, dict):
+        return {k: _to_numpy_tree(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def template_shapes(arch_name: str, model_cfg, side: str) -> dict:
+    """Shapes of a fresh init on `side` ("jax": flat '/'-paths, "torch": state-dict names)."""
+    import jax
+
+    from parity.archs import get_arch
+
+    arch = get_arch(arch_name)
+    if side == "jax":
+        _, init = arch.jax_build(model_cfg)
+        shapes = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), jax.numpy.float32))
+        return {k: tuple(v.shape) for k, v in convert.flatten_tree(shapes).items()}
+    module = arch.torch_build(model_cfg)
+    return {k: tuple(p.shape) for k, p in module.named_parameters()}
+
+
+def load_params(path: str, arch_name: str, model_cfg, key: str | None = None) -> dict:
+    """Any checkpoint -> JAX-layout numpy params tree, validated against `model_cfg`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.isfile(path) and path.endswith(_TORCH_SUFFIXES):
+        sd = read_torch_file(path)
+        tmpl = template_shapes(arch_name, model_cfg, "jax")
+        return convert.torch_to_jax(sd, arch_name, model_cfg, template=tmpl)
+    if os.path.isdir(path):
+        tree = _pick_params(read_orbax(path), key)
+        tmpl = template_shapes(arch_name, model_cfg, "torch")
+        convert.jax_to_torch(tree, arch_name, model_cfg, template=tmpl)  # validates every key and shape
+        return tree
+    raise ValueError(f"{path}: not an orbax directory nor a torch file ({', '.join(_TORCH_SUFFIXES)})")
+
+
+def _check_target(path: str, overwrite: bool):
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; refusing to overwrite it (pass --overwrite)")
+
+
+def save_torch_file(state_dict: dict, path: str, overwrite: bool = False):
+    _check_target(path, overwrite)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+    os.close(fd)
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp)
+    else:
+        import torch
+
+        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def save_orbax(tree: dict, path: str, overwrite: bool = False):
+    import orbax.checkpoint as ocp
+
+    _check_target(path, overwrite)
+    path = os.path.abspath(path)
+    tmp = path + ".part"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    ocp.PyTreeCheckpointer().save(tmp, {"params": tree})
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def convert_file(src: str, dst: str, arch_name: str, model_cfg, key: str | None = None, overwrite: bool = False):
+    """Convert a checkpoint between the two sides; the direction follows the file kinds."""
+    params = load_params(src, arch_name, model_cfg, key=key)
+    if dst.endswith(_TORCH_SUFFIXES):
+        save_torch_file(convert.jax_to_torch(params, arch_name, model_cfg), dst, overwrite)
+    else:
+        save_orbax(params, dst, overwrite)

@@ -1,0 +1,97 @@
+"""One input bundle, generated once in NumPy float64 and cast for each side.
+
+The bundle holds everything random that the objective consumes: data x, conditioning y
+(class labels for the DiT; conditioning tokens for FLOWER), noise e, times (t, r) and the
+class-dropout mask. Both backends get exactly these numbers, so any difference in their
+outputs comes from the implementations, not from the randomness.
+
+Layouts: bundles are stored in the JAX layout (images NHWC). `to_torch_data` /
+`from_torch_data` are the one place where NHWC <-> NCHW happens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from meanflow_common.config import MeanFlowConfig
+
+
+@dataclass(frozen=True)
+class InputBundle:
+    """x, e: [B, ...data] (JAX layout); y: int [B] or dict of arrays; t, r: [B]; drop_mask: bool [B]."""
+
+    arch: str
+    x: np.ndarray
+    y: Any
+    e: np.ndarray
+    t: np.ndarray
+    r: np.ndarray
+    drop_mask: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+
+def to_torch_data(arch: str, a: np.ndarray) -> np.ndarray:
+    """JAX layout -> torch layout (images NHWC -> NCHW; actions unchanged)."""
+    if arch == "dit" and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    return a
+
+
+def from_torch_data(arch: str, a: np.ndarray) -> np.ndarray:
+    """Torch layout -> JAX layout (images NCHW -> NHWC)."""
+    if arch == "dit" and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    return a
+
+
+def sample_tr_numpy(rng: np.random.Generator, batch: int, cfg: MeanFlowConfig):
+    """(t, r) with the reference semantics (SPEC section 1), float64 [B] each.
+
+    The first floor(B * data_proportion) samples get r = t (the "first" mask of the
+    JAX reference); the bundle is explicit randomness, so both sides see the same mask.
+    """
+    if cfg.noise_dist == "logit_normal":
+        draw = lambda: 1.0 / (1.0 + np.exp(-(rng.standard_normal(batch) * cfg.P_std + cfg.P_mean)))  # noqa: E731
+    else:
+        draw = lambda: rng.uniform(size=batch)  # noqa: E731
+    a, b = draw(), draw()
+    t, r = np.maximum(a, b), np.minimum(a, b)
+    n_eq = int(batch * cfg.data_proportion)
+    r[:n_eq] = t[:n_eq]
+    return t, r
+
+
+def drop_mask_numpy(rng: np.random.Generator, batch: int, prob: float) -> np.ndarray:
+    """The first num_drop samples dropped, num_drop ~ Binomial(B, prob).
+
+    At least one sample is dropped when prob > 0 (and one kept when B > 1), so that a
+    parity check exercises both branches of the class dropout.
+    """
+    mask = np.zeros(batch, dtype=bool)
+    if prob <= 0:
+        return mask
+    num_drop = int(rng.binomial(batch, prob))
+    num_drop = min(max(num_drop, 1), max(batch - 1, 1))
+    mask[:num_drop] = True
+    return mask
+
+
+def make_dit_bundle(dit_cfg, cfg: MeanFlowConfig, batch: int, seed: int) -> InputBundle:
+    """Images NHWC [B, H, W, C], labels in [0, num_classes), noise, (t, r), drop mask."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, dit_cfg.input_size, dit_cfg.input_size, dit_cfg.in_channels)
+    x = rng.standard_normal(shape) * 0.5
+    y = rng.integers(0, dit_cfg.num_classes, size=batch)
+    e = rng.standard_normal(shape)
+    t, r = sample_tr_numpy(rng, batch, cfg)
+    drop = drop_mask_numpy(rng, batch, cfg.class_dropout_prob)
+    return InputBundle("dit", x, y, e, t, r, drop)
+
+
+def with_times(bundle: InputBundle, t: np.ndarray, r: np.ndarray) -> InputBundle:
+    return replace(bundle, t=np.asarray(t, np.float64), r=np.asarray(r, np.float64))
