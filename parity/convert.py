@@ -289,7 +289,8 @@ def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, templa
             raise ConversionShapeError(
                 f"{src_side} parameter {key!r}: kind {kind!r} needs rank {rank}, got shape {arr.shape}"
             )
-        out[target] = np.ascontiguousarray((fwd if direction == "j2t" else bwd)(arr))
+        # A fresh writable C-ordered copy: never aliases the source (jax arrays are read-only).
+        out[target] = np.array((fwd if direction == "j2t" else bwd)(arr), order="C", copy=True)
     if template is not None:
         _check_template(out, template, dst_side, table)
     return out
