@@ -81,7 +81,7 @@ def train_step(state: TrainState, loss_fn: Callable, batch, noise, optim_cfg: Op
     metrics = {
         "loss": loss,
         "v_loss": jnp.mean(out.v_loss),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "lr": jnp.asarray(make_lr_schedule(optim_cfg)(state.step)),
     }
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
@@ -90,4 +90,8 @@ def train_step(state: TrainState, loss_fn: Callable, batch, noise, optim_cfg: Op
 
 def make_train_step(loss_fn: Callable, optim_cfg: OptimConfig) -> Callable:
     """A jitted `step(state, batch, noise) -> (new_state, metrics)` with loss_fn bound."""
-    return partial(train_step, loss_fn=loss_fn, optim_cfg=optim_cfg)
+
+    def step(state: TrainState, batch, noise):
+        return train_step(state, loss_fn, batch, noise, optim_cfg)
+
+    return step

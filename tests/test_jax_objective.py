@@ -140,7 +140,8 @@ def test_du_dt_is_the_total_derivative_not_the_partial():
 
     fd = (along(eps) - along(-eps)) / (2 * eps)
     np.testing.assert_allclose(np.asarray(out.du_dt), np.asarray(fd), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(np.asarray(out.du_dt), _du_dt_np(p, np.asarray(z), np.asarray(t), np.asarray(t - r), np.asarray(v_g)), rtol=1e-10)
+    analytic = _du_dt_np(p, *(np.asarray(a) for a in (z, t, t - r, v_g)))
+    np.testing.assert_allclose(np.asarray(out.du_dt), analytic, rtol=1e-10)
     # The seed guide's mistake (zero z-tangent, partial in t) gives something else.
     _, partial = jax.jvp(lambda zz, tt: _u_jax(jax.tree.map(jnp.asarray, p), zz, tt, tt - r, y),
                          (z, t), (jnp.zeros_like(z), jnp.ones_like(t)))
@@ -355,3 +356,19 @@ def test_sample_noise_drop_prefix(prob, lo, hi):
     assert noise.e.shape == (1000, 2, 2, 1) and noise.e.dtype == jnp.float64
     assert noise.t.shape == noise.r.shape == (1000,)
     assert abs(float(noise.e.std()) - 1.0) < 0.05
+
+
+def test_guidance_calls_use_train_false_and_h_zero():
+    """The guidance network calls run in eval mode with h = 0; the JVP call gets `train`."""
+    p = _params()
+    x, y, noise = _inputs(drop=1)
+    calls = []
+
+    def u_fn(z, t, h, yy, train):
+        h_zero = None if isinstance(h, jax.core.Tracer) else bool(np.all(np.asarray(h) == 0))
+        calls.append((train, h_zero, bool(np.all(np.asarray(yy) == NULL))))
+        return _u_jax(jax.tree.map(jnp.asarray, p), z, t, h, yy) + (0.5 if train else 0.0)
+
+    meanflow_loss(u_fn, jnp.asarray(x), jnp.asarray(y), noise, GUIDED, jnp.full((B,), NULL), train=True)
+    assert calls[:2] == [(False, True, True), (False, True, False)]  # v_uncond, v_cond
+    assert [c[:2] for c in calls[2:]] == [(True, None)]  # the single JVP call (traced h)
