@@ -173,6 +173,8 @@ def guidance_velocity(u_fn: UFn, v, z_t, t, y, cfg: MeanFlowConfig, null_y) -> t
         return v
     if null_y is None:
         raise ValueError("guidance_eq='cfg' needs null_y (the null-class label); got None")
+    if cfg.kappa < 0:
+        raise ValueError(f"kappa must be >= 0, got {cfg.kappa}")
     if not torch.is_tensor(y):
         raise TypeError(f"guidance needs tensor labels y, got {type(y).__name__}")
     with torch.no_grad():
@@ -195,7 +197,7 @@ def cond_drop(v, v_g, y, drop_mask, null_y):
     """
     v_g = torch.where(_bcast(drop_mask, v), v, v_g)
     if null_y is None:
-        if bool(drop_mask.any()):
+        if not torch.compiler.is_compiling() and bool(drop_mask.any()):
             raise ValueError("class dropout drew samples to drop but null_y is None")
         return y, v_g
     if not torch.is_tensor(y):
@@ -227,9 +229,13 @@ def _check_inputs(x: torch.Tensor, noise: MeanFlowNoise) -> None:
             raise TypeError(f"noise.{name} has dtype {a.dtype} but x has {x.dtype}; use noise.to(dtype=x.dtype)")
     if noise.drop_mask.dtype != torch.bool:
         raise TypeError(f"noise.drop_mask must be bool, got {noise.drop_mask.dtype}")
-    bad = torch.nonzero(noise.t < noise.r).flatten()
-    if bad.numel():
-        raise ValueError(f"t < r at indices {bad.tolist()}: MeanFlow needs r <= t")
+    if torch.compiler.is_compiling():
+        return  # value checks need the data on the host: skipped in traced code, as in JAX
+    if bool(((noise.t < noise.r) | (noise.r < 0) | (noise.t > 1)).any()):
+        bad = torch.nonzero(noise.t < noise.r).flatten()
+        if bad.numel():
+            raise ValueError(f"t < r at indices {bad[:10].tolist()}: MeanFlow needs 0 <= r <= t <= 1")
+        raise ValueError("times t and r must lie in [0, 1]")
 
 
 def _rng_state(device: torch.device):

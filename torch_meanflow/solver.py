@@ -35,16 +35,28 @@ def solver_step(u_fn: Callable[..., torch.Tensor], z_t: torch.Tensor, t: torch.T
     return z_t - h.reshape(b, *([1] * (z_t.dim() - 1))) * u
 
 
-def generate(u_fn: Callable[..., torch.Tensor], e: torch.Tensor, y, num_steps: int = 1) -> torch.Tensor:
-    """Samples [B, ...] from noise e [B, ...] in `num_steps` solver steps (no gradient)."""
+def _check_schedule(schedule: torch.Tensor) -> None:
+    if schedule.dim() != 1 or schedule.shape[0] < 2:
+        raise ValueError(f"schedule must be 1-D with at least 2 times, got shape {tuple(schedule.shape)}")
+    if bool((schedule[1:] > schedule[:-1]).any()) or schedule.min() < 0 or schedule.max() > 1:
+        raise ValueError(f"schedule must decrease within [0, 1], got {schedule.tolist()}")
+
+
+def generate(u_fn: Callable[..., torch.Tensor], e: torch.Tensor, y, num_steps: int = 1, schedule=None) -> torch.Tensor:
+    """Samples [B, ...] from noise e [B, ...] (time 1) to data (time 0), without gradient.
+
+    schedule: decreasing times [S + 1] in [0, 1] (default `sampling_schedule(num_steps)`
+    in e's dtype); one solver step per interval.
+    """
     if not e.is_floating_point():
         raise TypeError(f"noise e must be floating, got {e.dtype}")
-    schedule = sampling_schedule(num_steps, device=e.device, dtype=e.dtype)
+    if schedule is None:
+        schedule = sampling_schedule(num_steps, device=e.device, dtype=e.dtype)
+    schedule = torch.as_tensor(schedule, dtype=e.dtype, device=e.device)
+    _check_schedule(schedule)
     b = e.shape[0]
     z = e
     with torch.no_grad():
-        for i in range(num_steps):
-            t = schedule[i].expand(b)
-            r = schedule[i + 1].expand(b)
-            z = solver_step(u_fn, z, t, r, y)
+        for i in range(schedule.shape[0] - 1):
+            z = solver_step(u_fn, z, schedule[i].expand(b), schedule[i + 1].expand(b), y)
     return z

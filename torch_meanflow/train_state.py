@@ -24,14 +24,19 @@ LossFn = Callable[[torch.nn.Module, Any, Any], Any]
 
 
 def _warmup_factor(warmup_steps: int) -> Callable[[int], float]:
-    # The step being taken is step + 1, so the first step already moves (lr / warmup_steps).
+    # lr(step) = lr * min(1, step / warmup_steps), step = updates already done, as the JAX
+    # twin's optax.linear_schedule: with warm-up the first update uses lr 0.
     if warmup_steps <= 0:
         return lambda step: 1.0
-    return lambda step: min(1.0, (step + 1) / warmup_steps)
+    return lambda step: min(1.0, step / warmup_steps)
 
 
 def make_optimizer(params, optim_cfg: OptimConfig):
-    """AdamW over `params` and its warm-up scheduler. Returns (optimizer, scheduler)."""
+    """AdamW over `params` and its warm-up scheduler. Returns (optimizer, scheduler).
+
+    The scheduler gives lr * min(1, step / warmup_steps) for the update after `step`
+    updates (constant lr when warmup_steps is 0).
+    """
     optimizer = torch.optim.AdamW(
         params,
         lr=optim_cfg.lr,
