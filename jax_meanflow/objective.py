@@ -137,6 +137,28 @@ def _bcast(a, ndim: int) -> jax.Array:
     return jnp.reshape(a, a.shape + (1,) * (ndim - a.ndim))
 
 
+def _concrete(a) -> np.ndarray | None:
+    """The value of `a` as numpy, or None under tracing (the check is then skipped)."""
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _label_array(y, what: str) -> jax.Array:
+    if not isinstance(y, (jax.Array, np.ndarray)):
+        raise TypeError(f"{what} needs array labels y, got {type(y).__name__}")
+    return jnp.asarray(y)
+
+
+def _null_like(y: jax.Array, null_y) -> jax.Array:
+    null = jnp.asarray(null_y, y.dtype)
+    try:
+        return jnp.broadcast_to(null, y.shape)
+    except ValueError as err:
+        raise ValueError(f"null_y of shape {null.shape} does not broadcast to y {y.shape}") from err
+
+
 def guidance_velocity(u_fn: UFn, v, z_t, t, y, cfg: MeanFlowConfig, null_y) -> jax.Array:
     """The guided velocity v_g [B, ...] (classifier-free guidance folded into the target).
 
@@ -154,8 +176,9 @@ def guidance_velocity(u_fn: UFn, v, z_t, t, y, cfg: MeanFlowConfig, null_y) -> j
         raise ValueError("guidance_eq='cfg' needs null_y (the null conditioning); got None")
     if cfg.kappa < 0:
         raise ValueError(f"kappa must be >= 0, got {cfg.kappa}")
+    y = _label_array(y, "guidance")
+    null_y = _null_like(y, null_y)
     h0 = jnp.zeros_like(t)
-    null_y = jnp.broadcast_to(jnp.asarray(null_y), jnp.shape(y))
     v_uncond = jax.lax.stop_gradient(u_fn(z_t, t, h0, null_y, False))
     in_window = _bcast((t >= cfg.t_start) & (t <= cfg.t_end), v.ndim)
     omega = jnp.where(in_window, jnp.asarray(cfg.omega, v.dtype), jnp.asarray(1.0, v.dtype))
@@ -169,29 +192,30 @@ def guidance_velocity(u_fn: UFn, v, z_t, t, y, cfg: MeanFlowConfig, null_y) -> j
 def cond_drop(v, v_g, y, drop_mask, null_y):
     """Class dropout: where drop_mask [B] is True, y -> null_y and v_g -> v.
 
-    Returns (y_inp of y's shape, v_g [B, ...]).
+    Returns (y_inp of y's shape, v_g [B, ...]). With null_y None, y may be any pytree
+    (e.g. conditioning tokens) as long as no sample is dropped (checked when concrete).
     """
-    y = jnp.asarray(y)
-    if drop_mask.shape != (v.shape[0],) or y.shape[:1] != (v.shape[0],):
-        raise ValueError(
-            f"drop_mask must be [B] and y [B, ...] with B={v.shape[0]}; "
-            f"got drop_mask {drop_mask.shape}, y {y.shape}"
-        )
-    y_inp = jnp.where(_bcast(drop_mask, y.ndim), jnp.asarray(null_y, y.dtype), y)
-    return y_inp, jnp.where(_bcast(drop_mask, v.ndim), v, v_g)
+    if jnp.shape(drop_mask) != (v.shape[0],):
+        raise ValueError(f"drop_mask must have shape [B]=({v.shape[0]},), got {jnp.shape(drop_mask)}")
+    v_g = jnp.where(_bcast(drop_mask, v.ndim), v, v_g)
+    if null_y is None:
+        mask = _concrete(drop_mask)
+        if mask is not None and mask.any():
+            raise ValueError(
+                f"drop_mask drops {int(mask.sum())} samples but null_y is None; "
+                "pass null_y or sample with class_dropout_prob=0"
+            )
+        return y, v_g
+    y = _label_array(y, "class dropout")
+    if y.shape[:1] != (v.shape[0],):
+        raise ValueError(f"y must be [B, ...] with B={v.shape[0]}, got shape {y.shape}")
+    y_inp = jnp.where(_bcast(drop_mask, y.ndim), _null_like(y, null_y), y)
+    return y_inp, v_g
 
 
 # ----------------------------------------------------------------------------------
 # Input checks
 # ----------------------------------------------------------------------------------
-
-
-def _concrete(a) -> np.ndarray | None:
-    """The value of `a` as numpy, or None under tracing (the check is then skipped)."""
-    try:
-        return np.asarray(a)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 def _check_inputs(x, noise: MeanFlowNoise):
@@ -219,19 +243,6 @@ def _check_inputs(x, noise: MeanFlowNoise):
             raise ValueError("times t and r must lie in [0, 1]")
 
 
-def _conditioning(v, v_g, y, noise: MeanFlowNoise, null_y):
-    """Apply class dropout, or check it is off when there is no null conditioning."""
-    if null_y is not None:
-        return cond_drop(v, v_g, y, noise.drop_mask, null_y)
-    mask = _concrete(noise.drop_mask)
-    if mask is not None and mask.any():
-        raise ValueError(
-            f"drop_mask drops {int(mask.sum())} samples but null_y is None; "
-            "pass null_y or sample with class_dropout_prob=0"
-        )
-    return y, v_g
-
-
 def _finish(u, du_dt, v, v_g, u_tgt, cfg: MeanFlowConfig) -> MeanFlowOutput:
     axes = tuple(range(1, u.ndim))
     loss_per_sample = jnp.sum((u - u_tgt) ** 2, axis=axes)
@@ -256,7 +267,7 @@ def _interpolate(x, noise: MeanFlowNoise, cfg, u_fn, y, null_y):
     z_t = (1 - tb) * x + tb * noise.e
     v = noise.e - x
     v_g = guidance_velocity(u_fn, v, z_t, t, y, cfg, null_y)
-    y_inp, v_g = _conditioning(v, v_g, y, noise, null_y)
+    y_inp, v_g = cond_drop(v, v_g, y, noise.drop_mask, null_y)
     return t, z_t, v, jax.lax.stop_gradient(v_g), y_inp
 
 

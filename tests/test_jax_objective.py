@@ -372,3 +372,22 @@ def test_guidance_calls_use_train_false_and_h_zero():
     meanflow_loss(u_fn, jnp.asarray(x), jnp.asarray(y), noise, GUIDED, jnp.full((B,), NULL), train=True)
     assert calls[:2] == [(False, True, True), (False, True, False)]  # v_uncond, v_cond
     assert [c[:2] for c in calls[2:]] == [(True, None)]  # the single JVP call (traced h)
+
+
+def test_pytree_conditioning_without_null_and_array_labels_required_with_it():
+    """Conditioning that is not a label array (e.g. FLOWER tokens) works with guidance off."""
+    p = _params()
+    x, y, noise = _inputs(drop=0)
+    cond = {"label": jnp.asarray(y), "scale": jnp.full((B,), 0.5)}
+
+    def u_fn(z, t, h, c, train):
+        return _u_jax(jax.tree.map(jnp.asarray, p), z, t, h, c["label"]) * c["scale"][:, None, None, None]
+
+    cfg = MeanFlowConfig(guidance_eq="")
+    out = meanflow_loss(u_fn, jnp.asarray(x), cond, noise, cfg)
+    ref = meanflow_loss(_u_fn(p), jnp.asarray(x), jnp.asarray(y), noise, cfg)
+    np.testing.assert_allclose(np.asarray(out.u), 0.5 * np.asarray(ref.u), rtol=1e-12)
+    with pytest.raises(TypeError, match="array labels"):
+        meanflow_loss(u_fn, jnp.asarray(x), cond, noise, GUIDED, null_y=NULL)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        meanflow_loss(_u_fn(p), jnp.asarray(x), jnp.asarray(y), noise, GUIDED, null_y=jnp.full((B + 1,), NULL))
