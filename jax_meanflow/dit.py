@@ -16,6 +16,8 @@ class dropout lives in the objective. Labels equal to num_classes select the nul
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,19 +216,50 @@ def _check_dtype(dtype):
         raise ValueError("float64 parameters need jax.config.update('jax_enable_x64', True)")
 
 
+def _init_fn(config: DiTConfig, dtype_name: str):
+    dtype = jnp.dtype(dtype_name)
+
+    def init(key):
+        params = DiT(config).init(key, *_dummy_inputs(config, dtype))["params"]
+        return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+
+    return init
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(config: DiTConfig, dtype_name: str, key_aval: jax.ShapeDtypeStruct, backend: str):
+    lowered = jax.jit(_init_fn(config, dtype_name)).lower(key_aval)
+    # An init runs once: XLA's CPU optimiser would spend ~10x longer on the unrolled
+    # random-number code than the unoptimised program takes to run.
+    options = {"xla_backend_optimization_level": 0} if backend == "cpu" else None
+    return lowered.compile(compiler_options=options)
+
+
 def init_dit(config: DiTConfig, key, dtype=jnp.float32) -> dict:
     """Fresh parameters (the reference initialisation) cast to `dtype`; returns the tree
     without the "params" collection key."""
     _check_dtype(dtype)
-    params = DiT(config).init(key, *_dummy_inputs(config, dtype))["params"]
-    return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+    key = jnp.asarray(key)
+    aval = jax.ShapeDtypeStruct(key.shape, key.dtype)
+    return _compiled_init(config, jnp.dtype(dtype).name, aval, jax.default_backend())(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_apply(cls, config: DiTConfig):
+    return jax.jit(cls(config).apply, static_argnames="train")  # one compile per shape, not per u_fn
 
 
 def make_u_fn(model: DiT, params):
-    """u_fn(z [B, H, W, C], t [B], h [B], y [B], train=False) -> u [B, H, W, C]."""
+    """u_fn(z [B, H, W, C], t [B], h [B], y [B], train=False) -> u [B, H, W, C].
+
+    The forward is jitted (params passed as an argument, not baked in as constants); the
+    inputs are checked first, outside jit, so concrete labels are range-checked.
+    """
+    apply = _jitted_apply(type(model), model.config)
 
     def u_fn(z, t, h, y, train=False):
-        return model.apply({"params": params}, z, t, h, y, train=train)
+        _check_inputs(model.config, z, t, h, y)
+        return apply({"params": params}, z, t, h, y, train=train)
 
     return u_fn
 
@@ -242,9 +275,14 @@ def _flat(tree, prefix=""):
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _param_shapes(config: DiTConfig) -> dict:
+    return _flat(jax.eval_shape(_init_fn(config, "float32"), jax.random.PRNGKey(0)))
+
+
 def check_params(params, config: DiTConfig):
     """Compare every key and shape of `params` with a fresh init's; raise naming the key."""
-    want = _flat(jax.eval_shape(lambda: init_dit(config, jax.random.PRNGKey(0), jnp.float32)))
+    want = _param_shapes(config)
     got = _flat(params)
     missing = sorted(set(want) - set(got))
     if missing:
