@@ -9,7 +9,13 @@ import torch
 
 from meanflow_common.config import MeanFlowConfig, OptimConfig
 from torch_meanflow.objective import meanflow_loss, sample_noise
-from torch_meanflow.train_state import create_train_state, make_optimizer, make_train_step, train_step
+from torch_meanflow.train_state import (
+    create_train_state,
+    make_lr_schedule,
+    make_optimizer,
+    make_train_step,
+    train_step,
+)
 
 # norm_p 0: the plain sum of squares (with norm_p 1 the weighted loss sits near 1 until
 # L_i approaches norm_eps, so it is a poor progress signal over a few steps).
@@ -55,6 +61,7 @@ def test_make_optimizer_settings_and_warmup():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 1.5e-3, 2e-3, 2e-3])
+    assert [make_lr_schedule(cfg)(s) for s in range(6)] == pytest.approx(lrs)
     opt, _ = make_optimizer([p], OptimConfig(lr=3e-4))
     assert opt.param_groups[0]["lr"] == 3e-4
 

@@ -18,7 +18,7 @@ import torch
 
 from meanflow_common.config import OptimConfig
 
-__all__ = ["make_optimizer", "TrainState", "create_train_state", "train_step", "make_train_step"]
+__all__ = ["make_lr_schedule", "make_optimizer", "TrainState", "create_train_state", "train_step", "make_train_step"]
 
 LossFn = Callable[[torch.nn.Module, Any, Any], Any]
 
@@ -31,11 +31,18 @@ def _warmup_factor(warmup_steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, step / warmup_steps)
 
 
+def make_lr_schedule(optim_cfg: OptimConfig) -> Callable[[int], float]:
+    """lr(step) = lr * min(1, step / warmup_steps) (constant lr without warm-up); `step`
+    counts the updates already done."""
+    factor = _warmup_factor(optim_cfg.warmup_steps)
+    return lambda step: optim_cfg.lr * factor(step)
+
+
 def make_optimizer(params, optim_cfg: OptimConfig):
     """AdamW over `params` and its warm-up scheduler. Returns (optimizer, scheduler).
 
-    The scheduler gives lr * min(1, step / warmup_steps) for the update after `step`
-    updates (constant lr when warmup_steps is 0).
+    The scheduler gives `make_lr_schedule(optim_cfg)(step)` for the update after `step`
+    updates.
     """
     optimizer = torch.optim.AdamW(
         params,
