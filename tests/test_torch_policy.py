@@ -1,5 +1,7 @@
 """FlowerPolicy: sampling shapes and the 1-step identity, du/dt through FLOWER's network,
 short training runs for both h placements, custom encoders, and input errors."""
+import copy
+
 import pytest
 import torch
 
@@ -32,6 +34,8 @@ def test_parameters_are_owned_once():
     assert len(names) == len(set(names))
     assert any(n.startswith("model.frequency_embedder.") for n in names)
     assert not any(n.startswith("encoder.frequency") for n in names)
+    ema = copy.deepcopy(policy)  # what create_train_state does: the copy uses its own model
+    assert ema.encoder.embed_frequency.__self__ is ema.model
 
 
 @pytest.mark.parametrize("num_steps", [1, 4])
