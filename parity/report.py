@@ -7,7 +7,7 @@ import tempfile
 from typing import Sequence
 
 from parity.compare import CheckResult
-from parity.tolerances import TOLERANCES
+from parity.tolerances import ARCH_OVERRIDES, OVERRIDE_REASONS, TOLERANCES
 
 
 def format_table(results: Sequence[CheckResult]) -> str:
@@ -28,12 +28,17 @@ def format_tolerances() -> str:
     lines = ["tolerances (max error relative to the reference's max magnitude):"]
     for (dtype, device), tols in TOLERANCES.items():
         lines.append(f"  {dtype:8} {device:5} " + ", ".join(f"{k} {v:.0e}" for k, v in tols.items()))
+    for (arch, dtype), tols in ARCH_OVERRIDES.items():
+        lines.append(f"  except {arch} {dtype}: " + ", ".join(f"{k} {v:.0e}" for k, v in tols.items())
+                     + f" ({OVERRIDE_REASONS[(arch, dtype)]})")
     return "\n".join(lines)
 
 
 def write_json(path: str, results: Sequence[CheckResult], meta: dict):
     """Write the full report atomically (a half-written report never replaces a good one)."""
     payload = {"meta": meta, "tolerances": {f"{d}/{v}": t for (d, v), t in TOLERANCES.items()},
+               "tolerance_overrides": {f"{a}/{d}": {"tolerances": t, "reason": OVERRIDE_REASONS[(a, d)]}
+                                       for (a, d), t in ARCH_OVERRIDES.items()},
                "checks": [r.as_dict() for r in results],
                "passed": all(r.passed for r in results)}
     folder = os.path.dirname(os.path.abspath(path))

@@ -28,10 +28,27 @@ TOLERANCES: dict[tuple[str, str], dict[str, float]] = {
 
 QUANTITIES = tuple(_F32)
 
+# Per-architecture exceptions, each with the measurement that forced it (printed by the report).
+# FLOWER's time embedding multiplies the frequencies by 1000, so |du/dt| is ~1000x |u|
+# (tiny preset, random weights, float64: max|u| 7-69, max|du/dt| 1.8e3-4.3e4) and
+# u_tgt = v_g - h du/dt is dominated by the du/dt term: u_tgt and the per-sample loss carry
+# du/dt's float32 error, not u's. Measured on CPU float32, seed 0: u_tgt 4.1e-6 and
+# loss_per_sample 2.3e-6 (decoder placement). They get du/dt's budget; u keeps 2e-6.
+ARCH_OVERRIDES: dict[tuple[str, str], dict[str, float]] = {
+    ("flower", "float32"): {"u_tgt": _F32["du_dt"], "loss_per_sample": _F32["du_dt"]},
+}
+OVERRIDE_REASONS = {
+    ("flower", "float32"): "u_tgt and loss_per_sample are dominated by h*du/dt (FLOWER's x1000 "
+    "time frequencies make |du/dt| ~ 1000 |u|), so they get du/dt's budget 1e-5",
+}
 
-def tolerance(dtype: str, device: str, quantity: str) -> float:
+
+def tolerance(dtype: str, device: str, quantity: str, arch: str | None = None) -> float:
     """The tolerance for `quantity` ("grad" covers every parameter's gradient)."""
     key = "grad" if quantity.startswith("grad") else quantity
+    override = ARCH_OVERRIDES.get((arch, dtype), {})
+    if key in override:
+        return override[key]
     try:
         return TOLERANCES[(dtype, device)][key]
     except KeyError as err:
