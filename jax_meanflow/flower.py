@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax import struct
 
@@ -166,21 +168,51 @@ def _example_inputs(cfg: FlowerConfig, dtype):
     return z, t, cond
 
 
+def _torch_like_init(shapes, rng: np.random.Generator, dtype, path=()):
+    """Fill a tree of shapes as FLOWER's torch modules initialise themselves."""
+    out = {}
+    for name, leaf in shapes.items():
+        here = path + (name,)
+        if isinstance(leaf, dict):
+            out[name] = _torch_like_init(leaf, rng, dtype, here)
+            continue
+        shape = tuple(leaf.shape)
+        if name == "kernel" and path[-1] == "modCX_1":
+            value = np.zeros(shape)
+        elif name in ("kernel", "bias"):  # nn.Linear: weight and bias ~ U(+-1/sqrt(fan_in))
+            fan_in = shapes["kernel"].shape[0]
+            value = rng.uniform(-1.0, 1.0, shape) / np.sqrt(fan_in)
+        elif name == "scale":
+            value = np.ones(shape)
+        elif name == "positional_encoding":
+            value = 0.1 * rng.standard_normal(shape)
+        else:
+            raise KeyError(f"no initialisation rule for parameter {'/'.join(here)!r}")
+        out[name] = jnp.asarray(value.astype(dtype))
+    return out
+
+
 def init_flower(config: FlowerConfig, key_or_seed=0, dtype=jnp.float32) -> dict:
     """Fresh parameters {name: ...} (without the outer "params"), every leaf in `dtype`.
 
     Initialised like FLOWER's torch modules (nn.Linear default, zero-init controller,
     randn * 0.1 positions); `frequency_embedder` is included (used by `embed_frequency`).
+    The module initialisers give the same distributions, but drawing ~100 threefry
+    streams costs about a minute of XLA compilation on CPU, so the values come from a
+    float64 NumPy generator seeded by `key_or_seed` (an int or a JAX key).
     """
-    key = jax.random.PRNGKey(key_or_seed) if isinstance(key_or_seed, int) else key_or_seed
+    if isinstance(key_or_seed, int):
+        seed = key_or_seed
+    else:
+        seed = [int(x) for x in np.asarray(jax.random.key_data(key_or_seed)).ravel()]
     model = FlowerTransformer(config)
     z, t, cond = _example_inputs(config, dtype)
 
     def both(module, z, t, h, cond):
         return module(z, t, h, cond), module.embed_frequency(t)
 
-    variables = model.init({"params": key}, z, t, t, cond, method=both)
-    return jax.tree.map(lambda x: x.astype(dtype), variables["params"])
+    shapes = jax.eval_shape(lambda k: model.init({"params": k}, z, t, t, cond, method=both), jax.random.PRNGKey(0))
+    return _torch_like_init(flax.core.unfreeze(shapes["params"]), np.random.default_rng(seed), dtype)
 
 
 def make_u_fn(model: FlowerTransformer, params, dropout_rng=None):
