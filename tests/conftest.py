@@ -8,6 +8,13 @@ try:  # jax is optional: the torch-only tests must run without it
 except ImportError:  # pragma: no cover
     jax = None
 
+try:  # tiny test matrices: a second thread only contends on a loaded 2-core CPU
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    torch = None
+
 
 def _has_cuda() -> bool:
     try:

@@ -14,7 +14,6 @@ from torch_meanflow.params import randomize_params
 from torch_meanflow.policy import FlowerPolicy, LowDimEncoder, ObservationEncoder
 
 TINY = FLOWER_PRESETS["tiny"]  # A=3, T=4, cond_dim 24, dit_dim 32
-torch.set_num_threads(1)  # tiny matrices: extra threads only contend on a loaded CPU
 OBS_DIM = 5
 
 
