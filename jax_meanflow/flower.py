@@ -14,6 +14,7 @@ The interval h = t - r enters in one of two places (`config.h_placement`):
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax
@@ -215,20 +216,27 @@ def init_flower(config: FlowerConfig, key_or_seed=0, dtype=jnp.float32) -> dict:
     return _torch_like_init(flax.core.unfreeze(shapes["params"]), np.random.default_rng(seed), dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_apply(cls, config: FlowerConfig):
+    # one compilation per config and input shapes, shared by every u_fn (params are an argument)
+    return jax.jit(cls(config).apply, static_argnames="train")
+
+
 def make_u_fn(model: FlowerTransformer, params, dropout_rng=None):
     """u_fn(z, t, h, y, train) -> u with y a FlowerCond, as the objective expects.
 
-    With train=True and non-zero dropout rates, `dropout_rng` is required; jax.jvp through
-    u_fn then uses one mask for primal and tangent.
+    The forward is jitted. With train=True and non-zero dropout rates, `dropout_rng` is
+    required; jax.jvp through u_fn then uses one mask for primal and tangent.
     """
     cfg = model.config
     has_dropout = max(cfg.attn_pdrop, cfg.resid_pdrop, cfg.mlp_pdrop,
                       cfg.proprio_pdrop if cfg.use_proprio else 0.0) > 0.0
+    apply = _jitted_apply(type(model), cfg)
 
     def u_fn(z, t, h, y, train=False):
         if train and has_dropout and dropout_rng is None:
             raise ValueError("train=True with dropout needs make_u_fn(..., dropout_rng=key)")
         rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else {}
-        return model.apply({"params": params}, z, t, h, y, train=train, rngs=rngs)
+        return apply({"params": params}, z, t, h, y, train=train, rngs=rngs)
 
     return u_fn
