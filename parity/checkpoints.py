@@ -66,35 +66,36 @@ def _to_numpy_tree(tree):
     return np.asarray(tree)
 
 
-def template_shapes(arch_name: str, model_cfg, side: str) -> dict:
-    """Shapes of a fresh init on `side` ("jax": flat '/'-paths, "torch": state-dict names)."""
-    import jax
+def torch_template(arch_name: str, model_cfg) -> dict:
+    """{state-dict name: shape} of the torch model of `model_cfg`, built on the meta device
+    (no memory is allocated, so this is cheap for DiT-XL as for the tiny presets)."""
+    import torch
 
     from parity.archs import get_arch
 
-    arch = get_arch(arch_name)
-    if side == "jax":
-        _, init = arch.jax_build(model_cfg)
-        shapes = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), jax.numpy.float32))
-        return {k: tuple(v.shape) for k, v in convert.flatten_tree(shapes).items()}
-    module = arch.torch_build(model_cfg)
+    with torch.device("meta"):
+        module = get_arch(arch_name).torch_build(model_cfg)
     return {k: tuple(p.shape) for k, p in module.named_parameters()}
 
 
 def load_params(path: str, arch_name: str, model_cfg, key: str | None = None) -> dict:
-    """Any checkpoint -> JAX-layout numpy params tree, validated against `model_cfg`."""
+    """Any checkpoint -> JAX-layout numpy params tree, validated against `model_cfg`.
+
+    Both directions are checked against the torch model's parameter shapes: the table is a
+    bijection, so a tree that converts onto exactly those keys and shapes fits the JAX model.
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    tmpl = torch_template(arch_name, model_cfg)
     if os.path.isfile(path) and path.endswith(_TORCH_SUFFIXES):
         sd = read_torch_file(path)
-        tmpl = template_shapes(arch_name, model_cfg, "jax")
-        return convert.torch_to_jax(sd, arch_name, model_cfg, template=tmpl)
-    if os.path.isdir(path):
+        tree = convert.torch_to_jax(sd, arch_name, model_cfg)
+    elif os.path.isdir(path):
         tree = _pick_params(read_orbax(path), key)
-        tmpl = template_shapes(arch_name, model_cfg, "torch")
-        convert.jax_to_torch(tree, arch_name, model_cfg, template=tmpl)  # validates every key and shape
-        return tree
-    raise ValueError(f"{path}: not an orbax directory nor a torch file ({', '.join(_TORCH_SUFFIXES)})")
+    else:
+        raise ValueError(f"{path}: not an orbax directory nor a torch file ({', '.join(_TORCH_SUFFIXES)})")
+    convert.jax_to_torch(tree, arch_name, model_cfg, template=tmpl)  # every key and shape checked
+    return tree
 
 
 def _check_target(path: str, overwrite: bool):
