@@ -1,0 +1,112 @@
+"""Closed-loop rollouts of an action-chunk policy in the reach environment (NumPy only).
+
+A policy is `policy_fn(obs, noise) -> actions` with obs float32 [n, 4], noise float32
+[n, 10, 2] (standard normal, drawn here from the rollout seed so that every backend and
+every method sees the same noise; a regression policy ignores it) and actions [n, 10, 2]
+normalised. The robot executes the first `execute` actions of each chunk (the environment
+clips them to [-1, 1]), then the policy replans from the new observation, until the goal
+is reached, a collision happens, or `max_steps` steps have passed.
+
+Outcome of each rollout: success (goal within GOAL_TOL, no collision before), collision
+(obstacle or leaving the workspace), or timeout. Mode: the side of the obstacle on which
+the path crossed x = 0 (0 above, 1 below, -1 never crossed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from meanflow_common.data import reach
+
+__all__ = ["RolloutResult", "rollout", "rollout_metrics"]
+
+
+@dataclass(frozen=True, eq=False)
+class RolloutResult:
+    """success, collided, timeout: bool [n]; mode: int [n]; steps: int [n] steps taken;
+    paths: float [n, max_steps + 1, 2] positions (frozen after the rollout ended);
+    starts, goals: [n, 2]."""
+
+    success: np.ndarray
+    collided: np.ndarray
+    timeout: np.ndarray
+    mode: np.ndarray
+    steps: np.ndarray
+    paths: np.ndarray
+    starts: np.ndarray
+    goals: np.ndarray
+
+
+def _crossing_mode(p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
+    """Mode of the segments p0 -> p1 [n, 2] that cross x = 0 (else -1): the sign of y there."""
+    crosses = (p0[:, 0] < 0.0) & (p1[:, 0] >= 0.0)
+    dx = np.where(crosses, p1[:, 0] - p0[:, 0], 1.0)
+    y = p0[:, 1] + (0.0 - p0[:, 0]) / dx * (p1[:, 1] - p0[:, 1])
+    return np.where(crosses, np.where(y >= 0.0, 0, 1), -1)
+
+
+def rollout(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int = 100, seed: int = 0,
+            execute: int = reach.CHUNK, max_steps: int = 150, starts=None, goals=None) -> RolloutResult:
+    """Run n closed-loop rollouts from tasks drawn with `seed` (or the given starts/goals)."""
+    if not 1 <= execute <= reach.CHUNK:
+        raise ValueError(f"execute must be in [1, {reach.CHUNK}], got {execute}")
+    rng = np.random.default_rng([seed, 7])
+    if starts is None or goals is None:
+        starts, goals = reach.sample_tasks(n, rng)
+    starts, goals = np.asarray(starts, np.float64), np.asarray(goals, np.float64)
+    n = len(starts)
+    pos = starts.copy()
+    paths = np.zeros((n, max_steps + 1, 2))
+    paths[:, 0] = pos
+    active = np.ones(n, dtype=bool)
+    success, collided = np.zeros(n, bool), np.zeros(n, bool)
+    mode = np.full(n, -1)
+    steps = np.zeros(n, dtype=np.int64)
+    t = 0
+    while t < max_steps and active.any():
+        idx = np.flatnonzero(active)
+        noise = rng.standard_normal((n, reach.CHUNK, reach.ACTION_DIM)).astype(np.float32)[idx]
+        chunk = np.asarray(policy_fn(reach.make_obs(pos[idx], goals[idx]), noise), dtype=np.float64)
+        if chunk.shape != (len(idx), reach.CHUNK, reach.ACTION_DIM):
+            raise ValueError(f"policy_fn returned shape {chunk.shape}, expected "
+                             f"{(len(idx), reach.CHUNK, reach.ACTION_DIM)}")
+        for j in range(execute):
+            if t >= max_steps or not active.any():
+                break
+            live = active[idx]
+            i = idx[live]
+            new, hit = reach.step(pos[i], chunk[live, j])
+            m = _crossing_mode(pos[i], new)
+            mode[i] = np.where((mode[i] < 0) & (m >= 0), m, mode[i])
+            pos[i] = new
+            steps[i] += 1
+            reached = ~hit & (np.linalg.norm(new - goals[i], axis=-1) < reach.GOAL_TOL)
+            collided[i] |= hit
+            success[i] |= reached
+            active[i] = ~(hit | reached)
+            t += 1
+            paths[:, t] = pos
+    paths[:, t + 1:] = pos[:, None]
+    timeout = ~success & ~collided
+    return RolloutResult(success, collided, timeout, mode, steps, paths, starts, goals)
+
+
+def rollout_metrics(result: RolloutResult) -> dict:
+    """Rates over the rollouts, and the mode balance among the successful ones."""
+    n = len(result.success)
+    ok = result.success
+    above = int(np.sum(ok & (result.mode == 0)))
+    below = int(np.sum(ok & (result.mode == 1)))
+    return {
+        "n": n,
+        "success_rate": float(ok.mean()),
+        "collision_rate": float(result.collided.mean()),
+        "timeout_rate": float(result.timeout.mean()),
+        "success_above": above,
+        "success_below": below,
+        "mode_above_fraction": above / max(above + below, 1),
+        "both_modes": bool(above > 0 and below > 0),
+        "mean_steps_success": float(result.steps[ok].mean()) if ok.any() else float("nan"),
+    }
