@@ -110,3 +110,13 @@ def test_bad_keys_and_shapes_are_named():
 
     with pytest.raises(ValueError, match="FlowerConfig"):
         jax_to_torch(params, "flower", None)
+
+
+def test_table_without_positions_matches_both_inits():
+    cfg = override(FLOWER_PRESETS["tiny"], {"position_mode": "none", "use_proprio": True})
+    params = jf.init_flower(cfg, 0, jnp.float64)
+    model = tf.init_flower(cfg, 0, torch.float64)
+    sd = jax_to_torch(params, "flower", cfg, template=model.state_dict())
+    assert "positional_encoding" not in sd and len(sd) == len(model.state_dict())
+    back = torch_to_jax(model.state_dict(), "flower", cfg, template=params)
+    assert flatten_tree(back).keys() == flatten_tree(params).keys()

@@ -168,3 +168,16 @@ def test_bad_inputs_are_named():
     for args, msg in cases:
         with pytest.raises(ValueError, match=msg):
             model(*args)
+
+
+def test_no_position_encoding_mode():
+    """FLOWER's use_nope: no table, no RoPE; order comes from the causal mask alone."""
+    cfg = _config("adaln", "none")
+    model, z, t, r, cond, _ = _setup(cfg)
+    assert "positional_encoding" not in model.state_dict()
+    with torch.no_grad():
+        u = model(z, t, t - r, cond)
+        assert u.shape == z.shape
+        rope = init_flower(_config("adaln", "rope"), 0, torch.float64)
+        rope.load_state_dict(model.state_dict())
+        assert float((u - rope(z, t, t - r, cond)).abs().max()) > 1e-6
