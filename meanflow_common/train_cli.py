@@ -1,0 +1,230 @@
+"""The one command line of both trainers, and the run folder it writes.
+
+`python -m jax_meanflow.train` and `python -m torch_meanflow.train` both call `run_cli`
+with their own `train` function, so their flags are identical by construction:
+
+    --preset NAME          start from TRAIN_PRESETS[NAME] (default: TrainConfig())
+    --config FILE.json     then a JSON file (partial TrainConfig dict, or a run's config.json)
+    --set FIELD=VALUE ...  then assignments by field name (optim./mf./model. prefixes optional)
+    --resume | --overwrite continue the run in out_dir / replace it
+    --no-progress          no progress bar
+    --print-config         print the resolved config as JSON and exit
+
+With --resume and neither --preset nor --config, the recipe is the saved run's
+(config.json in out_dir) plus the --set assignments (e.g. steps=2000).
+
+The run folder (`out_dir`) holds config.json (the resolved recipe, the model config and
+the backend that wrote it), metrics.csv, loss.png and checkpoints/. A folder that already
+holds a run is refused unless the run is resumed or explicitly overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from meanflow_common.metrics import NonFiniteLossError
+from meanflow_common.train_config import (
+    TRAIN_PRESETS,
+    TrainConfig,
+    apply_assignments,
+    config_from_dict,
+    config_to_dict,
+    load_config_file,
+    model_config,
+)
+
+__all__ = [
+    "RUN_FILES",
+    "RunResult",
+    "prepare_run_dir",
+    "read_run_config",
+    "check_resume_compatible",
+    "build_parser",
+    "parse_config",
+    "run_cli",
+]
+
+
+# ----------------------------------------------------------------------------------
+# The run folder
+# ----------------------------------------------------------------------------------
+
+RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard")
+_RESUMABLE = {"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir"}
+
+
+def read_run_config(run_dir: str) -> dict:
+    """The run folder's config.json: {"backend", "train": TrainConfig dict, "model": dict}."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir} holds no run (no config.json)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_resume_compatible(saved: Mapping, cfg: TrainConfig, backend: str) -> None:
+    """Raise ValueError naming every difference that a resumed run cannot accept.
+
+    Only the run length and the logging/checkpoint cadence may change on resume.
+    """
+    if saved.get("backend") != backend:
+        raise ValueError(
+            f"the run in {cfg.out_dir} was written by {saved.get('backend')!r}, not {backend!r}; resume it "
+            "with that backend (or convert its checkpoint with parity.checkpoints)"
+        )
+    old, new = _flat(saved["train"]), _flat(config_to_dict(cfg))
+    diffs = [f"{k}: saved {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if k.split(".")[0] not in _RESUMABLE and _norm(old.get(k)) != _norm(new.get(k))]
+    if diffs:
+        raise ValueError(f"cannot resume {cfg.out_dir}: the config differs from the saved run: {'; '.join(diffs)}")
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = False, overwrite: bool = False) -> bool:
+    """Make `cfg.out_dir` ready; returns True when an existing run is to be resumed.
+
+    A folder holding a run (config.json, metrics or checkpoints) is refused unless
+    `resume` (the saved config must be compatible) or `overwrite` (the run's files are
+    deleted first). A fresh run writes config.json.
+    """
+    if resume and overwrite:
+        raise ValueError("give either resume or overwrite, not both")
+    run_dir = cfg.out_dir
+    present = [n for n in RUN_FILES if os.path.exists(os.path.join(run_dir, n))]
+    if present and resume:
+        check_resume_compatible(read_run_config(run_dir), cfg, backend)
+        _write_config(cfg, backend, model_cfg)  # the new run length / cadence
+        return True
+    if present and not overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(present)}); pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+    if resume:
+        raise FileNotFoundError(f"--resume: {run_dir} holds no run to resume")
+    for name in present:
+        path = os.path.join(run_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(run_dir, exist_ok=True)
+    _write_config(cfg, backend, model_cfg)
+    return False
+
+
+def _write_config(cfg: TrainConfig, backend: str, model_cfg) -> None:
+    data = {"backend": backend, "train": config_to_dict(cfg), "model": dataclasses.asdict(model_cfg)}
+    path = os.path.join(cfg.out_dir, "config.json")
+    tmp = path + ".part"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+
+
+@dataclass
+class RunResult:
+    """What `train(cfg)` returns (both backends).
+
+    run_dir: the run folder; step: updates done at the end; losses: {step: loss} of the
+    updates run in this call; checkpoint: path of the last checkpoint written (or None);
+    state: the backend's TrainState; model: the backend's model (JAX: the module or
+    policy, with the params in state; torch: the nn.Module trained in place).
+    """
+
+    run_dir: str
+    step: int
+    losses: dict
+    checkpoint: Optional[str]
+    state: Any
+    model: Any
+
+
+# ----------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The argparse parser both entry points use."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train MeanFlow (or a baseline) on the built-in digits or reach task.",
+        epilog=f"presets: {', '.join(TRAIN_PRESETS)}. Fields: see meanflow_common/train_config.py "
+        "(TrainConfig, optim.* = OptimConfig, mf.* = MeanFlowConfig, model.* = DiTConfig / FlowerConfig).",
+    )
+    p.add_argument("--preset", help="start from this TRAIN_PRESETS entry")
+    p.add_argument("--config", metavar="FILE", help="JSON config applied over the preset")
+    p.add_argument("--set", dest="sets", metavar="FIELD=VALUE", nargs="+", action="extend", default=[],
+                   help="override fields by name, e.g. --set steps=200 optim.lr=1e-3 model.depth=2")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="delete the run in out_dir and start afresh")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    return p
+
+
+def parse_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the parsed flags describe (see the module doc for the order)."""
+    if args.preset is not None and args.preset not in TRAIN_PRESETS:
+        raise KeyError(f"unknown preset {args.preset!r}; available: {', '.join(TRAIN_PRESETS)}")
+    cfg = TRAIN_PRESETS[args.preset] if args.preset else TrainConfig()
+    if args.config:
+        cfg = load_config_file(args.config, cfg)
+    cfg = apply_assignments(cfg, args.sets)
+    if args.resume and not args.preset and not args.config:
+        saved = config_from_dict(read_run_config(cfg.out_dir))
+        cfg = apply_assignments(dataclasses.replace(saved, out_dir=cfg.out_dir), args.sets)
+    return cfg
+
+
+def run_cli(train_fn: Callable[..., RunResult], backend: str, argv: Optional[Sequence[str]] = None,
+            prog: Optional[str] = None, prepare: Optional[Callable[[TrainConfig], None]] = None) -> int:
+    """Parse `argv`, run `train_fn(cfg, resume=, overwrite=, progress=)`, print a summary.
+
+    prepare(cfg) runs before training (the JAX trainer enables float64 there). Returns
+    the exit status: 0 done, 1 the run failed with a clear error (printed), 2 bad flags.
+    """
+    parser = build_parser(prog or f"python -m {backend}_meanflow.train")
+    args = parser.parse_args(argv)
+    try:
+        cfg = parse_config(args)
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
+        parser.error(_message(err))
+    if args.print_config:
+        print(json.dumps({"train": config_to_dict(cfg), "model": dataclasses.asdict(model_config(cfg))}, indent=2))
+        return 0
+    if prepare is not None:
+        prepare(cfg)
+    try:
+        result = train_fn(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except (NonFiniteLossError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        print(f"error: {_message(err)}", file=sys.stderr)
+        return 1
+    last = list(result.losses.values())[-1] if result.losses else float("nan")
+    print(f"done: {result.step} steps in {result.run_dir} (last loss {last:.5g}); checkpoint {result.checkpoint}")
+    return 0
+
+
+def _message(err: BaseException) -> str:
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)

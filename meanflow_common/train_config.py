@@ -1,0 +1,339 @@
+"""The training recipe shared by both trainers: `TrainConfig`, its presets, and the run folder.
+
+`python -m jax_meanflow.train` and `python -m torch_meanflow.train` read the same
+`TrainConfig` (pure Python, no framework import), so a recipe means the same thing on
+both sides. A config is built from a preset (`TRAIN_PRESETS`), then an optional JSON file,
+then `field=value` assignments; an assignment names a field of `TrainConfig`, of its
+nested `OptimConfig` (`optim.`) or `MeanFlowConfig` (`mf.`), or of the model preset's
+config (`model.`: `DiTConfig` for digits, `FlowerConfig` for reach). The prefix may be
+left out when the name is unambiguous (it always is: the field names are disjoint).
+
+`check_batch` tells whether a batch of the data interface fits the configured model.
+The run folder and the command line live in `meanflow_common.train_cli`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping, Sequence
+
+from meanflow_common.config import (
+    DIT_PRESETS,
+    FLOWER_PRESETS,
+    DiTConfig,
+    FlowerConfig,
+    MeanFlowConfig,
+    OptimConfig,
+    _parse_value,
+    from_dict,
+    get_preset,
+    override,
+)
+
+__all__ = [
+    "TASKS",
+    "METHODS",
+    "DTYPES",
+    "TrainConfig",
+    "TRAIN_PRESETS",
+    "model_config",
+    "objective_config",
+    "apply_assignments",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config_file",
+    "check_batch",
+]
+
+TASKS = ("digits", "reach")
+METHODS = ("meanflow", "flow_matching", "regression")
+DTYPES = ("float32", "bfloat16", "float64")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    task: "digits" (class-conditional DiT on 8x8x1 images) or "reach" (FLOWER policy on
+    action chunks [10, 2] given observations). model: preset name in DIT_PRESETS (digits)
+    or FLOWER_PRESETS (reach); model_overrides: ((field, value), ...) applied to it.
+    method: "meanflow", "flow_matching" (same network, h = 0, no JVP) or "regression"
+    (reach only: MSE of one network call at z = 0, t = h = 1 against the actions).
+    dtype: "float32" (default), "bfloat16" (master weights, optimizer and EMA stay
+    float32; the loss is computed with bfloat16 parameters and data) or "float64".
+    steps: total updates; ckpt_every / log_every / eval_every: in updates (0 = only at
+    the end); keep_last: checkpoints kept. obs_tokens, clip_actions: the reach policy's
+    LowDimEncoder token count and whether sampled actions are clamped to [-1, 1] (the
+    reach actions are normalised to that range).
+    """
+
+    task: str = "digits"
+    model: str = "small"
+    method: str = "meanflow"
+    steps: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    dtype: str = "float32"
+    ckpt_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    eval_every: int = 0
+    out_dir: str = "runs/digits"
+    obs_tokens: int = 4
+    clip_actions: bool = True
+    model_overrides: tuple = ()
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mf: MeanFlowConfig = field(default_factory=MeanFlowConfig)
+
+    def __post_init__(self):
+        for name, choices in (("task", TASKS), ("method", METHODS), ("dtype", DTYPES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not one of {list(choices)}")
+        if self.method == "regression" and self.task != "reach":
+            raise ValueError("method 'regression' is the reach baseline; it needs task='reach'")
+        for name in ("steps", "batch_size", "keep_last", "obs_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ckpt_every", "log_every", "eval_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        pairs = tuple((str(k), v) for k, v in _pairs(self.model_overrides))
+        object.__setattr__(self, "model_overrides", pairs)
+        model_config(self)  # an unknown model preset or field fails here, at construction
+
+
+def _pairs(overrides) -> list[tuple[str, Any]]:
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    out = []
+    for item in overrides:
+        if isinstance(item, str):
+            if "=" not in item:
+                raise ValueError(f"model override {item!r} is not of the form field=value")
+            item = tuple(s.strip() for s in item.split("=", 1))
+        if len(item) != 2:
+            raise ValueError(f"model override {item!r} is not a (field, value) pair")
+        out.append((item[0], item[1]))
+    return out
+
+
+def model_config(cfg: TrainConfig) -> DiTConfig | FlowerConfig:
+    """The resolved network config: the task's preset table, `cfg.model`, the overrides."""
+    table, what = (DIT_PRESETS, "DiT preset") if cfg.task == "digits" else (FLOWER_PRESETS, "FLOWER preset")
+    base = get_preset(table, cfg.model, f"{what} (TrainConfig.model for task {cfg.task!r})")
+    return override(base, dict(cfg.model_overrides)) if cfg.model_overrides else base
+
+
+def objective_config(cfg: TrainConfig) -> MeanFlowConfig:
+    """The objective settings the trainer uses: the reach policy has no class labels, so
+    guidance and class dropout are off there (as `FlowerPolicy` forces them)."""
+    if cfg.task == "reach":
+        return replace(cfg.mf, guidance_eq="", class_dropout_prob=0.0)
+    return cfg.mf
+
+
+# ----------------------------------------------------------------------------------
+# Presets
+# ----------------------------------------------------------------------------------
+
+_FAST_OPTIM = OptimConfig(lr=1e-3, warmup_steps=100, grad_clip=1.0, ema_decay=0.999)
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # tests: a 2-block DiT on 8x8x1 images, a few steps
+    "tiny": TrainConfig(
+        task="digits", model="tiny", model_overrides=(("in_channels", 1),), steps=8, batch_size=8,
+        ckpt_every=4, log_every=1, out_dir="runs/tiny", optim=OptimConfig(lr=1e-3, ema_decay=0.9),
+    ),
+    # tests: a 2-layer FLOWER policy on action chunks [10, 2], no dropout
+    "tiny_reach": TrainConfig(
+        task="reach", model="tiny", steps=8, batch_size=8, ckpt_every=4, log_every=1, out_dir="runs/tiny_reach",
+        model_overrides=(("action_dim", 2), ("act_window_size", 10), ("attn_pdrop", 0.0),
+                         ("resid_pdrop", 0.0), ("mlp_pdrop", 0.0)),
+        optim=OptimConfig(lr=1e-3, ema_decay=0.9),
+    ),
+    # the digits run: DiT "small" (4 blocks, width 128, 16 tokens), CFG target as the reference
+    "digits": TrainConfig(
+        task="digits", model="small", steps=4000, batch_size=64, ckpt_every=1000, log_every=50,
+        out_dir="runs/digits", optim=_FAST_OPTIM,
+    ),
+    # the reach run: FLOWER "small" as a policy for chunks [10, 2] of 2-D velocities
+    "reach": TrainConfig(
+        task="reach", model="small", steps=4000, batch_size=64, ckpt_every=1000, log_every=50,
+        out_dir="runs/reach", optim=_FAST_OPTIM,
+        model_overrides=(("action_dim", 2), ("act_window_size", 10), ("attn_pdrop", 0.0),
+                         ("resid_pdrop", 0.0), ("mlp_pdrop", 0.0)),
+        mf=MeanFlowConfig(guidance_eq="", class_dropout_prob=0.0),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------
+# Assignments by name, dicts and files
+# ----------------------------------------------------------------------------------
+
+_TOP = {f.name for f in fields(TrainConfig)} - {"optim", "mf", "model_overrides"}
+_OPTIM = {f.name for f in fields(OptimConfig)}
+_MF = {f.name for f in fields(MeanFlowConfig)}
+
+
+def _model_fields(cfg: TrainConfig) -> set[str]:
+    return {f.name for f in fields(type(model_config(cfg)))}
+
+
+def _split(item) -> tuple[str, Any]:
+    if isinstance(item, str):
+        if "=" not in item:
+            raise ValueError(f"assignment {item!r} is not of the form field=value")
+        key, value = item.split("=", 1)
+        return key.strip(), value.strip()
+    key, value = item
+    return str(key), value
+
+
+def _where(key: str, cfg: TrainConfig) -> tuple[str, str]:
+    """(section, field) of an assignment key, with or without a section prefix."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        valid = {"optim": _OPTIM, "mf": _MF, "model": _model_fields(cfg)}
+        if section not in valid:
+            raise KeyError(f"unknown section {section!r} in {key!r}; use optim., mf. or model.")
+        if name not in valid[section]:
+            raise KeyError(f"unknown field {name!r} in section {section!r}; valid: {', '.join(sorted(valid[section]))}")
+        return section, name
+    for section, names in (("optim", _OPTIM), ("mf", _MF), ("model", _model_fields(cfg))):
+        if key in names:
+            return section, key
+    valid = sorted(_TOP | _OPTIM | _MF | _model_fields(cfg))
+    raise KeyError(f"unknown config field {key!r}; valid: {', '.join(valid)}")
+
+
+def _typed(value: str, typ, key: str):
+    return _parse_value(value, typ, key)
+
+
+def apply_assignments(cfg: TrainConfig, assignments: Sequence[str] | Mapping[str, Any]) -> TrainConfig:
+    """A copy of `cfg` with each "field=value" (or {field: value}) applied, in order.
+
+    Top-level fields go first (so `task=reach` decides which model fields exist); an
+    unknown field or section raises KeyError naming it and listing the valid ones.
+    """
+    items = list(assignments.items()) if isinstance(assignments, Mapping) else [_split(a) for a in assignments]
+    top = [(k, v) for k, v in items if k in _TOP]
+    rest = [(k, v) for k, v in items if k not in _TOP]
+    if top:
+        hints = typing.get_type_hints(TrainConfig)
+        changes = {k: (_typed(v, hints[k], k) if isinstance(v, str) else v) for k, v in top}
+        cfg = _replace_top(cfg, changes)
+    optim, mf, model = {}, {}, dict(cfg.model_overrides)
+    for key, value in rest:
+        section, name = _where(key, cfg)
+        {"optim": optim, "mf": mf, "model": model}[section][name] = value
+    if optim:
+        cfg = replace(cfg, optim=override(cfg.optim, optim))
+    if mf:
+        cfg = replace(cfg, mf=override(cfg.mf, mf))
+    if model != dict(cfg.model_overrides):
+        base = get_preset(DIT_PRESETS if cfg.task == "digits" else FLOWER_PRESETS, cfg.model)
+        typed = dataclasses.asdict(override(base, model))  # parses "64" -> 64 and validates
+        cfg = replace(cfg, model_overrides=tuple((k, typed[k]) for k in model))
+    return cfg
+
+
+def _replace_top(cfg: TrainConfig, changes: dict) -> TrainConfig:
+    if "task" in changes and changes["task"] != cfg.task:
+        # the model overrides belong to the old task's network family
+        changes.setdefault("model_overrides", ())
+    return replace(cfg, **changes)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """JSON-ready dict; model_overrides as a {field: value} mapping."""
+    out = dataclasses.asdict(cfg)
+    out["model_overrides"] = dict(cfg.model_overrides)
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from a (possibly partial) dict over `base` (default TrainConfig()).
+
+    Also accepts a run's config.json (the dict under its "train" key). Unknown keys raise.
+    """
+    if "train" in data and isinstance(data["train"], Mapping):
+        data = data["train"]
+    base = base or TrainConfig()
+    valid = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise KeyError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(valid)}")
+    changes = {k: v for k, v in data.items() if k not in ("optim", "mf")}
+    if "optim" in data:
+        changes["optim"] = from_dict(OptimConfig, {**dataclasses.asdict(base.optim), **data["optim"]})
+    if "mf" in data:
+        changes["mf"] = from_dict(MeanFlowConfig, {**dataclasses.asdict(base.mf), **data["mf"]})
+    if "model_overrides" in changes:
+        changes["model_overrides"] = tuple(_pairs(changes["model_overrides"]))
+    return replace(base, **changes)
+
+
+def load_config_file(path: str, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a JSON config (partial TrainConfig dict, or a run's config.json) over `base`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return config_from_dict(data, base)
+
+
+# ----------------------------------------------------------------------------------
+# The data the model can take
+# ----------------------------------------------------------------------------------
+
+
+def check_batch(cfg: TrainConfig, model_cfg, batch: Mapping[str, Any]) -> None:
+    """Check a NumPy batch of the data interface against the model; ValueError naming the
+    problem. digits: {"x": [B, H, W, C] NHWC float, "y": int [B]}; reach: {"obs": [B, D],
+    "actions": [B, T, A]}."""
+    keys = ("x", "y") if cfg.task == "digits" else ("obs", "actions")
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"the {cfg.task} batch lacks {missing}; it has {sorted(batch)}")
+    first = batch[keys[0]]
+    b = first.shape[0] if getattr(first, "ndim", 0) else None
+    for k in keys:
+        if getattr(batch[k], "ndim", 0) == 0 or batch[k].shape[0] != b:
+            raise ValueError(f"batch[{k!r}] has shape {getattr(batch[k], 'shape', None)}; every entry needs batch {b}")
+    if cfg.task == "digits":
+        x, y = batch["x"], batch["y"]
+        want = (model_cfg.input_size, model_cfg.input_size, model_cfg.in_channels)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            hint = ""
+            if x.ndim == 4 and (x.shape[1], *x.shape[2:]) == (want[2], want[0], want[1]):
+                hint = " (it looks NCHW; the data interface gives NHWC images)"
+            raise ValueError(
+                f"image batch x has shape {tuple(x.shape)} but the DiT takes [B, {want[0]}, {want[1]}, {want[2]}] "
+                f"NHWC (input_size={want[0]}, in_channels={want[2]}){hint}"
+            )
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
+        if y.ndim != 1 or y.min() < 0 or y.max() >= model_cfg.num_classes:
+            raise ValueError(f"labels y must be [B] in [0, {model_cfg.num_classes}), got shape {y.shape}, "
+                             f"range [{y.min()}, {y.max()}]")
+    else:
+        obs, act = batch["obs"], batch["actions"]
+        want = (model_cfg.act_window_size, model_cfg.action_dim)
+        if act.ndim != 3 or tuple(act.shape[1:]) != want:
+            raise ValueError(f"action batch has shape {tuple(act.shape)} but the policy takes [B, {want[0]}, {want[1]}] "
+                             f"(act_window_size={want[0]}, action_dim={want[1]})")
+        if obs.ndim != 2:
+            raise ValueError(f"observations must be [B, obs_dim], got shape {tuple(obs.shape)}")
+    for k in keys[:1] + (("actions",) if cfg.task == "reach" else ()):
+        if batch[k].dtype.kind != "f":
+            raise TypeError(f"batch[{k!r}] must be floating point, got dtype {batch[k].dtype}")
