@@ -19,7 +19,7 @@ jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 ar
 from meanflow_common.config import get_preset, override  # noqa: E402
 from parity import checkpoints  # noqa: E402
 from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
-from parity.harness import run_variant  # noqa: E402
+from parity.harness import run_variant, trained_params  # noqa: E402
 from parity.precision import pinned_precision, precision_settings, versions  # noqa: E402
 from parity.report import format_table, format_tolerances, write_json  # noqa: E402
 
@@ -61,6 +61,22 @@ def _override_model(v: Variant, sets):
     return override(v.model_cfg, mine) if mine else v.model_cfg
 
 
+def _trained_checks(args, variants, dtype, device):
+    """The first variant of each architecture again, at weights trained for a few steps."""
+    if args.trained_steps <= 0 or args.checkpoint:
+        return []
+    out, seen = [], set()
+    for v in variants:
+        if v.arch in seen:
+            continue
+        seen.add(v.arch)
+        params = trained_params(get_arch(v.arch), v, args.seed, args.trained_steps)
+        for r in run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params):
+            r.variant = f"{r.variant} trained{args.trained_steps}"
+            out.append(r)
+    return out
+
+
 def cmd_report(args) -> int:
     start = time.time()
     variants = _variants(args)
@@ -76,6 +92,7 @@ def cmd_report(args) -> int:
                     if args.checkpoint:
                         params = checkpoints.load_params(args.checkpoint, v.arch, v.model_cfg, key=args.checkpoint_key)
                     results += run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params)
+                results += _trained_checks(args, variants, dtype, device)
             if device == "cuda" and dtype == "float32":
                 # The frameworks' default precision (TF32 GEMMs/convs): measured, never failing.
                 with pinned_precision(False) as settings:
@@ -128,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=6, help="batch size (default 6: not a power of two)")
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: compare these weights")
     p.add_argument("--checkpoint-key", default=None, help="entry of the checkpoint holding the params (e.g. ema_params)")
+    p.add_argument("--trained-steps", type=int, default=8,
+                   help="also compare each architecture after N AdamW steps from the standard init (0: off)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")

@@ -130,6 +130,7 @@ class Table:
 _TABLE_MODULES = {
     "dit": "parity.tables_dit",
     "flower": "parity.tables_flower",
+    "policy": "parity.tables_policy",
 }
 
 

@@ -59,3 +59,14 @@ def test_gpu(key, dtype):
 
     with pinned_precision(True):
         _assert_all_pass(run_variant(VARIANTS[key], dtype, "cuda"))
+
+
+@pytest.mark.parametrize("key", ["dit:cfg kappa>0", "flower:adaln rope"])
+def test_after_training_steps(key):
+    """Parity at trained weights too (zero-initialised layers moved off zero by AdamW)."""
+    from parity.archs import get_arch
+    from parity.harness import trained_params
+
+    v = VARIANTS[key]
+    params = trained_params(get_arch(v.arch), v, seed=0, steps=8)
+    _assert_all_pass(run_variant(v, "float64", "cpu", params_np=params))
