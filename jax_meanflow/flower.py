@@ -104,16 +104,16 @@ class FlowerTransformer(nn.Module):
         fes = cfg.frequency_embedding_size
         self.action_encoders = {name: Mlp(cfg.action_dim, d, d)}
         if cfg.h_placement == "decoder":
-            self.action_decoders = {name: MeanFlowDecoder(d, cfg.action_dim, cfg.decoder_hidden, fes)}
+            self.action_decoders = {name: MeanFlowDecoder(d, cfg.action_dim, cfg.decoder_hidden, fes, cfg.time_scale)}
         else:
             self.action_decoders = {name: torch_dense(cfg.action_dim, d)}
         if cfg.use_proprio:
             self.proprio_encoders = {name: Mlp(cfg.proprio_dim, d, d, drop=cfg.proprio_pdrop)}
         self.adaln = {name: SharedAdaLNController(d)}
         self.cond_linear = torch_dense(d, cfg.cond_dim, use_bias=False)
-        self.t_embedder = TimestepEmbedder(d, fes)
+        self.t_embedder = TimestepEmbedder(d, fes, time_scale=cfg.time_scale)
         if cfg.h_placement == "adaln":
-            self.h_embedder = TimestepEmbedder(d, fes)
+            self.h_embedder = TimestepEmbedder(d, fes, time_scale=cfg.time_scale)
         self.cond_norm = RmsNorm(1e-6)
         self.frequency_embedder = FreqEmbedder(d, fes)
         if cfg.position_mode == "learned":

@@ -193,12 +193,13 @@ class TimestepEmbedder(nn.Module):
     hidden_size: int
     frequency_embedding_size: int = 256
     control: bool = False  # True: FLOWER's FreqEmbedder table (max_period 1000, no x1000)
+    time_scale: float = 1000.0
 
     @nn.compact
     def __call__(self, t):
         """t [B] -> [B, hidden_size]."""
         fes = self.frequency_embedding_size
-        freqs = flower_control_frequencies(fes) if self.control else flower_timestep_frequencies(fes)
+        freqs = flower_control_frequencies(fes) if self.control else flower_timestep_frequencies(fes, scale=self.time_scale)
         x = torch_dense(self.hidden_size, fes, name="mlp_0")(timestep_embedding(t, freqs))
         return torch_dense(self.hidden_size, self.hidden_size, name="mlp_2")(nn.silu(x))
 
@@ -232,11 +233,13 @@ class MeanFlowDecoder(nn.Module):
     action_dim: int
     hidden_dim: int
     frequency_embedding_size: int = 256
+    time_scale: float = 1000.0
 
     @nn.compact
     def __call__(self, z, h):
         """z [B, T, D], h [B] -> [B, T, A]."""
-        h_emb = TimestepEmbedder(self.dit_dim, self.frequency_embedding_size, name="h_embedder")(h)
+        h_emb = TimestepEmbedder(self.dit_dim, self.frequency_embedding_size, time_scale=self.time_scale,
+                                 name="h_embedder")(h)
         h_emb = jnp.broadcast_to(h_emb[:, None], (z.shape[0], z.shape[1], self.dit_dim))
         x = jnp.concatenate([z, h_emb], axis=-1)
         x = nn.silu(torch_dense(self.hidden_dim, 2 * self.dit_dim, name="decoder_0")(x))

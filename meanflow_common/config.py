@@ -271,6 +271,10 @@ class FlowerConfig:
     query_seq_len: int = 100  # FLOWER's RoPE table length: the longest action window
     lora_dim: int = 256  # each block's adaLN down-projection
     frequency_embedding_size: int = 256
+    # FLOWER multiplies the time frequencies by 1000 (t and, for MeanFlow, h). MeanFlow's
+    # target has h * du/dt, and d/dt sin(1000 f t) makes that term ~1000x larger: MeanFlow
+    # training diverges at 1000 on the reach task, trains at 1.0 (docs/TRAINING.md).
+    time_scale: float = 1000.0
     use_proprio: bool = False
     proprio_dim: int = 7
     proprio_pdrop: float = 0.2

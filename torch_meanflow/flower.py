@@ -103,7 +103,7 @@ class FlowerTransformer(nn.Module):
         fes = cfg.frequency_embedding_size
         self.action_encoders = nn.ModuleDict({name: Mlp(cfg.action_dim, d, d)})
         if cfg.h_placement == "decoder":
-            decoder = MeanFlowDecoder(d, cfg.action_dim, cfg.decoder_hidden, fes)
+            decoder = MeanFlowDecoder(d, cfg.action_dim, cfg.decoder_hidden, fes, cfg.time_scale)
         else:
             decoder = nn.Linear(d, cfg.action_dim)
         self.action_decoders = nn.ModuleDict({name: decoder})
@@ -111,9 +111,9 @@ class FlowerTransformer(nn.Module):
             self.proprio_encoders = nn.ModuleDict({name: Mlp(cfg.proprio_dim, d, d, drop=cfg.proprio_pdrop)})
         self.adaln = nn.ModuleDict({name: SharedAdaLNController(d, d)})
         self.cond_linear = nn.Linear(cfg.cond_dim, d, bias=False)
-        self.t_embedder = TimestepEmbedder(d, fes)
+        self.t_embedder = TimestepEmbedder(d, fes, cfg.time_scale)
         if cfg.h_placement == "adaln":
-            self.h_embedder = TimestepEmbedder(d, fes)
+            self.h_embedder = TimestepEmbedder(d, fes, cfg.time_scale)
         self.cond_norm = RmsNorm(cfg.cond_dim, eps=1e-6)
         self.frequency_embedder = FreqEmbedder(d, fes)
         if cfg.position_mode == "learned":

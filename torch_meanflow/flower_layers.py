@@ -171,12 +171,12 @@ class FlowBlock(nn.Module):
 class TimestepEmbedder(nn.Module):
     """FLOWER's time embedder: cos/sin of t * 1000 * DiT frequencies -> Linear -> SiLU -> Linear."""
 
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, time_scale: float = 1000.0):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
-        self.freqs = flower_timestep_frequencies(frequency_embedding_size)
+        self.freqs = flower_timestep_frequencies(frequency_embedding_size, scale=time_scale)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t [B] -> [B, hidden_size]."""
@@ -213,9 +213,10 @@ class MeanFlowDecoder(nn.Module):
     h_emb = TimestepEmbedder(h) (FLOWER's, x1000 frequencies), broadcast over the window.
     """
 
-    def __init__(self, dit_dim: int, action_dim: int, hidden_dim: int, frequency_embedding_size: int = 256):
+    def __init__(self, dit_dim: int, action_dim: int, hidden_dim: int, frequency_embedding_size: int = 256,
+                 time_scale: float = 1000.0):
         super().__init__()
-        self.h_embedder = TimestepEmbedder(dit_dim, frequency_embedding_size)
+        self.h_embedder = TimestepEmbedder(dit_dim, frequency_embedding_size, time_scale)
         self.decoder = nn.Sequential(
             nn.Linear(2 * dit_dim, hidden_dim), nn.SiLU(),
             nn.Linear(hidden_dim, hidden_dim), nn.SiLU(),
