@@ -1,0 +1,128 @@
+"""Evaluation: the fixed classifier, the Fréchet distance, digit scores, reach rollouts."""
+import numpy as np
+import pytest
+
+from meanflow_common.data import get_dataset, reach
+from meanflow_common.evaluate import (
+    evaluate_digits,
+    frechet_distance,
+    frechet_from_stats,
+    get_classifier,
+    rollout,
+    rollout_metrics,
+    score_digits,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return get_dataset("digits")
+
+
+def _real_generator(digits, shift_label=0):
+    """A 'generator' returning held-out digits of class (label + shift_label) % 10."""
+    rng = np.random.default_rng(0)
+    pools = {c: digits.test["x"][digits.test["y"] == c] for c in range(10)}
+
+    def gen(noise, labels):
+        return np.stack([pools[(c + shift_label) % 10][rng.integers(len(pools[(c + shift_label) % 10]))]
+                         for c in labels])
+
+    return gen
+
+
+def test_classifier_is_accurate_and_fixed():
+    clf = get_classifier()
+    assert clf.held_out_accuracy > 0.95
+    feats = clf.features(np.zeros((3, 8, 8, 1)))
+    assert feats.shape == (3, 64) and (feats >= 0).all()
+    with pytest.raises(ValueError, match="NCHW"):
+        clf.predict(np.zeros((3, 1, 8, 8)))
+
+
+def test_frechet_distance_zero_for_identical_and_grows_with_shift():
+    f = np.random.default_rng(0).standard_normal((500, 8))
+    assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-9)
+    d = [frechet_distance(f, f + s) for s in (0.1, 0.5, 1.0)]
+    assert d[0] < d[1] < d[2]
+    assert d[2] == pytest.approx(8.0, rel=1e-9)  # |mu shift|^2 = 8 * 1^2, same covariance
+    # Closed form in 1-D: (m1 - m2)^2 + (s1 - s2)^2.
+    assert frechet_from_stats([0.0], [[4.0]], [1.0], [[1.0]]) == pytest.approx(1.0 + 1.0)
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(f, f[:, :3])
+
+
+def test_real_digits_score_high_noise_scores_low(digits):
+    good = evaluate_digits(_real_generator(digits), n_per_class=30)
+    assert good["accuracy"] > 0.9
+    assert good["fd"] < 3 * good["fd_real"] + 1.0
+    noise = evaluate_digits(lambda e, y: e, n_per_class=30)
+    assert noise["accuracy"] < 0.3
+    assert noise["fd"] > 20 * good["fd"]
+    # Real digits of the WRONG class: realistic features (low FD), low accuracy.
+    wrong = evaluate_digits(_real_generator(digits, shift_label=1), n_per_class=30)
+    assert wrong["accuracy"] < 0.1 and wrong["fd"] < noise["fd"] / 10
+
+
+def test_score_digits_checks_layout_and_clips():
+    labels = np.zeros(20, np.int64)
+    with pytest.raises(ValueError, match="NHWC"):
+        score_digits(np.zeros((20, 8, 8)), labels)
+    with pytest.raises(ValueError, match="labels"):
+        score_digits(np.zeros((20, 8, 8, 1)), labels[:5])
+    out = score_digits(np.full((20, 8, 8, 1), 3.0), labels)
+    assert out["out_of_range"] == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_digits(lambda e, y: e[..., 0], n_per_class=2)
+
+
+def _around_policy(side):
+    """A scripted stateless policy: via (-0.35, side 0.5), (0.35, side 0.5), then the goal."""
+
+    def policy(obs, noise):
+        pos, goal = obs[:, :2].astype(np.float64), obs[:, 2:].astype(np.float64)
+        out = np.zeros((len(obs), reach.CHUNK, 2))
+        for k in range(reach.CHUNK):
+            y_ok = side * pos[:, 1] > 0.45
+            target = np.where((pos[:, 0] < -0.35)[:, None] & ~y_ok[:, None], [[-0.35, side * 0.5]],
+                              np.where((pos[:, 0] < 0.35)[:, None], [[0.35, side * 0.5]], goal))
+            d = target - pos
+            n = np.linalg.norm(d, axis=-1, keepdims=True)
+            a = d / np.maximum(n, 1e-9) * np.minimum(n, 0.04) / reach.MAX_STEP
+            out[:, k] = a
+            pos = pos + a * reach.MAX_STEP
+        return out
+
+    return policy
+
+
+def test_rollout_detects_success_collision_and_timeout():
+    n = 40
+    above = rollout_metrics(rollout(_around_policy(+1), n=n, seed=1))
+    assert above["success_rate"] == 1.0 and above["success_above"] == n and above["success_below"] == 0
+    below = rollout_metrics(rollout(_around_policy(-1), n=n, seed=1))
+    assert below["success_rate"] == 1.0 and below["success_below"] == n
+    still = rollout(lambda o, e: np.zeros((len(o), reach.CHUNK, 2)), n=n, seed=1, max_steps=30)
+    assert still.timeout.all() and not still.success.any() and not still.collided.any()
+    # Straight right from the middle of the start box: into the obstacle.
+    starts = np.array([[-0.7, 0.0], [-0.7, 0.1]])
+    goals = np.array([[0.7, 0.0], [0.7, 0.1]])
+    straight = rollout(lambda o, e: np.tile([1.0, 0.0], (len(o), reach.CHUNK, 1)), starts=starts, goals=goals)
+    assert straight.collided.all() and not straight.success.any()
+    assert (np.linalg.norm(straight.paths[:, -1], axis=-1) < reach.OBSTACLE_RADIUS + 0.05).all()
+
+
+def test_rollout_is_deterministic_and_mixes_modes():
+    def coin(obs, noise):  # chooses its side from the rollout noise: both modes
+        side = np.where(noise[:, 0, 0] > 0, 1, -1)
+        up, down = _around_policy(+1)(obs, noise), _around_policy(-1)(obs, noise)
+        return np.where((side > 0)[:, None, None], up, down)
+
+    a, b = rollout(coin, n=30, seed=4, execute=5), rollout(coin, n=30, seed=4, execute=5)
+    np.testing.assert_array_equal(a.paths, b.paths)
+    m = rollout_metrics(a)
+    assert m["both_modes"] and m["n"] == 30
+    with pytest.raises(ValueError, match="shape"):
+        rollout(lambda o, e: np.zeros((len(o), 3, 2)), n=2)
+    with pytest.raises(ValueError, match="execute"):
+        rollout(coin, n=2, execute=0)
