@@ -1,0 +1,156 @@
+"""The one command line of both evaluators: `python -m {jax,torch}_meanflow.evaluate`.
+
+Each backend passes its own `load_run(run_dir, checkpoint=None, use_ema=True)` (the
+trainers' loader: a `LoadedRun` with `sample(cond, noise=None, num_steps=None)` returning
+NumPy samples in the data's layout), so the flags and the metrics are identical by
+construction:
+
+    --run DIR [DIR ...]   run folders written by that backend's trainer
+    --checkpoint PATH     a specific checkpoint (one run only; default: the latest)
+    --raw                 evaluate the raw parameters instead of the EMA
+    --num-steps N [N ...] sampling steps (default by method: digits MeanFlow 1 2, flow
+                          matching 1 10; reach MeanFlow 1, flow matching 1 4, regression 1)
+    --n-per-class 100     digits: samples per class;  --rollouts 100  reach: rollouts
+    --execute 10          reach: actions executed per chunk before replanning
+    --seed 0              evaluation noise / tasks (the same for every backend and method)
+    --json FILE           also write the records as JSON;  --no-plots  no PNG files
+
+Digits records: accuracy (fixed classifier, conditioning class), fd (its features vs the
+held-out digits), fd_real. Reach records: success, collision and timeout rates, successes
+above / below the obstacle. Figures go to <run>/eval_<nfe>nfe.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from meanflow_common.evaluate.digits_eval import digit_eval_inputs, score_digits
+from meanflow_common.evaluate.rollout import rollout, rollout_metrics
+
+__all__ = ["DEFAULT_STEPS", "build_parser", "evaluate_loaded", "format_table", "run_eval_cli"]
+
+DEFAULT_STEPS = {
+    ("digits", "meanflow"): (1, 2),
+    ("digits", "flow_matching"): (1, 10),
+    ("reach", "meanflow"): (1,),
+    ("reach", "flow_matching"): (1, 4),
+    ("reach", "regression"): (1,),
+}
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Evaluate trained runs on their task (digits or reach).")
+    p.add_argument("--run", nargs="+", required=True, metavar="DIR", help="run folder(s) of this backend")
+    p.add_argument("--checkpoint", help="checkpoint path (one run only; default: the run's latest)")
+    p.add_argument("--raw", action="store_true", help="use the raw parameters instead of the EMA")
+    p.add_argument("--num-steps", type=int, nargs="+", metavar="N", help="sampling steps (default: by method)")
+    p.add_argument("--n-per-class", type=int, default=100, help="digits: samples per class (default 100)")
+    p.add_argument("--rollouts", type=int, default=100, help="reach: closed-loop rollouts (default 100)")
+    p.add_argument("--execute", type=int, default=10, help="reach: actions executed per chunk (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
+    p.add_argument("--json", metavar="FILE", help="write the records as JSON")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG figures into the run folders")
+    return p
+
+
+def _train_rate(run_dir: str) -> Optional[float]:
+    """Median steps/s of the run's metrics.csv (None when absent)."""
+    path = os.path.join(run_dir, "metrics.csv")
+    if not os.path.exists(path):
+        return None
+    from meanflow_common.metrics import read_metrics
+
+    rates = [r["steps_per_s"] for r in read_metrics(path) if np.isfinite(r.get("steps_per_s", np.nan))]
+    return float(np.median(rates)) if rates else None
+
+
+def evaluate_loaded(loaded, run_dir: str, backend: str, num_steps: Optional[Sequence[int]] = None,
+                    n_per_class: int = 100, rollouts: int = 100, execute: int = 10, seed: int = 0,
+                    plots: bool = True, use_ema: bool = True) -> list[dict]:
+    """One record per sampling-step count for a `LoadedRun` (see the module doc)."""
+    cfg = loaded.cfg
+    steps = tuple(num_steps or DEFAULT_STEPS.get((cfg.task, cfg.method), (1,)))
+    base = {"run": run_dir, "backend": backend, "task": cfg.task, "method": cfg.method,
+            "train_steps": int(loaded.step), "ema": use_ema, "train_steps_per_s": _train_rate(run_dir)}
+    records = []
+    for n in steps:
+        t0 = time.perf_counter()
+        if cfg.task == "digits":
+            noise, labels = digit_eval_inputs(n_per_class, seed)
+            samples = np.asarray(loaded.sample(labels, noise=noise, num_steps=n))
+            metrics = score_digits(samples, labels)
+            if plots:
+                from meanflow_common.evaluate.plots import save_digit_grid
+
+                save_digit_grid(samples, labels, os.path.join(run_dir, f"eval_{n}nfe.png"),
+                                title=f"{backend} {cfg.method}, {n} step(s): accuracy {metrics['accuracy']:.3f}")
+        else:
+            def policy_fn(obs, noise):
+                return loaded.sample(obs, noise=noise, num_steps=n)
+
+            result = rollout(policy_fn, n=rollouts, seed=seed, execute=execute)
+            metrics = rollout_metrics(result)
+            if plots:
+                from meanflow_common.evaluate.plots import save_rollouts
+
+                save_rollouts(result, os.path.join(run_dir, f"eval_{n}nfe.png"),
+                              title=f"{backend} {cfg.method}, {n} step(s): success {metrics['success_rate']:.2f}")
+        records.append({**base, "num_steps": n, **metrics, "eval_s": time.perf_counter() - t0})
+    return records
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """A Markdown table of the records (digits and reach columns as present)."""
+    lines = []
+    digits = [r for r in records if r["task"] == "digits"]
+    if digits:
+        lines += ["| run | backend | method | train steps | NFE | accuracy | FD | FD real |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['backend']} | {r['method']} | {r['train_steps']} | {r['num_steps']} | "
+                  f"{r['accuracy']:.3f} | {r['fd']:.2f} | {r['fd_real']:.2f} |" for r in digits]
+    acts = [r for r in records if r["task"] == "reach"]
+    if acts:
+        lines += ["" if lines else None, "| run | backend | method | train steps | NFE | success | collision | "
+                  "timeout | above / below |", "|---|---|---|---|---|---|---|---|---|"]
+        lines = [x for x in lines if x is not None]
+        lines += [f"| {r['run']} | {r['backend']} | {r['method']} | {r['train_steps']} | {r['num_steps']} | "
+                  f"{r['success_rate']:.2f} | {r['collision_rate']:.2f} | {r['timeout_rate']:.2f} | "
+                  f"{r['success_above']} / {r['success_below']} |" for r in acts]
+    return "\n".join(lines)
+
+
+def run_eval_cli(load_run: Callable, backend: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Parse `argv`, evaluate each run, print the table. Exit status 0, 1 (a run failed to
+    load or evaluate: the error is printed), 2 (bad flags)."""
+    parser = build_parser(f"python -m {backend}_meanflow.evaluate")
+    args = parser.parse_args(argv)
+    if args.checkpoint and len(args.run) > 1:
+        parser.error("--checkpoint needs exactly one --run")
+    for name in ("n_per_class", "rollouts"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 1 <= args.execute <= 10:
+        parser.error("--execute must be in [1, 10]")
+    if args.num_steps and min(args.num_steps) < 1:
+        parser.error("--num-steps must be >= 1")
+    records = []
+    try:
+        for run_dir in args.run:
+            loaded = load_run(run_dir, checkpoint=args.checkpoint, use_ema=not args.raw)
+            records += evaluate_loaded(loaded, run_dir, backend, args.num_steps, args.n_per_class,
+                                       args.rollouts, args.execute, args.seed, not args.no_plots, not args.raw)
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    print(format_table(records))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=2)
+    return 0

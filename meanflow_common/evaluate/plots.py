@@ -1,0 +1,68 @@
+"""PNG figures of the evaluation: digit sample grids and reach rollouts (matplotlib, Agg)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from meanflow_common.data import reach
+from meanflow_common.evaluate.rollout import RolloutResult
+
+__all__ = ["save_digit_grid", "save_rollouts"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_digit_grid(samples: np.ndarray, labels: np.ndarray, path: str, per_class: int = 10,
+                    title: str = "") -> str:
+    """A 10 x per_class grid (one row per class) of images [N, 8, 8, 1] on [-1, 1]."""
+    plt = _pyplot()
+    samples, labels = np.asarray(samples), np.asarray(labels)
+    fig, axes = plt.subplots(10, per_class, figsize=(per_class * 0.6, 6.2))
+    for c in range(10):
+        rows = np.flatnonzero(labels == c)[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.axis("off")
+            if j < len(rows):
+                ax.imshow(np.clip(samples[rows[j], ..., 0], -1, 1), cmap="gray_r", vmin=-1, vmax=1)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_rollouts(result: RolloutResult, path: str, max_paths: int = 60, title: str = "") -> str:
+    """The workspace, the obstacle, and the rollout paths (green success, red collision,
+    grey timeout), starts as dots and goals as crosses."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.add_patch(plt.Circle(reach.OBSTACLE_CENTER, reach.OBSTACLE_RADIUS, color="0.3", alpha=0.6))
+    for box, colour in ((reach.START_BOX, "tab:blue"), (reach.GOAL_BOX, "tab:orange")):
+        (x0, y0), (x1, y1) = box
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", color=colour))
+    for i in range(min(max_paths, len(result.success))):
+        p = result.paths[i, : result.steps[i] + 1]
+        colour = "tab:green" if result.success[i] else ("tab:red" if result.collided[i] else "0.5")
+        ax.plot(p[:, 0], p[:, 1], color=colour, lw=0.8, alpha=0.8)
+        ax.plot(*result.starts[i], ".", color="tab:blue", ms=3)
+        ax.plot(*result.goals[i], "x", color="tab:orange", ms=3)
+    ax.set_xlim(-reach.BOUND, reach.BOUND)
+    ax.set_ylim(-reach.BOUND, reach.BOUND)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
