@@ -126,3 +126,45 @@ def test_rollout_is_deterministic_and_mixes_modes():
         rollout(lambda o, e: np.zeros((len(o), 3, 2)), n=2)
     with pytest.raises(ValueError, match="execute"):
         rollout(coin, n=2, execute=0)
+
+
+class _FakeRun:
+    """A stand-in for a trainer's LoadedRun: digits from the held-out set, or a scripted policy."""
+
+    def __init__(self, task, method, sample):
+        from meanflow_common.train_config import TrainConfig
+
+        self.cfg = TrainConfig(task=task, method=method, out_dir="unused")
+        self.step, self.sample = 7, sample
+
+
+def test_evaluate_cli_records_table_and_errors(tmp_path, digits, capsys):
+    from meanflow_common.evaluate import cli
+
+    gen = _real_generator(digits)
+    runs = {
+        str(tmp_path / "d"): _FakeRun("digits", "meanflow", lambda y, noise=None, num_steps=1: gen(noise, y)),
+        str(tmp_path / "r"): _FakeRun("reach", "flow_matching",
+                                      lambda o, noise=None, num_steps=1: _around_policy(1)(o, noise)),
+    }
+
+    def load_run(run_dir, checkpoint=None, use_ema=True):
+        if run_dir not in runs:
+            raise FileNotFoundError(f"{run_dir} has no checkpoint")
+        return runs[run_dir]
+
+    out_json = tmp_path / "eval.json"
+    argv = ["--run", *runs, "--n-per-class", "10", "--rollouts", "8", "--json", str(out_json)]
+    assert cli.run_eval_cli(load_run, "fake", argv) == 0
+    table = capsys.readouterr().out
+    assert "| accuracy |" in table and "| success |" in table
+    import json
+
+    records = json.loads(out_json.read_text())
+    assert [(r["task"], r["num_steps"]) for r in records] == [("digits", 1), ("digits", 2), ("reach", 1), ("reach", 4)]
+    assert records[0]["accuracy"] > 0.8 and records[2]["success_rate"] == 1.0
+    assert (tmp_path / "d" / "eval_1nfe.png").exists() and (tmp_path / "r" / "eval_4nfe.png").exists()
+    assert cli.run_eval_cli(load_run, "fake", ["--run", str(tmp_path / "missing")]) == 1
+    assert "has no checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.run_eval_cli(load_run, "fake", ["--run", *runs, "--checkpoint", "x"])
