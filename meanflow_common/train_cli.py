@@ -42,6 +42,7 @@ from meanflow_common.train_config import (
 __all__ = [
     "RUN_FILES",
     "RunResult",
+    "LoadedRun",
     "prepare_run_dir",
     "read_run_config",
     "check_resume_compatible",
@@ -100,12 +101,14 @@ def _norm(v):
     return list(v) if isinstance(v, tuple) else v
 
 
-def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = False, overwrite: bool = False) -> bool:
+def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = False, overwrite: bool = False,
+                    data_info: Optional[Mapping[str, Any]] = None) -> bool:
     """Make `cfg.out_dir` ready; returns True when an existing run is to be resumed.
 
     A folder holding a run (config.json, metrics or checkpoints) is refused unless
     `resume` (the saved config must be compatible) or `overwrite` (the run's files are
-    deleted first). A fresh run writes config.json.
+    deleted first). A fresh run writes config.json (with `data_info`, e.g. {"obs_dim": 4},
+    the data facts a loader needs to rebuild the model).
     """
     if resume and overwrite:
         raise ValueError("give either resume or overwrite, not both")
@@ -113,7 +116,7 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
     present = [n for n in RUN_FILES if os.path.exists(os.path.join(run_dir, n))]
     if present and resume:
         check_resume_compatible(read_run_config(run_dir), cfg, backend)
-        _write_config(cfg, backend, model_cfg)  # the new run length / cadence
+        _write_config(cfg, backend, model_cfg, data_info)  # the new run length / cadence
         return True
     if present and not overwrite:
         raise FileExistsError(
@@ -126,12 +129,13 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
         path = os.path.join(run_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(run_dir, exist_ok=True)
-    _write_config(cfg, backend, model_cfg)
+    _write_config(cfg, backend, model_cfg, data_info)
     return False
 
 
-def _write_config(cfg: TrainConfig, backend: str, model_cfg) -> None:
-    data = {"backend": backend, "train": config_to_dict(cfg), "model": dataclasses.asdict(model_cfg)}
+def _write_config(cfg: TrainConfig, backend: str, model_cfg, data_info) -> None:
+    data = {"backend": backend, "train": config_to_dict(cfg), "model": dataclasses.asdict(model_cfg),
+            "data": dict(data_info or {})}
     path = os.path.join(cfg.out_dir, "config.json")
     tmp = path + ".part"
     with open(tmp, "w") as f:
@@ -157,6 +161,20 @@ class RunResult:
     checkpoint: Optional[str]
     state: Any
     model: Any
+
+
+@dataclass
+class LoadedRun:
+    """What `load_run(run_dir)` returns (both backends): the recipe, the model, the state
+    restored from `checkpoint` (after `step` updates) and `sample(cond, noise=None,
+    num_steps=None, seed=0) -> np.ndarray` (see the backends' `make_sampler`)."""
+
+    cfg: TrainConfig
+    model: Any
+    state: Any
+    step: int
+    checkpoint: str
+    sample: Callable
 
 
 # ----------------------------------------------------------------------------------

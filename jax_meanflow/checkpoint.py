@@ -1,0 +1,108 @@
+"""Checkpoints of the JAX trainer through orbax's CheckpointManager.
+
+Layout: `<ckpt_dir>/<step>/state` (params, ema_params, opt_state, step, as one pytree)
+and `<ckpt_dir>/<step>/meta` (JSON: step, data position, seed, RNG rule, config). Orbax
+writes each step into a temporary folder and renames it when complete, so an interrupted
+save never replaces a good checkpoint; the manager keeps the last `keep_last`.
+
+The same three functions exist in `torch_meanflow.checkpoint`:
+`save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`,
+`latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path, state) -> (state, meta)`.
+The params inside a checkpoint convert to PyTorch with `parity.checkpoints`
+(path `<ckpt_dir>/<step>/state`, key "params" or "ema_params").
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jax_meanflow.train_state import TrainState
+
+__all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "state_tree"]
+
+
+def _manager(ckpt_dir: str, keep_last: Optional[int]) -> ocp.CheckpointManager:
+    # A fresh manager per save: it reads the steps on disk, so a folder emptied by an
+    # overwrite (or written by another process) is never seen through a stale cache.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep_last, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(ckpt_dir, options=options)
+
+
+def state_tree(state: TrainState) -> dict:
+    """The TrainState as the plain dict that is saved."""
+    return {"step": state.step, "params": state.params, "ema_params": state.ema_params, "opt_state": state.opt_state}
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", np.shape(leaf))) for path, leaf in leaves}
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(np.isfinite(np.asarray(leaf)).all()) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int) -> str:
+    """Write `state` at step `state.step` (with the JSON `meta`); returns its folder.
+
+    Non-finite parameters are refused (FloatingPointError), so a diverged state can
+    never replace the last good checkpoint.
+    """
+    if not _all_finite((state.params, state.ema_params)):
+        raise FloatingPointError(f"parameters are not finite at step {int(state.step)}; checkpoint not written")
+    ckpt_dir = os.path.abspath(ckpt_dir)
+    mgr = _manager(ckpt_dir, keep_last)
+    step = int(state.step)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)), meta=ocp.args.JsonSave(meta))
+    mgr.save(step, args=args, force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+    return os.path.join(ckpt_dir, str(step))
+
+
+def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
+    """The folder of the newest complete checkpoint in `ckpt_dir`, or None."""
+    if not os.path.isdir(ckpt_dir):
+        return None
+    steps = ocp.utils.checkpoint_steps(os.path.abspath(ckpt_dir))  # complete (renamed) steps only
+    return os.path.join(os.path.abspath(ckpt_dir), str(max(steps))) if steps else None
+
+
+def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
+    """Read the checkpoint folder `path` into the structure of `state` (a template).
+
+    Every parameter key and shape is compared with the template first: a checkpoint of
+    another architecture or size raises KeyError / ValueError naming the parameter.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(os.path.join(path, "state")):
+        raise FileNotFoundError(f"{path} is not a checkpoint of the JAX trainer (no state/ inside)")
+    saved = ocp.StandardCheckpointer().metadata(os.path.join(path, "state")).item_metadata
+    _check_against(saved, state_tree(state))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_tree(state))
+    tree = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+    meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(path, "meta")))
+    new = TrainState(step=tree["step"], params=tree["params"], ema_params=tree["ema_params"],
+                     opt_state=tree["opt_state"])
+    return new, meta
+
+
+def _check_against(saved: Any, template: dict) -> None:
+    for part in ("params", "ema_params"):
+        got = _flat_shapes(saved[part])
+        want = _flat_shapes(template[part])
+        missing = sorted(set(want) - set(got))
+        if missing:
+            raise KeyError(f"checkpoint {part} lacks {missing[0]} ({len(missing)} missing): "
+                           "it was written for another architecture")
+        extra = sorted(set(got) - set(want))
+        if extra:
+            raise KeyError(f"checkpoint {part} has unexpected {extra[0]} ({len(extra)} unexpected): "
+                           "it was written for another architecture")
+        for k in sorted(want):
+            if got[k] != want[k]:
+                raise ValueError(f"checkpoint {part}{k} has shape {got[k]}, the model expects {want[k]}")

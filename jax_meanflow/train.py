@@ -1,0 +1,325 @@
+"""The JAX trainer: `python -m jax_meanflow.train` (flags in meanflow_common.train_cli).
+
+A thin loop over the jitted `train_state.make_train_step`: per update k (1-based) it
+takes the batch `batch_at(dataset, seed, k - 1, batch_size)` and the randomness
+`fold_in(PRNGKey(seed), k - 1)` (noise e, times t and r, class dropout; dropout key for
+the policy), so a resumed run repeats an uninterrupted one exactly. Twin of
+`torch_meanflow.train`: the same function names, the same TrainConfig, the same run folder.
+
+    digits: DiT (NHWC), labels with CFG as the MeanFlowConfig says;
+    reach:  FlowerPolicy (jax_meanflow.policy) on observations -> action chunks.
+    method: "meanflow" | "flow_matching" (h = 0, no JVP) | "regression" (reach: MSE of
+            -u(0, t=1, h=1 | obs) to the actions; sampled with zero noise in one step).
+    dtype "bfloat16": params, optimizer and EMA in float32; the loss runs on bfloat16
+    copies of the params and data (the cast is differentiated, so grads are float32).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_meanflow import dit
+from jax_meanflow.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
+from jax_meanflow.policy import FlowerPolicy
+from jax_meanflow.solver import generate
+from jax_meanflow.train_state import TrainState, create_train_state, make_train_step
+from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
+from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
+from meanflow_common.train_config import (
+    TrainConfig,
+    check_batch,
+    config_from_dict,
+    config_to_dict,
+    model_config,
+    objective_config,
+)
+
+__all__ = ["BACKEND", "make_model", "make_loss_fn", "step_randomness", "to_batch", "make_sampler", "train",
+           "load_run", "main"]
+
+BACKEND = "jax"
+
+
+def _dtypes(cfg: TrainConfig):
+    """(master dtype of params/optimizer/EMA, compute dtype of the loss)."""
+    if cfg.dtype == "float64":
+        if not jax.config.jax_enable_x64:
+            raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) (the CLI sets it)")
+        return jnp.float64, jnp.float64
+    return jnp.float32, (jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)
+
+
+def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, obs_dim: Optional[int] = None):
+    """(model, params): the DiT module and its init, or a FlowerPolicy and its params.
+
+    The reach policy needs obs_dim, given or read from `example_batch["obs"]`.
+    """
+    master, _ = _dtypes(cfg)
+    mc = model_config(cfg)
+    if cfg.task == "digits":
+        return dit.DiT(mc), dit.init_dit(mc, jax.random.PRNGKey(cfg.seed), master)
+    if obs_dim is None:
+        if example_batch is None:
+            raise ValueError("the reach policy needs obs_dim or an example batch with 'obs'")
+        obs_dim = int(np.shape(example_batch["obs"])[1])
+    policy = FlowerPolicy(mc, obs_dim, objective_config(cfg), cfg.clip_actions, cfg.obs_tokens)
+    return policy, policy.init(cfg.seed, master)
+
+
+def _regression_loss(u_fn, actions, cond, train: bool) -> MeanFlowOutput:
+    """The reach baseline: -u(0, t=1, h=1 | cond) regressed on the actions (unweighted MSE)."""
+    one = jnp.ones((actions.shape[0],), actions.dtype)
+    u = u_fn(jnp.zeros_like(actions), one, one, cond, train)
+    target = -actions
+    per = jnp.sum((u - target) ** 2, axis=tuple(range(1, u.ndim)))
+    return MeanFlowOutput(u=u, du_dt=jnp.zeros_like(u), v=target, v_g=target, u_tgt=target,
+                          loss_per_sample=per, loss=jnp.mean(per), v_loss=per, weight=jnp.ones_like(per))
+
+
+def make_loss_fn(cfg: TrainConfig, model) -> Callable:
+    """loss_fn(params, batch, noise) -> (loss in the master dtype, MeanFlowOutput).
+
+    One function object per (task, method, dtype, model, objective), so jit compiles the
+    train step once per process for repeated runs of the same recipe.
+    """
+    obs = (model.obs_dim, model.num_tokens) if isinstance(model, FlowerPolicy) else None
+    return _loss_fn(cfg.task, cfg.method, cfg.dtype, model_config(cfg), objective_config(cfg), obs, cfg.clip_actions)
+
+
+@functools.lru_cache(maxsize=32)
+def _loss_fn(task, method, dtype_name, mc, mf, obs, clip_actions):
+    cfg = TrainConfig(task=task, method=method, dtype=dtype_name, mf=mf)
+    master, compute = _dtypes(cfg)
+    cast = functools.partial(jax.tree.map, lambda a: a.astype(compute) if jnp.issubdtype(a.dtype, jnp.floating) else a)
+    objective = meanflow_loss if method == "meanflow" else flow_matching_loss
+    if task == "digits":
+        module = dit.DiT(mc)
+        uses_null = bool(mf.guidance_eq) or mf.class_dropout_prob > 0
+
+        def loss_fn(params, batch, noise):
+            x = batch["x"].astype(compute)
+            null_y = jnp.full(x.shape[:1], mc.num_classes, batch["y"].dtype) if uses_null else None
+            out = objective(dit.make_u_fn(module, cast(params)), x, batch["y"], cast(noise), mf, null_y=null_y)
+            return out.loss.astype(master), out
+
+        return loss_fn
+    policy = FlowerPolicy(mc, obs[0], mf, clip_actions, obs[1])
+
+    def policy_loss_fn(params, batch, noise):
+        p = cast(params)
+        obs_, actions = batch["obs"].astype(compute), batch["actions"].astype(compute)
+        cond = policy.encode(p, obs_)
+        u_fn = policy.u_fn(p, batch["dropout_rng"])
+        if method == "regression":
+            out = _regression_loss(u_fn, actions, cond, True)
+        else:
+            out = objective(u_fn, actions, cond, cast(noise), policy.mf_cfg, null_y=None, train=True)
+        return out.loss.astype(master), out
+
+    return policy_loss_fn
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_draw(shape, mf, dtype_name, backend):
+    def draw(seed_key, step):
+        k_noise, k_dropout = jax.random.split(jax.random.fold_in(seed_key, step))
+        return sample_noise(k_noise, shape, mf, jnp.dtype(dtype_name)), k_dropout
+
+    lowered = jax.jit(draw).lower(jax.random.PRNGKey(0), np.uint32(0))
+    # A few hundred random numbers per step: XLA's CPU optimiser would spend seconds on
+    # the unrolled threefry code for no measurable gain at run time.
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0} if backend == "cpu" else None)
+
+
+def step_randomness(cfg: TrainConfig, step: int, x_shape) -> tuple[MeanFlowNoise, Any]:
+    """(noise, dropout key) of the update after `step` updates: fold_in(PRNGKey(seed), step)."""
+    master, _ = _dtypes(cfg)
+    shape = tuple(int(s) for s in x_shape)
+    draw = _compiled_draw(shape, objective_config(cfg), jnp.dtype(master).name, jax.default_backend())
+    return draw(jax.random.PRNGKey(cfg.seed), np.uint32(step))
+
+
+def to_batch(cfg: TrainConfig, batch: dict) -> dict:
+    """NumPy batch of the data interface -> jnp arrays in the master dtype (images stay NHWC)."""
+    master, _ = _dtypes(cfg)
+    if cfg.task == "digits":
+        return {"x": jnp.asarray(batch["x"], master), "y": jnp.asarray(np.asarray(batch["y"]).astype(np.int32))}
+    return {"obs": jnp.asarray(batch["obs"], master), "actions": jnp.asarray(batch["actions"], master)}
+
+
+def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = True) -> Callable:
+    """sample(cond, noise=None, num_steps=None, seed=0) -> NumPy samples.
+
+    cond: labels int [B] (digits) or observations [B, obs_dim] (reach). noise: e in the
+    data's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn from
+    np.random.default_rng(seed), so both backends sample from the same noise.
+    num_steps default cfg.mf.num_steps. flow_matching runs Euler steps with h = 0;
+    regression uses zero noise and one step. Runs in the master dtype.
+    """
+    master, _ = _dtypes(cfg)
+    params = state.ema_params if use_ema else state.params
+    mc = model_config(cfg)
+    if cfg.task == "digits":
+        u_fn, shape = dit.make_u_fn(model, params), (mc.input_size, mc.input_size, mc.in_channels)
+    else:
+        u_fn, shape = model.u_fn(params), (mc.act_window_size, mc.action_dim)
+    if cfg.method == "flow_matching":
+        u_fn = functools.partial(_zero_h, u_fn)
+
+    def sample(cond, noise=None, num_steps=None, seed=0):
+        cond = np.asarray(cond)
+        b = cond.shape[0]
+        if noise is None:
+            noise = np.random.default_rng(seed).standard_normal((b, *shape))
+        e = jnp.asarray(noise, master)
+        steps = num_steps or cfg.mf.num_steps
+        if cfg.method == "regression":
+            e, steps = jnp.zeros_like(e), 1
+        if cfg.task == "digits":
+            y = jnp.asarray(cond.astype(np.int32))
+        else:
+            y = model.encode(params, jnp.asarray(cond, master))
+        x = generate(u_fn, e, y, num_steps=steps)
+        if cfg.task == "reach" and cfg.clip_actions:
+            x = jnp.clip(x, -1.0, 1.0)
+        return np.asarray(x)
+
+    return sample
+
+
+def _zero_h(u_fn, z, t, h, y, train=False):
+    return u_fn(z, t, jnp.zeros_like(h), y, train)
+
+
+def _data(cfg: TrainConfig, dataset, batch_fn):
+    if dataset is None or batch_fn is None:
+        from meanflow_common import data
+
+        dataset = dataset if dataset is not None else data.get_dataset(cfg.task, cfg.seed)
+        batch_fn = batch_fn or data.batch_at
+    return dataset, batch_fn
+
+
+def _checked_params(given, template):
+    want = jax.tree_util.tree_flatten_with_path(template)[0]
+    got = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(given)[0])
+    out = []
+    for path, leaf in want:
+        key = jax.tree_util.keystr(path)
+        if key not in got:
+            raise KeyError(f"init_params lacks parameter {key}")
+        if np.shape(got[key]) != leaf.shape:
+            raise ValueError(f"init_params{key} has shape {np.shape(got[key])}, the model expects {leaf.shape}")
+        out.append(jnp.asarray(got[key], leaf.dtype))
+    if len(got) != len(want):
+        extra = sorted(set(got) - {jax.tree_util.keystr(p) for p, _ in want})
+        raise KeyError(f"init_params has unexpected parameter {extra[0]}")
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), out)
+
+
+def _meta(cfg: TrainConfig, step: int) -> dict:
+    return {"step": step, "data_position": step, "seed": cfg.seed, "backend": BACKEND,
+            "rng": "fold_in(PRNGKey(seed), step) per update", "config": config_to_dict(cfg)}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          dataset=None, batch_fn=None, eval_fn=None, noise_fn=None, init_params=None, on_step=None) -> RunResult:
+    """Train as `cfg` says; returns a RunResult (see meanflow_common.train_cli).
+
+    dataset, batch_fn: the data (default `meanflow_common.data.get_dataset(task, seed)`
+    and `batch_at`). eval_fn(state, step, run_dir): called every cfg.eval_every updates and
+    at the end (e.g. sample grids, rollouts; see `make_sampler`). noise_fn(step, batch) ->
+    MeanFlowNoise replaces the built-in randomness (cross-backend parity); init_params
+    replaces the initial parameters (checked key by key); on_step(step, state, metrics)
+    runs after every update.
+    """
+    mc = model_config(cfg)
+    dataset, batch_fn = _data(cfg, dataset, batch_fn)
+    example = batch_fn(dataset, cfg.seed, 0, cfg.batch_size)
+    check_batch(cfg, mc, example)
+    model, params = make_model(cfg, example)
+    if init_params is not None:
+        params = _checked_params(init_params, params)
+    info = {"obs_dim": int(example["obs"].shape[1])} if cfg.task == "reach" else {}
+    resumed = prepare_run_dir(cfg, BACKEND, mc, resume=resume, overwrite=overwrite, data_info=info)
+    run_dir, ckpt_dir = cfg.out_dir, os.path.join(cfg.out_dir, "checkpoints")
+    state = create_train_state(params, cfg.optim)
+    last = latest_checkpoint(ckpt_dir) if resumed else None
+    if last is not None:
+        state, _ = restore_checkpoint(last, state)
+    start = int(state.step)
+    logger = MetricsLogger(run_dir, start if resumed else None, tensorboardx_writer(os.path.join(run_dir, "tensorboard")))
+    bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
+    step_fn = make_train_step(make_loss_fn(cfg, model), cfg.optim)
+    losses, saved_at = {}, start if last is not None else -1
+    t_log, s_log = time.perf_counter(), start
+    try:
+        for s in range(start, cfg.steps):
+            batch = to_batch(cfg, batch_fn(dataset, cfg.seed, s, cfg.batch_size))
+            data_shape = batch["x"].shape if cfg.task == "digits" else batch["actions"].shape
+            noise, dropout_key = step_randomness(cfg, s, data_shape)
+            if noise_fn is not None:
+                noise = noise_fn(s, batch)
+            if cfg.task == "reach":
+                batch["dropout_rng"] = dropout_key
+            new_state, metrics = step_fn(state, batch, noise)
+            loss, k = float(metrics["loss"]), s + 1
+            check_finite(k, loss, last)
+            state, losses[k] = new_state, loss
+            if on_step is not None:
+                on_step(k, state, metrics)
+            if (cfg.log_every and k % cfg.log_every == 0) or k == cfg.steps:
+                now = time.perf_counter()
+                rate = (k - s_log) / max(now - t_log, 1e-9)
+                logger.log(k, {**{n: float(v) for n, v in metrics.items()}, "steps_per_s": rate, "wall_s": now})
+                t_log, s_log = now, k
+            bar.update(k, loss)
+            if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:
+                last, saved_at = save_checkpoint(ckpt_dir, state, _meta(cfg, k), cfg.keep_last), k
+            if eval_fn is not None and ((cfg.eval_every and k % cfg.eval_every == 0) or k == cfg.steps):
+                eval_fn(state, k, run_dir)
+    finally:
+        bar.close()
+        logger.close()
+        plot_losses(logger.path, os.path.join(run_dir, "loss.png"), title=f"{cfg.task} {cfg.method} (jax)")
+    if saved_at != int(state.step):
+        last = save_checkpoint(ckpt_dir, state, _meta(cfg, int(state.step)), cfg.keep_last)
+    return RunResult(run_dir=run_dir, step=int(state.step), losses=losses, checkpoint=last, state=state, model=model)
+
+
+def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = True) -> LoadedRun:
+    """A trained run from its folder: config, model, state of `checkpoint` (default the
+    latest) and a `make_sampler` sampler."""
+    saved = read_run_config(run_dir)
+    if saved.get("backend") != BACKEND:
+        raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend "
+                         "or convert its checkpoint with parity.checkpoints")
+    cfg = config_from_dict(saved)
+    path = checkpoint or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint")
+    model, params = make_model(cfg, obs_dim=saved.get("data", {}).get("obs_dim"))
+    state, meta = restore_checkpoint(path, create_train_state(params, cfg.optim))
+    return LoadedRun(cfg=cfg, model=model, state=state, step=int(meta["step"]), checkpoint=path,
+                     sample=make_sampler(cfg, model, state, use_ema))
+
+
+def _prepare(cfg: TrainConfig) -> None:
+    if cfg.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+
+
+def main(argv=None) -> int:
+    return run_cli(train, BACKEND, argv, prepare=_prepare)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Checkpoints of the PyTorch trainer: one state-dict file per checkpoint, written atomically.
+
+`<ckpt_dir>/ckpt_<step:08d>.pt` holds {"model": model state dict, "ema": EMA state dict,
+"optimizer", "scheduler", "step", "meta"} (meta: data position, seed, RNG rule, config).
+Each file is written to a temporary name in the same folder and renamed with
+`os.replace`, so an interrupted save never leaves a partial file under a checkpoint name;
+only the newest `keep_last` files are kept.
+
+The same three functions exist in `jax_meanflow.checkpoint`:
+`save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`,
+`latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path, state) -> (state, meta)`.
+The "model" entry is what `parity.checkpoints` reads, so any checkpoint converts to JAX.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from typing import Optional
+
+import torch
+
+from torch_meanflow.train_state import TrainState
+
+__all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints"]
+
+_NAME = re.compile(r"ckpt_(\d{8})\.pt\Z")
+
+
+def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """[(step, path)] of the complete checkpoint files in `ckpt_dir`, oldest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    found = [(int(m.group(1)), os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir) if (m := _NAME.match(n))]
+    return sorted(found)
+
+
+def _all_finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int) -> str:
+    """Write `state` (at step `state.step`) and `meta`; returns the file's path.
+
+    Non-finite parameters are refused (FloatingPointError), so a diverged state can
+    never replace the last good checkpoint. Older files beyond `keep_last` are deleted
+    after the new one is in place.
+    """
+    if not (_all_finite(state.model) and _all_finite(state.ema_model)):
+        raise FloatingPointError(f"parameters are not finite at step {state.step}; checkpoint not written")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, f"ckpt_{state.step:08d}.pt")
+    payload = {
+        "model": state.model.state_dict(),
+        "ema": state.ema_model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "step": int(state.step),
+        "meta": meta,
+    }
+    fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".ckpt_", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    for _, old in list_checkpoints(ckpt_dir)[:-keep_last]:
+        os.remove(old)
+    return path
+
+
+def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
+    """The newest complete checkpoint file in `ckpt_dir`, or None."""
+    found = list_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
+
+
+def _check_state_dict(saved: dict, module: torch.nn.Module, what: str) -> None:
+    want = module.state_dict()
+    missing = sorted(set(want) - set(saved))
+    if missing:
+        raise KeyError(f"checkpoint {what} lacks {missing[0]!r} ({len(missing)} missing): "
+                       "it was written for another architecture")
+    extra = sorted(set(saved) - set(want))
+    if extra:
+        raise KeyError(f"checkpoint {what} has unexpected {extra[0]!r} ({len(extra)} unexpected): "
+                       "it was written for another architecture")
+    for k, v in want.items():
+        if tuple(saved[k].shape) != tuple(v.shape):
+            raise ValueError(f"checkpoint {what} {k!r} has shape {tuple(saved[k].shape)}, the model expects {tuple(v.shape)}")
+
+
+def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
+    """Load the file `path` into `state` in place (model, EMA, optimizer, scheduler, step).
+
+    Every key and shape is compared with the state's model first: a checkpoint of
+    another architecture or size raises KeyError / ValueError naming the parameter.
+    Returns (state, meta).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    device = next(state.model.parameters()).device
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(payload, dict) or not {"model", "ema", "optimizer", "step"} <= set(payload):
+        raise ValueError(f"{path} is not a checkpoint of the PyTorch trainer")
+    _check_state_dict(payload["model"], state.model, "model")
+    _check_state_dict(payload["ema"], state.ema_model, "ema")
+    state.model.load_state_dict(payload["model"])
+    state.ema_model.load_state_dict(payload["ema"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    state.step = int(payload["step"])
+    return state, dict(payload.get("meta", {}))
