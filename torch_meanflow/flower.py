@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from meanflow_common.checks import check_flower_inputs, check_same_dtype
 from meanflow_common.config import FlowerConfig
 from meanflow_common.tables import rope_cos_sin
 from torch_meanflow.flower_layers import (
@@ -59,38 +60,12 @@ class FlowerCond:
 
 
 def _check_inputs(cfg: FlowerConfig, z, t, h, cond: FlowerCond, dtype: torch.dtype):
-    if z.ndim != 3:
-        raise ValueError(f"z must be [B, T, A] (batch, window, action), got shape {tuple(z.shape)}")
-    b, n, a = z.shape
-    if a != cfg.action_dim:
-        raise ValueError(f"action dim {a} of z {tuple(z.shape)} != config.action_dim {cfg.action_dim}")
-    if n != cfg.act_window_size:
-        raise ValueError(f"window length {n} of z != config.act_window_size {cfg.act_window_size}")
-    for name, x in (("t", t), ("h", h)):
-        if tuple(x.shape) != (b,):
-            raise ValueError(f"{name} must have shape [B] = ({b},), got {tuple(x.shape)}")
-    tok = cond.tokens
-    if tok.ndim != 3 or tok.shape[0] != b:
-        raise ValueError(f"cond.tokens must be [B={b}, S, cond_dim], got {tuple(tok.shape)}")
-    if tok.shape[-1] != cfg.cond_dim:
-        raise ValueError(f"token feature dim {tok.shape[-1]} != config.cond_dim {cfg.cond_dim}")
-    if tuple(cond.frequency_embeds.shape) != (b, cfg.dit_dim):
-        raise ValueError(
-            f"cond.frequency_embeds must be [B, dit_dim] = ({b}, {cfg.dit_dim}), "
-            f"got {tuple(cond.frequency_embeds.shape)}"
-        )
-    named = [("z", z), ("t", t), ("h", h), ("cond.tokens", tok), ("cond.frequency_embeds", cond.frequency_embeds)]
+    proprio = None if cond.proprio is None else cond.proprio.shape
+    check_flower_inputs(cfg, z.shape, t.shape, h.shape, cond.tokens.shape, cond.frequency_embeds.shape, proprio)
+    named = [("z", z), ("t", t), ("h", h), ("cond.tokens", cond.tokens), ("cond.frequency_embeds", cond.frequency_embeds)]
     if cond.proprio is not None:
-        if not cfg.use_proprio:
-            raise ValueError("cond.proprio given but config.use_proprio is False")
-        if tuple(cond.proprio.shape) != (b, cfg.proprio_dim):
-            raise ValueError(
-                f"cond.proprio must be [B, proprio_dim] = ({b}, {cfg.proprio_dim}), got {tuple(cond.proprio.shape)}"
-            )
         named.append(("cond.proprio", cond.proprio))
-    for name, x in named:
-        if x.dtype != dtype:
-            raise ValueError(f"{name} has dtype {x.dtype}, the model's parameters are {dtype}")
+    check_same_dtype([(n, x.dtype) for n, x in named], dtype, "the model's parameters are")
 
 
 class FlowerTransformer(nn.Module):
