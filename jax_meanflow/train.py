@@ -30,7 +30,7 @@ from jax_meanflow.checkpoint import latest_checkpoint, restore_checkpoint, save_
 from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
 from jax_meanflow.policy import FlowerPolicy
 from jax_meanflow.solver import generate
-from jax_meanflow.train_state import TrainState, create_train_state, make_train_step
+from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
 from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
 from meanflow_common.train_config import (
@@ -162,41 +162,69 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
     data's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn from
     np.random.default_rng(seed), so both backends sample from the same noise.
     num_steps default cfg.mf.num_steps. flow_matching runs Euler steps with h = 0;
-    regression uses zero noise and one step. Runs in the master dtype.
+    regression uses zero noise and one step. Runs jitted, in the master dtype.
     """
     master, _ = _dtypes(cfg)
     params = state.ema_params if use_ema else state.params
     mc = model_config(cfg)
-    if cfg.task == "digits":
-        u_fn, shape = dit.make_u_fn(model, params), (mc.input_size, mc.input_size, mc.in_channels)
-    else:
-        u_fn, shape = model.u_fn(params), (mc.act_window_size, mc.action_dim)
-    if cfg.method == "flow_matching":
-        u_fn = functools.partial(_zero_h, u_fn)
+    shape = (mc.input_size, mc.input_size, mc.in_channels) if cfg.task == "digits" else (mc.act_window_size, mc.action_dim)
+    obs = (model.obs_dim, model.num_tokens) if isinstance(model, FlowerPolicy) else None
 
     def sample(cond, noise=None, num_steps=None, seed=0):
         cond = np.asarray(cond)
-        b = cond.shape[0]
         if noise is None:
-            noise = np.random.default_rng(seed).standard_normal((b, *shape))
-        e = jnp.asarray(noise, master)
-        steps = num_steps or cfg.mf.num_steps
-        if cfg.method == "regression":
-            e, steps = jnp.zeros_like(e), 1
-        if cfg.task == "digits":
-            y = jnp.asarray(cond.astype(np.int32))
-        else:
-            y = model.encode(params, jnp.asarray(cond, master))
-        x = generate(u_fn, e, y, num_steps=steps)
-        if cfg.task == "reach" and cfg.clip_actions:
-            x = jnp.clip(x, -1.0, 1.0)
-        return np.asarray(x)
+            noise = np.random.default_rng(seed).standard_normal((cond.shape[0], *shape))
+        steps = 1 if cfg.method == "regression" else (num_steps or cfg.mf.num_steps)
+        run = _sampler(cfg.task, cfg.method, mc, obs, cfg.clip_actions, int(steps))
+        cond = jnp.asarray(cond.astype(np.int32)) if cfg.task == "digits" else jnp.asarray(cond, master)
+        return np.asarray(run(params, jnp.asarray(noise, master), cond))
 
     return sample
 
 
+@functools.lru_cache(maxsize=32)
+def _sampler(task, method, mc, obs, clip_actions, num_steps):
+    policy = FlowerPolicy(mc, obs[0], None, clip_actions, obs[1]) if task == "reach" else None
+
+    @jax.jit
+    def run(params, e, cond):
+        if task == "digits":
+            u_fn, y = dit.make_u_fn(dit.DiT(mc), params), cond
+        else:
+            u_fn, y = policy.u_fn(params), policy.encode(params, cond)
+        if method == "flow_matching":
+            u_fn = functools.partial(_zero_h, u_fn)
+        if method == "regression":
+            e = jnp.zeros_like(e)
+        x = generate(u_fn, e, y, num_steps=num_steps)
+        return jnp.clip(x, -1.0, 1.0) if (task == "reach" and clip_actions) else x
+
+    return run
+
+
 def _zero_h(u_fn, z, t, h, y, train=False):
     return u_fn(z, t, jnp.zeros_like(h), y, train)
+
+
+def _fast(cfg: TrainConfig) -> bool:
+    return cfg.fast_compile and jax.default_backend() == "cpu"
+
+
+_FAST_STEPS: dict = {}
+
+
+def _fast_step(loss_fn: Callable, optim_cfg) -> Callable:
+    """`train_state.train_step` compiled without XLA's backend optimisations (per shapes)."""
+
+    def step(state, batch, noise):
+        avals = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), (state, batch, noise))
+        key = (loss_fn, optim_cfg, str(jax.tree.structure(avals)), tuple(jax.tree.leaves(avals)))
+        if key not in _FAST_STEPS:
+            lowered = train_step.lower(state, loss_fn, batch, noise, optim_cfg)
+            _FAST_STEPS[key] = lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+        return _FAST_STEPS[key](state, batch, noise)
+
+    return step
 
 
 def _data(cfg: TrainConfig, dataset, batch_fn):
@@ -258,7 +286,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     start = int(state.step)
     logger = MetricsLogger(run_dir, start if resumed else None, tensorboardx_writer(os.path.join(run_dir, "tensorboard")))
     bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
-    step_fn = make_train_step(make_loss_fn(cfg, model), cfg.optim)
+    step_fn = _fast_step(make_loss_fn(cfg, model), cfg.optim) if _fast(cfg) else make_train_step(
+        make_loss_fn(cfg, model), cfg.optim)
     losses, saved_at = {}, start if last is not None else -1
     t_log, s_log = time.perf_counter(), start
     try:

@@ -57,7 +57,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------
 
 RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard")
-_RESUMABLE = {"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir"}
+_RESUMABLE = {"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir", "fast_compile"}
 
 
 def read_run_config(run_dir: str) -> dict:

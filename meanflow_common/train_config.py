@@ -67,7 +67,9 @@ class TrainConfig:
     steps: total updates; ckpt_every / log_every / eval_every: in updates (0 = only at
     the end); keep_last: checkpoints kept. obs_tokens, clip_actions: the reach policy's
     LowDimEncoder token count and whether sampled actions are clamped to [-1, 1] (the
-    reach actions are normalised to that range).
+    reach actions are normalised to that range). fast_compile: JAX on CPU only, compile
+    the train step without XLA's backend optimisations (about half the compile time,
+    slower steps: for tests and smoke runs; the torch trainer has nothing to compile).
     """
 
     task: str = "digits"
@@ -84,6 +86,7 @@ class TrainConfig:
     out_dir: str = "runs/digits"
     obs_tokens: int = 4
     clip_actions: bool = True
+    fast_compile: bool = False
     model_overrides: tuple = ()
     optim: OptimConfig = field(default_factory=OptimConfig)
     mf: MeanFlowConfig = field(default_factory=MeanFlowConfig)
@@ -145,11 +148,12 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # tests: a 2-block DiT on 8x8x1 images, a few steps
     "tiny": TrainConfig(
         task="digits", model="tiny", model_overrides=(("in_channels", 1),), steps=8, batch_size=8,
-        ckpt_every=4, log_every=1, out_dir="runs/tiny", optim=OptimConfig(lr=1e-3, ema_decay=0.9),
+        ckpt_every=4, log_every=1, out_dir="runs/tiny", fast_compile=True, optim=OptimConfig(lr=1e-3, ema_decay=0.9),
     ),
     # tests: a 2-layer FLOWER policy on action chunks [10, 2], no dropout
     "tiny_reach": TrainConfig(
         task="reach", model="tiny", steps=8, batch_size=8, ckpt_every=4, log_every=1, out_dir="runs/tiny_reach",
+        fast_compile=True,
         model_overrides=(("action_dim", 2), ("act_window_size", 10), ("attn_pdrop", 0.0),
                          ("resid_pdrop", 0.0), ("mlp_pdrop", 0.0)),
         optim=OptimConfig(lr=1e-3, ema_decay=0.9),
