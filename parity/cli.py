@@ -4,6 +4,7 @@
     python -m parity --arch dit --preset small --dtype float64 --json report.json
     python -m parity --arch dit --preset tiny --checkpoint ckpt_dir   # given weights instead of random
     python -m parity convert SRC DST --arch dit --preset tiny         # orbax dir <-> .pt / .safetensors
+    python -m parity debug --arch dit --dtype float64 --control gelu_erf --out DIR   # where the sides part
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import jax
 jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 arrays stay float32
 
 from meanflow_common.config import get_preset, override  # noqa: E402
-from parity import checkpoints  # noqa: E402
+from parity import checkpoints, debug  # noqa: E402
 from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
 from parity.harness import run_variant, trained_params  # noqa: E402
 from parity.precision import pinned_precision, precision_settings, versions  # noqa: E402
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     c.add_argument("--checkpoint-key", default=None)
     c.add_argument("--overwrite", action="store_true")
+    debug.add_arguments(sub.add_parser("debug", help="the divergence debugger: the first module where the sides part "
+                                                     "(primal and JVP tangent), see docs/DEBUGGING.md"))
     return p
 
 
@@ -165,6 +168,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "convert":
             return cmd_convert(args)
+        if args.command == "debug":
+            return debug.cmd_debug(args)
         return cmd_report(args)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

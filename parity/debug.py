@@ -1,0 +1,383 @@
+"""The divergence debugger: where and why the two backends part (issue 5).
+
+`run_debug` evaluates one variant on both sides from the same float64 input bundle as the
+harness, then:
+1. captures every module's output and input, primal and JVP tangent, for the network call
+   inside the MeanFlow JVP (primals (z_t, t, r), tangents (v_g, 1, 0); both sides get the
+   reference's v_g and the dropped labels, so the network is compared on identical inputs);
+2. compares them module by module in execution order (torch hook order): max abs error and
+   max error relative to the JAX max magnitude, primal against the u tolerance and tangent
+   against the du/dt tolerance of the dtype (parity/tolerances.py);
+3. blames a module: the first module over tolerance if its inputs agree (the bug is in its
+   own computation), else its nearest compared ancestor (its input was computed wrongly by
+   the ancestor's code between sub-modules, since every earlier module agrees);
+4. when the network agrees everywhere, compares the objective terms (u, v_g, du/dt, u_tgt,
+   losses, gradients) and names the objective as the place of the divergence, with the
+   first failing term and what that pattern means.
+
+Precision matrix and compare modes live in parity/debug_modes.py; tables, the PNG and the
+JSON in parity/debug_report.py; the command line is `python -m parity debug`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from parity import convert
+from parity.archs import Variant, get_arch
+from parity.compare import CheckResult, compare, compare_grads, error_stats
+from parity.debug_capture import (
+    Capture,
+    NetInputs,
+    build_torch_module,
+    jax_capture,
+    module_map,
+    net_inputs,
+    torch_capture,
+    torch_only_modules,
+)
+from parity.harness import TERMS, random_params, run_jax, run_torch, summarise_grads
+from parity.tolerances import tolerance
+
+__all__ = [
+    "ModuleDiff", "DebugResult", "DebugCase", "prepare_case", "analyse", "run_debug", "compare_captures", "blame",
+    "diagnose_objective", "objective_checks", "depth_growth", "names_line_up", "blames", "OBJECTIVE",
+]
+
+OBJECTIVE = "objective"
+
+# Objective terms in the order the objective computes them, with what a first failure
+# there means once the network is known to agree at identical inputs.
+_OBJECTIVE_HINTS = (
+    ("v_g", "the guided velocity differs: classifier-free guidance or class dropout in the objective"),
+    ("u", "u differs although the network agrees at the reference inputs: the objective feeds the "
+          "network other inputs (z_t, h = t - r, the dropped labels)"),
+    ("du_dt", "du/dt differs while u agrees and the network's own tangents agree under (v_g, 1, 0): "
+              "the objective forms another derivative (a zero z-tangent gives the partial derivative "
+              "in t; autograd.grad w.r.t. t gives a summed partial); du/dt must be the JVP with "
+              "tangents (v_g, 1, 0)"),
+    ("u_tgt", "u_tgt differs while v_g and du/dt agree: the target formula v_g - clip(t - r, 0, 1) du/dt"),
+    ("loss_per_sample", "the per-sample loss differs while u and u_tgt agree: the loss reduction"),
+    ("loss", "the loss differs while the per-sample losses agree: the adaptive weight or the mean"),
+    ("grad", "every value agrees but the gradients differ: gradient flows where it must not "
+             "(no stop-gradient on the target u_tgt, or on the adaptive weight)"),
+)
+
+
+@dataclass
+class ModuleDiff:
+    """One module call: errors of its output (and of its inputs), primal and tangent."""
+
+    index: int
+    name: str
+    jax_path: str
+    shape: tuple
+    primal_abs: float
+    primal_rel: float
+    tangent_abs: float
+    tangent_rel: float
+    input_primal_rel: float
+    input_tangent_rel: float
+    primal_over: bool
+    tangent_over: bool
+    inputs_over: bool  # an input (primal or tangent) already differs beyond tolerance
+    where: str = ""
+
+    @property
+    def over(self) -> bool:
+        return self.primal_over or self.tangent_over
+
+
+@dataclass
+class DebugResult:
+    arch: str
+    variant: str
+    dtype: str
+    device: str
+    control: str | None
+    tol_primal: float
+    tol_tangent: float
+    modules: list
+    blamed: str  # "" when clean, "objective", or a torch module name ("" for the root is "<network>")
+    reason: str
+    first_over: str | None
+    objective: list
+    diagnosis: str
+    blocks: list  # [(name, primal_rel, tangent_rel)] for the repeated blocks, then the output
+    growth: dict
+    torch_only: list
+    jax_only_names: list = field(default_factory=list)
+    extras: dict = field(default_factory=dict)  # precision matrix, compare modes, png path
+
+    @property
+    def clean(self) -> bool:
+        return not self.blamed
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["modules"] = [dict(asdict(m), over=m.over) for m in self.modules]
+        out["objective"] = [r.as_dict() for r in self.objective]
+        out["clean"] = self.clean
+        return out
+
+
+def _leaves_error(ref: list, got: list) -> tuple[float, float, str]:
+    """Max abs and max relative error over the leaves (each relative to its own JAX scale)."""
+    if len(ref) != len(got):
+        return math.inf, math.inf, f"{len(ref)} JAX arrays vs {len(got)} torch arrays"
+    worst = (0.0, 0.0, "")
+    for k, (a, b) in enumerate(zip(ref, got)):
+        if a.shape != b.shape:
+            return math.inf, math.inf, f"array {k}: shape {a.shape} (JAX) vs {b.shape} (torch)"
+        ab, rel, where = error_stats(a, b)
+        if rel > worst[1] or (rel == worst[1] and ab > worst[0]):
+            worst = (ab, rel, f"[{k}]{where}" if len(ref) > 1 else where)
+    return worst
+
+
+def compare_captures(jc: Capture, tc: Capture, jax_paths: dict, tol_p: float, tol_t: float) -> list:
+    """ModuleDiffs over the modules captured on both sides, in torch execution order."""
+    j = {r.name: r for r in jc.records}
+    out = []
+    for rec in tc.records:
+        if rec.name not in j:
+            continue
+        ref = j[rec.name]
+        pa, pr, where = _leaves_error(ref.out_primal, rec.out_primal)
+        ta, tr, twhere = _leaves_error(ref.out_tangent, rec.out_tangent)
+        _, ipr, _ = _leaves_error(ref.in_primal, rec.in_primal)
+        _, itr, _ = _leaves_error(ref.in_tangent, rec.in_tangent)
+        d = ModuleDiff(
+            index=len(out), name=rec.name, jax_path=jax_paths.get(rec.name.split("#")[0], "?"),
+            shape=tuple(ref.out_primal[0].shape) if ref.out_primal else (),
+            primal_abs=pa, primal_rel=pr, tangent_abs=ta, tangent_rel=tr,
+            input_primal_rel=ipr, input_tangent_rel=itr,
+            primal_over=not pr <= tol_p, tangent_over=not tr <= tol_t,
+            inputs_over=not (ipr <= tol_p and itr <= tol_t), where=where if pr > tol_p or tr <= tol_t else twhere,
+        )
+        out.append(d)
+    return out
+
+
+def _display(name: str) -> str:
+    return name if name else "<network>"
+
+
+def blame(modules: list) -> tuple[str, str, str | None]:
+    """(blamed module, reason, first module over tolerance) from the module diffs."""
+    first = next((m for m in modules if m.over), None)
+    if first is None:
+        return "", "every module agrees within tolerance, primal and tangent", None
+    what = " and ".join(w for w, bad in (("primal", first.primal_over), ("tangent", first.tangent_over)) if bad)
+    head = (f"first module over tolerance: {_display(first.name)} ({what}; primal rel {first.primal_rel:.3e}, "
+            f"tangent rel {first.tangent_rel:.3e}); every module before it agrees")
+    if not first.inputs_over:
+        return first.name, f"{head}; its inputs agree, so the bug is in its own computation", _display(first.name)
+    names = {m.name for m in modules}
+    parent = first.name.split("#")[0]
+    while parent:
+        parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+        if parent in names:
+            break
+    return parent, (f"{head}; its input already differs (rel {first.input_primal_rel:.3e} primal, "
+                    f"{first.input_tangent_rel:.3e} tangent), so the input was computed wrongly by code of "
+                    f"{_display(parent)} that runs between its compared sub-modules"), _display(first.name)
+
+
+def objective_checks(arch, variant: Variant, ref, got, dtype: str, device: str) -> list[CheckResult]:
+    """The harness's checks of the objective terms and the gradients (the worst one named)."""
+    labels = dict(arch=arch.name, variant=variant.name, dtype=dtype, device=device)
+    results = [compare(ref.terms[k], got.terms[k], quantity=k, tol=tolerance(dtype, device, k, arch.name), **labels)
+               for k in TERMS]
+    grads = compare_grads(ref.grads, got.grads, tol=tolerance(dtype, device, "grad", arch.name), **labels)
+    results.append(summarise_grads(grads))
+    return results
+
+
+def diagnose_objective(objective: list[CheckResult]) -> str:
+    by_name = {r.quantity: r for r in objective}
+    failing = [name for name, _ in _OBJECTIVE_HINTS if name in by_name and not by_name[name].passed]
+    if not failing:
+        return "network and objective agree: no divergence"
+    first = failing[0]
+    hint = dict(_OBJECTIVE_HINTS)[first]
+    r = by_name[first]
+    where = f" at {r.where}" if r.where else ""
+    return (f"network agrees layer by layer; divergence in the objective: {first} "
+            f"(max rel {r.max_rel:.3e} > tol {r.tol:.0e}{where}; failing: {', '.join(failing)}). {hint}")
+
+
+def depth_growth(modules: list, blocks: tuple) -> tuple[list, dict]:
+    """Errors at the outputs of the repeated blocks and of the network, and their growth."""
+    by_name = {m.name: m for m in modules}
+    rows = [(b, by_name[b].primal_rel, by_name[b].tangent_rel) for b in blocks if b in by_name]
+    if "" in by_name:
+        rows.append(("<network>", by_name[""].primal_rel, by_name[""].tangent_rel))
+    growth = {}
+    for k, key in ((1, "primal_per_block"), (2, "tangent_per_block")):
+        vals = [r[k] for r in rows[: len(blocks)]]
+        if len(vals) >= 2 and vals[0] > 0 and all(math.isfinite(v) and v > 0 for v in vals):
+            growth[key] = (vals[-1] / vals[0]) ** (1.0 / (len(vals) - 1))
+        else:
+            growth[key] = None
+    return rows, growth
+
+
+@dataclass
+class DebugCase:
+    """Everything one debug run evaluates: weights on both sides, bundle, objective outputs."""
+
+    arch: Any
+    variant: Variant
+    dtype: str
+    device: str
+    control: Any
+    params_np: dict
+    state_dict: dict
+    inputs: NetInputs
+    objective: list
+
+
+def prepare_case(variant: Variant, dtype: str = "float64", device: str = "cpu", *, seed: int = 0, batch: int = 6,
+                 params_np: dict | None = None, control=None) -> DebugCase:
+    """The harness's weights (every parameter randomised from `seed`, or given) and bundle
+    (`seed + 1`), so a debug run reproduces the parity check it explains; runs the objective
+    on both sides (with the control's bug on the torch side)."""
+    arch = get_arch(variant.arch)
+    if control is not None and control.arch != arch.name:
+        raise ValueError(f"control {control.name!r} is for the {control.arch!r} network, not {arch.name!r}")
+    if params_np is None:
+        params_np = random_params(arch, variant, seed)
+    state_dict = convert.jax_to_torch(params_np, arch.table, variant.model_cfg)
+    if control is not None and control.state is not None:
+        state_dict = control.state(state_dict)
+    bundle = arch.make_bundle(variant, batch, seed + 1)
+    ref = run_jax(arch, variant, params_np, bundle, dtype, device)
+    got = run_torch(arch, variant, state_dict, bundle, dtype, device, control)
+    return DebugCase(arch, variant, dtype, device, control, params_np, state_dict,
+                     net_inputs(arch, variant, bundle, ref.terms["v_g"]),
+                     objective_checks(arch, variant, ref, got, dtype, device))
+
+
+def analyse(case: DebugCase) -> DebugResult:
+    """Capture both networks module by module, compare, blame, diagnose."""
+    arch, variant, dtype, device = case.arch, case.variant, case.dtype, case.device
+    jc = jax_capture(arch, variant, case.params_np, case.inputs, dtype, device)
+    module = build_torch_module(arch, variant, case.state_dict, dtype, device, case.control)
+    tc = torch_capture(arch, variant, module, case.inputs, dtype, device)
+    tol_p, tol_t = tolerance(dtype, device, "u", arch.name), tolerance(dtype, device, "du_dt", arch.name)
+    mmap = module_map(arch.name, variant.model_cfg)
+    modules = compare_captures(jc, tc, mmap.torch_to_jax, tol_p, tol_t)
+    blamed, reason, first = blame(modules)
+    if first is not None:
+        diagnosis = f"divergence in the network: blamed module {_display(blamed)}. {reason}"
+    else:
+        diagnosis = diagnose_objective(case.objective)
+        if not diagnosis.startswith("network and objective agree"):
+            blamed, reason = OBJECTIVE, diagnosis
+    rows, growth = depth_growth(modules, mmap.blocks)
+    return DebugResult(
+        arch=arch.name, variant=variant.name, dtype=dtype, device=device,
+        control=None if case.control is None else case.control.name, tol_primal=tol_p, tol_tangent=tol_t,
+        modules=modules, blamed=blamed, reason=reason, first_over=first, objective=case.objective,
+        diagnosis=diagnosis, blocks=rows, growth=growth, torch_only=torch_only_modules(arch, variant, module),
+        jax_only_names=sorted(set(jc.names) - set(tc.names)),
+    )
+
+
+def run_debug(variant: Variant, dtype: str = "float64", device: str = "cpu", *, seed: int = 0, batch: int = 6,
+              params_np: dict | None = None, control=None) -> DebugResult:
+    """Debug one variant (optionally with a negative control injected into the torch side)."""
+    return analyse(prepare_case(variant, dtype, device, seed=seed, batch=batch, params_np=params_np, control=control))
+
+
+def names_line_up(jc: Capture, tc: Capture) -> bool:
+    """The same module names on both sides, in the same execution order."""
+    return jc.names == tc.names
+
+
+def blames(result: DebugResult, module: str) -> bool:
+    """Whether `result` blames `module` ("" = the objective) or a sub-module of it."""
+    if not module:
+        return result.blamed == OBJECTIVE
+    return result.blamed == module or result.blamed.startswith(module + ".")
+
+
+# ----------------------------------------------------------------------------------
+# `python -m parity debug`
+# ----------------------------------------------------------------------------------
+
+
+def add_arguments(p):
+    """The options of `python -m parity debug` (those of the parity report, plus the debugger's)."""
+    p.add_argument("--arch", default="dit", help="dit or flower")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--variant", default=None, help="the first variant whose name contains this (default: the first)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a model config field by name (repeatable)")
+    p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
+    p.add_argument("--checkpoint-key", default=None)
+    p.add_argument("--control", default=None, help="inject a negative control (parity/controls.py) into torch")
+    p.add_argument("--out", default="debug_out", help="folder for the text report and the PNG")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
+    p.add_argument("--precision-matrix", action="store_true",
+                   help="float64 / float32 highest / float32 default / bfloat16, both backends")
+    p.add_argument("--compare-modes", action="store_true",
+                   help="torch eager vs torch.compile, SDPA math vs explicit attention")
+    p.add_argument("--no-compile", action="store_true", help="with --compare-modes: skip torch.compile")
+
+
+def pick_variant(arch_name: str, preset: str, name: str | None, sets=()) -> Variant:
+    from meanflow_common.config import override
+    from parity.archs import default_variants
+
+    arch = get_arch(arch_name)
+    presets = {"dit_preset": "tiny", "flower_preset": "tiny", f"{arch.name}_preset": preset}
+    variants = [v for v in default_variants(**presets) if v.arch == arch.name and (not name or name in v.name)]
+    if not variants:
+        raise ValueError(f"no {arch.name} variant matches {name!r}")
+    v = variants[0]
+    return replace(v, model_cfg=override(v.model_cfg, list(sets))) if sets else v
+
+
+def cmd_debug(args) -> int:
+    """Exit status 0 when both sides agree everywhere, 1 when a divergence is found."""
+    import os
+
+    from parity import checkpoints
+    from parity.controls import get_control
+    from parity.debug_modes import compare_modes, precision_matrix
+    from parity.debug_report import format_report, plot_errors, write_json
+    from parity.precision import pinned_precision, versions
+
+    variant = pick_variant(args.arch, args.preset, args.variant, args.set)
+    control = get_control(args.control) if args.control else None
+    params = None
+    if args.checkpoint:
+        params = checkpoints.load_params(args.checkpoint, variant.arch, variant.model_cfg, key=args.checkpoint_key)
+    with pinned_precision(True) as settings:
+        case = prepare_case(variant, args.dtype, args.device, seed=args.seed, batch=args.batch,
+                            params_np=params, control=control)
+        res = analyse(case)
+    args_out = (case.variant, case.params_np, case.state_dict, case.inputs)
+    if args.precision_matrix:
+        res.extras["precision_matrix"] = precision_matrix(*args_out, device=args.device, control=control)
+    if args.compare_modes:
+        with pinned_precision(True):
+            res.extras["compare_modes"] = compare_modes(*args_out, args.dtype, args.device,
+                                                        compile=not args.no_compile, control=control)
+    res.extras["png"] = plot_errors(res, os.path.join(args.out, "debug_errors.png"))
+    text = format_report(res)
+    print(text)
+    with open(os.path.join(args.out, "debug_report.txt"), "w") as f:
+        f.write(text + "\n")
+    if args.json:
+        meta = {"versions": versions(), "precision": settings, "args": vars(args)}
+        write_json(res, args.json, meta)
+        print(f"wrote {args.json}")
+    return 0 if res.clean else 1

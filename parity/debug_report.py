@@ -1,0 +1,169 @@
+"""The debugger's output: text tables, the error-vs-depth PNG, the JSON file."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+from parity.debug import DebugResult
+
+FLOOR = 1e-20  # exact agreement (error 0) is drawn here on the log axis
+
+
+def _e(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    return f"{x:.2e}"
+
+
+def format_modules(res: DebugResult) -> str:
+    w = max([len(m.name) for m in res.modules] + [9])
+    head = (f"{'#':>3}  {'module':{w}}  {'shape':18} {'primal abs':>10} {'primal rel':>10} "
+            f"{'tangent abs':>11} {'tangent rel':>11} {'input rel':>9}  flag")
+    lines = [head, "-" * len(head)]
+    for m in res.modules:
+        flag = "".join(c for c, bad in (("P", m.primal_over), ("T", m.tangent_over)) if bad)
+        if flag and m.name == res.blamed:
+            flag += " <- blamed"
+        elif m.name == res.blamed and res.blamed:
+            flag = "<- blamed (holds the bug)"
+        name = m.name or "<network>"
+        in_rel = max(m.input_primal_rel, m.input_tangent_rel)
+        lines.append(f"{m.index:3d}  {name:{w}}  {str(m.shape).replace(' ', ''):18} {_e(m.primal_abs):>10} "
+                     f"{_e(m.primal_rel):>10} {_e(m.tangent_abs):>11} {_e(m.tangent_rel):>11} {_e(in_rel):>9}  {flag}")
+    return "\n".join(lines)
+
+
+def format_objective(res: DebugResult) -> str:
+    lines = [f"{'term':16} {'max abs':>10} {'max rel':>10} {'tol':>8}  ok    where"]
+    for r in res.objective:
+        lines.append(f"{r.quantity:16} {_e(r.max_abs):>10} {_e(r.max_rel):>10} {r.tol:8.1e}  "
+                     f"{'PASS' if r.passed else 'FAIL'}  {r.where}")
+    return "\n".join(lines)
+
+
+def format_depth(res: DebugResult) -> str:
+    parts = [f"{name}: primal {_e(p)}, tangent {_e(t)}" for name, p, t in res.blocks]
+    g = res.growth
+    factor = ", ".join(f"{k.split('_')[0]} x{v:.2f}" if v is not None else f"{k.split('_')[0]} -"
+                       for k, v in g.items())
+    return "error with depth (block outputs, max rel):\n  " + "\n  ".join(parts) + f"\n  growth per block: {factor}"
+
+
+def format_precision_matrix(rows: list) -> str:
+    head = (f"{'setting':16} {'backend':7} {'u rel':>9} {'du/dt rel':>9} {'torch-jax u':>11} "
+            f"{'torch-jax du/dt':>15}  note")
+    lines = ["precision matrix (network u and du/dt; rel = max error / max |float64 JAX|)", head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['setting']:16} {r['backend']:7} {_e(r['u_rel']):>9} {_e(r['du_dt_rel']):>9} "
+                     f"{_e(r['u_rel_vs_jax']):>11} {_e(r['du_dt_rel_vs_jax']):>15}  {r['note']}")
+    return "\n".join(lines)
+
+
+def format_modes(rows: list) -> str:
+    head = (f"{'mode':52} {'u vs jax':>9} {'du vs jax':>9} {'u vs eager':>10} {'du vs eager':>11} "
+            f"{'graphs/ops':>10}  note")
+    lines = ["compare modes (torch execution paths; rel = max error / max |reference|)", head, "-" * len(head)]
+    for r in rows:
+        c = r["compiled"]
+        comp = "-" if c is None else f"{c['graphs']}/{c['ops']}"
+        lines.append(f"{r['mode'][:52]:52} {_e(r['u_rel_vs_jax']):>9} {_e(r['du_dt_rel_vs_jax']):>9} "
+                     f"{_e(r['u_rel_vs_eager']):>10} {_e(r['du_dt_rel_vs_eager']):>11} {comp:>10}  {r['note']}")
+    return "\n".join(lines)
+
+
+def format_report(res: DebugResult) -> str:
+    ctl = f", control {res.control}" if res.control else ""
+    out = [
+        f"divergence debugger: {res.arch} / {res.variant} / {res.dtype} / {res.device}{ctl}",
+        f"network call inside the MeanFlow JVP: primals (z_t, t, r), tangents (v_g, 1, 0); "
+        f"tolerance primal {res.tol_primal:.0e} (u), tangent {res.tol_tangent:.0e} (du/dt), relative to JAX's max",
+        "",
+        format_modules(res),
+        "",
+        format_depth(res),
+        "",
+        "objective terms:",
+        format_objective(res),
+        "",
+        f"blamed: {res.blamed or '-'}",
+        f"diagnosis: {res.diagnosis}",
+        f"not compared (torch-only modules): {', '.join(res.torch_only) or '-'}",
+    ]
+    if res.jax_only_names:
+        out.append(f"captured in JAX only: {', '.join(res.jax_only_names)}")
+    for key, fmt in (("precision_matrix", format_precision_matrix), ("compare_modes", format_modes)):
+        if res.extras.get(key):
+            out += ["", fmt(res.extras[key])]
+    if res.extras.get("png"):
+        out += ["", f"plot: {res.extras['png']}"]
+    return "\n".join(out)
+
+
+def plot_errors(res: DebugResult, path: str) -> str:
+    """Error against depth (execution order), primal and tangent, log scale; returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(res.modules)
+    xs = list(range(n))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.16 * n + 3.0), 5.0))
+    for attr, label, marker in (("primal_rel", "primal (u)", "o"), ("tangent_rel", "tangent (du/dt)", "s")):
+        ys = [min(max(getattr(m, attr), FLOOR), 1e6) for m in res.modules]
+        ax.semilogy(xs, ys, marker=marker, markersize=3, linewidth=1, label=label)
+    ax.axhline(res.tol_primal, color="C0", linestyle="--", linewidth=0.8, label=f"tolerance u {res.tol_primal:.0e}")
+    if res.tol_tangent != res.tol_primal:
+        ax.axhline(res.tol_tangent, color="C1", linestyle="--", linewidth=0.8,
+                   label=f"tolerance du/dt {res.tol_tangent:.0e}")
+    names = [m.name for m in res.modules]
+    for block, _, _ in res.blocks:
+        if block in names:
+            ax.axvline(names.index(block), color="grey", linewidth=0.5, alpha=0.6)
+    if res.blamed and res.blamed in names:
+        i = names.index(res.blamed)
+        ax.axvline(i, color="red", linewidth=1.2, label=f"blamed: {res.blamed}")
+    labels = [m.name or "<network>" for m in res.modules]
+    if n <= 90:
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, rotation=90, fontsize=5)
+    else:
+        ticks = [names.index(b) for b, _, _ in res.blocks if b in names]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([names[t] for t in ticks], rotation=90, fontsize=6)
+    ax.set_ylabel(f"max |torch - jax| / max |jax|  (0 drawn at {FLOOR:.0e})")
+    ctl = f", control {res.control}" if res.control else ""
+    ax.set_title(f"{res.arch} {res.variant} {res.dtype} {res.device}{ctl}: error per module, execution order")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_json(res: DebugResult, path: str, meta: dict | None = None):
+    """The full debug result as JSON, written atomically."""
+    payload = _finite({"meta": meta or {}, **res.as_dict()})
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1, default=str, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def _finite(x):
+    """Non-finite floats as strings ("inf", "nan"): strict JSON has no Infinity."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
