@@ -25,17 +25,18 @@ def save_digit_grid(samples: np.ndarray, labels: np.ndarray, path: str, per_clas
     """A 10 x per_class grid (one row per class) of images [N, 8, 8, 1] on [-1, 1]."""
     plt = _pyplot()
     samples, labels = np.asarray(samples), np.asarray(labels)
-    fig, axes = plt.subplots(10, per_class, figsize=(per_class * 0.6, 6.2))
+    cell = 9  # 8 pixels and a 1-pixel white gutter
+    mosaic = np.full((10 * cell, per_class * cell), -1.0)
     for c in range(10):
-        rows = np.flatnonzero(labels == c)[:per_class]
-        for j in range(per_class):
-            ax = axes[c, j]
-            ax.axis("off")
-            if j < len(rows):
-                ax.imshow(np.clip(samples[rows[j], ..., 0], -1, 1), cmap="gray_r", vmin=-1, vmax=1)
+        for j, row in enumerate(np.flatnonzero(labels == c)[:per_class]):
+            mosaic[c * cell:c * cell + 8, j * cell:j * cell + 8] = np.clip(samples[row, ..., 0], -1, 1)
+    fig, ax = plt.subplots(figsize=(per_class * 0.45, 4.8))
+    ax.imshow(mosaic, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_yticks(np.arange(10) * cell + 3.5, [str(c) for c in range(10)])
+    ax.set_xticks([])
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.1)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout(pad=0.2)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,6 +1,7 @@
 """Closed-loop rollouts of an action-chunk policy in the reach environment (NumPy only).
 
-A policy is `policy_fn(obs, noise) -> actions` with obs float32 [n, 4], noise float32
+A policy is `policy_fn(obs, noise) -> actions` with obs float32 [n, 4] (all n rollouts at
+every replan, finished ones included, so the batch shape never changes), noise float32
 [n, 10, 2] (standard normal, drawn here from the rollout seed so that every backend and
 every method sees the same noise; a regression policy ignores it) and actions [n, 10, 2]
 normalised. The robot executes the first `execute` actions of each chunk (the environment
@@ -66,12 +67,15 @@ def rollout(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int = 
     steps = np.zeros(n, dtype=np.int64)
     t = 0
     while t < max_steps and active.any():
+        # The policy always sees all n rollouts (finished ones frozen): a constant batch
+        # shape, so a jitted sampler compiles once, and each rollout's noise is the same
+        # whatever the others do.
         idx = np.flatnonzero(active)
-        noise = rng.standard_normal((n, reach.CHUNK, reach.ACTION_DIM)).astype(np.float32)[idx]
-        chunk = np.asarray(policy_fn(reach.make_obs(pos[idx], goals[idx]), noise), dtype=np.float64)
-        if chunk.shape != (len(idx), reach.CHUNK, reach.ACTION_DIM):
-            raise ValueError(f"policy_fn returned shape {chunk.shape}, expected "
-                             f"{(len(idx), reach.CHUNK, reach.ACTION_DIM)}")
+        noise = rng.standard_normal((n, reach.CHUNK, reach.ACTION_DIM)).astype(np.float32)
+        chunk = np.asarray(policy_fn(reach.make_obs(pos, goals), noise), dtype=np.float64)
+        if chunk.shape != (n, reach.CHUNK, reach.ACTION_DIM):
+            raise ValueError(f"policy_fn returned shape {chunk.shape}, expected {(n, reach.CHUNK, reach.ACTION_DIM)}")
+        chunk = chunk[idx]
         for j in range(execute):
             if t >= max_steps or not active.any():
                 break
