@@ -42,7 +42,7 @@ from parity.tolerances import tolerance
 
 __all__ = [
     "ModuleDiff", "DebugResult", "DebugCase", "prepare_case", "analyse", "run_debug", "compare_captures", "blame",
-    "diagnose_objective", "objective_checks", "depth_growth", "names_line_up", "blames", "OBJECTIVE",
+    "diagnose_objective", "objective_checks", "depth_growth", "names_line_up", "blames", "OBJECTIVE", "NETWORK",
 ]
 
 OBJECTIVE = "objective"
@@ -99,7 +99,7 @@ class DebugResult:
     tol_primal: float
     tol_tangent: float
     modules: list
-    blamed: str  # "" when clean, "objective", or a torch module name ("" for the root is "<network>")
+    blamed: str  # "" when clean, "objective", "<network>" (the root) or a torch module name
     reason: str
     first_over: str | None
     objective: list
@@ -160,12 +160,24 @@ def compare_captures(jc: Capture, tc: Capture, jax_paths: dict, tol_p: float, to
     return out
 
 
+NETWORK = "<network>"  # the whole network (torch module name "")
+
+
 def _display(name: str) -> str:
-    return name if name else "<network>"
+    return name if name else NETWORK
+
+
+def _parent(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
 
 
 def blame(modules: list) -> tuple[str, str, str | None]:
-    """(blamed module, reason, first module over tolerance) from the module diffs."""
+    """(blamed module, reason, first module over tolerance) from the module diffs.
+
+    Every module before the first one over tolerance agrees. If that module's inputs agree,
+    its own computation is wrong. Otherwise its input was made by code that runs between
+    compared modules: the code of the lowest compared ancestor whose inputs still agree.
+    """
     first = next((m for m in modules if m.over), None)
     if first is None:
         return "", "every module agrees within tolerance, primal and tangent", None
@@ -173,16 +185,18 @@ def blame(modules: list) -> tuple[str, str, str | None]:
     head = (f"first module over tolerance: {_display(first.name)} ({what}; primal rel {first.primal_rel:.3e}, "
             f"tangent rel {first.tangent_rel:.3e}); every module before it agrees")
     if not first.inputs_over:
-        return first.name, f"{head}; its inputs agree, so the bug is in its own computation", _display(first.name)
-    names = {m.name for m in modules}
-    parent = first.name.split("#")[0]
-    while parent:
-        parent = parent.rsplit(".", 1)[0] if "." in parent else ""
-        if parent in names:
+        return _display(first.name), f"{head}; its inputs agree, so the bug is in its own computation", \
+            _display(first.name)
+    by_name = {m.name: m for m in modules}
+    owner = first.name.split("#")[0]
+    while owner:
+        owner = _parent(owner)
+        if owner in by_name and not by_name[owner].inputs_over:
             break
-    return parent, (f"{head}; its input already differs (rel {first.input_primal_rel:.3e} primal, "
-                    f"{first.input_tangent_rel:.3e} tangent), so the input was computed wrongly by code of "
-                    f"{_display(parent)} that runs between its compared sub-modules"), _display(first.name)
+    return _display(owner), (f"{head}; its input already differs (rel {first.input_primal_rel:.3e} primal, "
+                             f"{first.input_tangent_rel:.3e} tangent), so that input was computed wrongly by "
+                             f"the code of {_display(owner)} between its compared sub-modules (the lowest "
+                             f"enclosing module whose own inputs agree)"), _display(first.name)
 
 
 def objective_checks(arch, variant: Variant, ref, got, dtype: str, device: str) -> list[CheckResult]:
@@ -213,7 +227,7 @@ def depth_growth(modules: list, blocks: tuple) -> tuple[list, dict]:
     by_name = {m.name: m for m in modules}
     rows = [(b, by_name[b].primal_rel, by_name[b].tangent_rel) for b in blocks if b in by_name]
     if "" in by_name:
-        rows.append(("<network>", by_name[""].primal_rel, by_name[""].tangent_rel))
+        rows.append((NETWORK, by_name[""].primal_rel, by_name[""].tangent_rel))
     growth = {}
     for k, key in ((1, "primal_per_block"), (2, "tangent_per_block")):
         vals = [r[k] for r in rows[: len(blocks)]]
@@ -271,7 +285,7 @@ def analyse(case: DebugCase) -> DebugResult:
     modules = compare_captures(jc, tc, mmap.torch_to_jax, tol_p, tol_t)
     blamed, reason, first = blame(modules)
     if first is not None:
-        diagnosis = f"divergence in the network: blamed module {_display(blamed)}. {reason}"
+        diagnosis = f"divergence in the network: blamed module {blamed}. {reason}"
     else:
         diagnosis = diagnose_objective(case.objective)
         if not diagnosis.startswith("network and objective agree"):

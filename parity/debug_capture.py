@@ -290,7 +290,7 @@ def torch_inputs(arch: Arch, inputs: NetInputs, dtype: str, device: str = "cpu")
     tdt = TORCH_DTYPES[dtype]
 
     def t_(a):
-        return torch.as_tensor(np.asarray(a), device=device).to(tdt)
+        return torch.as_tensor(np.array(a), device=device).to(tdt)  # a copy: JAX's arrays are read-only
 
     z = t_(to_torch_data(arch.name, inputs.z))
     tz = t_(to_torch_data(arch.name, inputs.tangent))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import sys
 import warnings
 
@@ -24,12 +25,15 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-import torch_meanflow.attention as tattn
 from parity.archs import Arch, Variant, get_arch
 from parity.compare import error_stats
 from parity.debug_capture import JAX_DTYPES, NetInputs, build_torch_module, jax_device, torch_inputs
 from parity.inputs import from_torch_data
 from parity.precision import pinned_precision
+
+# The module itself: the package re-exports the function under the same name, so
+# `import torch_meanflow.attention as m` would bind the function.
+tattn = importlib.import_module("torch_meanflow.attention")
 
 # (label, dtype, strict precision)
 PRECISION_SETTINGS = (
@@ -122,17 +126,17 @@ def precision_matrix(variant: Variant, params_np: dict, state_dict: dict, inputs
 
 @contextlib.contextmanager
 def explicit_attention_everywhere():
-    """Route every torch_meanflow module's `attention` to `explicit_attention` (written out)."""
-    patched = []
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("torch_meanflow.") and getattr(mod, "attention", None) is tattn.attention:
-            patched.append(mod)
-            mod.attention = tattn.explicit_attention
+    """Route the torch networks' `attention` to `explicit_attention` (written out, op by op)."""
+    original = tattn.attention
+    patched = [mod for name, mod in list(sys.modules.items())
+               if name.startswith("torch_meanflow.") and mod is not tattn and getattr(mod, "attention", None) is original]
+    for mod in patched:
+        mod.attention = tattn.explicit_attention
     try:
         yield
     finally:
         for mod in patched:
-            mod.attention = tattn.attention
+            mod.attention = original
 
 
 def _counting_backend(stats: dict):

@@ -6,7 +6,7 @@ import math
 import os
 import tempfile
 
-from parity.debug import DebugResult
+from parity.debug import NETWORK, DebugResult
 
 FLOOR = 1e-20  # exact agreement (error 0) is drawn here on the log axis
 
@@ -25,12 +25,10 @@ def format_modules(res: DebugResult) -> str:
             f"{'tangent abs':>11} {'tangent rel':>11} {'input rel':>9}  flag")
     lines = [head, "-" * len(head)]
     for m in res.modules:
+        name = m.name or NETWORK
         flag = "".join(c for c, bad in (("P", m.primal_over), ("T", m.tangent_over)) if bad)
-        if flag and m.name == res.blamed:
+        if name == res.blamed:
             flag += " <- blamed"
-        elif m.name == res.blamed and res.blamed:
-            flag = "<- blamed (holds the bug)"
-        name = m.name or "<network>"
         in_rel = max(m.input_primal_rel, m.input_tangent_rel)
         lines.append(f"{m.index:3d}  {name:{w}}  {str(m.shape).replace(' ', ''):18} {_e(m.primal_abs):>10} "
                      f"{_e(m.primal_rel):>10} {_e(m.tangent_abs):>11} {_e(m.tangent_rel):>11} {_e(in_rel):>9}  {flag}")
@@ -120,17 +118,16 @@ def plot_errors(res: DebugResult, path: str) -> str:
     if res.tol_tangent != res.tol_primal:
         ax.axhline(res.tol_tangent, color="C1", linestyle="--", linewidth=0.8,
                    label=f"tolerance du/dt {res.tol_tangent:.0e}")
-    names = [m.name for m in res.modules]
+    names = [m.name or NETWORK for m in res.modules]
     for block, _, _ in res.blocks:
         if block in names:
             ax.axvline(names.index(block), color="grey", linewidth=0.5, alpha=0.6)
     if res.blamed and res.blamed in names:
         i = names.index(res.blamed)
         ax.axvline(i, color="red", linewidth=1.2, label=f"blamed: {res.blamed}")
-    labels = [m.name or "<network>" for m in res.modules]
     if n <= 90:
         ax.set_xticks(xs)
-        ax.set_xticklabels(labels, rotation=90, fontsize=5)
+        ax.set_xticklabels(names, rotation=90, fontsize=5)
     else:
         ticks = [names.index(b) for b, _, _ in res.blocks if b in names]
         ax.set_xticks(ticks)
