@@ -177,7 +177,10 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
         steps = 1 if cfg.method == "regression" else (num_steps or cfg.mf.num_steps)
         run = _sampler(cfg.task, cfg.method, mc, obs, cfg.clip_actions, int(steps))
         cond = jnp.asarray(cond.astype(np.int32)) if cfg.task == "digits" else jnp.asarray(cond, master)
-        return np.asarray(run(params, jnp.asarray(noise, master), cond))
+        args = (params, jnp.asarray(noise, master), cond)
+        if _fast(cfg):
+            return np.asarray(_fast_call(run, functools.partial(run.lower, *args), *args))
+        return np.asarray(run(*args))
 
     return sample
 
@@ -210,19 +213,24 @@ def _fast(cfg: TrainConfig) -> bool:
     return cfg.fast_compile and jax.default_backend() == "cpu"
 
 
-_FAST_STEPS: dict = {}
+_EXECUTABLES: dict = {}
+
+
+def _fast_call(key, lower: Callable, *args):
+    """Run `lower().compile(...)` (no XLA backend optimisations), cached per key and avals."""
+    avals = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), args)
+    full_key = (key, str(jax.tree.structure(avals)), tuple(jax.tree.leaves(avals)))
+    if full_key not in _EXECUTABLES:
+        _EXECUTABLES[full_key] = lower().compile(compiler_options={"xla_backend_optimization_level": 0})
+    return _EXECUTABLES[full_key](*args)
 
 
 def _fast_step(loss_fn: Callable, optim_cfg) -> Callable:
-    """`train_state.train_step` compiled without XLA's backend optimisations (per shapes)."""
+    """`train_state.train_step` compiled without XLA's backend optimisations."""
 
     def step(state, batch, noise):
-        avals = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), (state, batch, noise))
-        key = (loss_fn, optim_cfg, str(jax.tree.structure(avals)), tuple(jax.tree.leaves(avals)))
-        if key not in _FAST_STEPS:
-            lowered = train_step.lower(state, loss_fn, batch, noise, optim_cfg)
-            _FAST_STEPS[key] = lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
-        return _FAST_STEPS[key](state, batch, noise)
+        lower = functools.partial(train_step.lower, state, loss_fn, batch, noise, optim_cfg)
+        return _fast_call((loss_fn, optim_cfg), lower, state, batch, noise)
 
     return step
 

@@ -146,7 +146,7 @@ def test_cli_runs_resumes_and_rejects_bad_flags(tmp_path, capsys):
 
 def test_reach_policy_in_bfloat16(tmp_path):
     cfg = apply_assignments(TRAIN_PRESETS["tiny_reach"], [f"out_dir={tmp_path / 'reach'}", "steps=2",
-                                                          "dtype=bfloat16"])
+                                                          "dtype=bfloat16", "n_layers=1"])
     result = T.train(cfg, progress=False)
     assert all(np.isfinite(v) for v in result.losses.values())
     assert all(p.dtype == np.float32 for p in jax.tree.leaves(result.state.params))  # master weights

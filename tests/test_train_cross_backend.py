@@ -1,0 +1,92 @@
+"""The JAX and PyTorch trainers follow one trajectory; their checkpoints cross and sample the same.
+
+The pair starts from randomised parameters (converted torch -> Flax), trains the tiny DiT
+on the same digit batches with the same NumPy-drawn noise (`parity.train_parity`).
+"""
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from jax_meanflow import train as jt
+from jax_meanflow.train_state import create_train_state as jax_state
+from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments, model_config
+from parity.checkpoints import load_params
+from parity.convert import jax_to_torch, torch_to_jax
+from parity.train_parity import parity_config, run_pair
+from torch_meanflow import train as tt
+from torch_meanflow.params import randomize_params
+from torch_meanflow.train_state import create_train_state as torch_state
+
+jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(scope="module")
+def pair64(tmp_path_factory):
+    cfg = parity_config("float64", steps=50, batch_size=4)
+    traj, results = run_pair(cfg, str(tmp_path_factory.mktemp("pair64")))
+    return cfg, traj, results
+
+
+def test_float64_trajectories_agree_for_50_steps(pair64):
+    _, traj, _ = pair64
+    assert len(traj.rel_params) == 50
+    assert traj.moved > 1e-2  # the weights travelled: agreement is not a frozen start
+    worst = traj.worst()
+    for name in ("rel_loss", "rel_v_loss", "rel_grad_norm", "rel_params", "rel_ema"):
+        assert worst[name] < 1e-8, (name, worst)
+
+
+def _torch_state_with(cfg, state_dict, obs_dim=None):
+    model = tt.make_model(cfg, obs_dim=obs_dim)
+    state = torch_state(model, cfg.optim)
+    with torch.no_grad():
+        for m in (state.model, state.ema_model):
+            m.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()})
+    return model, state
+
+
+def test_jax_checkpoint_samples_the_same_in_torch(pair64):
+    cfg, _, results = pair64
+    mc = model_config(cfg)
+    run = results["jax"]
+    ema = load_params(os.path.join(run.checkpoint, "state"), "dit", mc, key="ema_params")
+    model, state = _torch_state_with(cfg, jax_to_torch(ema, "dit", mc))
+    labels = np.arange(6) % 10
+    for steps in (1, 2):
+        x_jax = jt.make_sampler(cfg, run.model, run.state)(labels, num_steps=steps, seed=5)
+        x_torch = tt.make_sampler(cfg, model, state)(labels, num_steps=steps, seed=5)
+        assert np.abs(x_jax).max() > 0.1
+        np.testing.assert_allclose(x_torch, x_jax, rtol=1e-10, atol=1e-10)
+
+
+def test_torch_checkpoint_samples_the_same_in_jax(tmp_path):
+    cfg = apply_assignments(TRAIN_PRESETS["tiny"], [f"out_dir={tmp_path / 'torch'}", "steps=3"])
+    model = randomize_params(tt.make_model(cfg, obs_dim=None), 2)
+    result = tt.train(cfg, init_params=model.state_dict(), progress=False)
+    mc = model_config(cfg)
+    params = load_params(result.checkpoint, "dit", mc)  # the file's "model" entry: the trained weights
+    _, template = jt.make_model(cfg)
+    state = jax_state(jax.tree.map(lambda a, t: np.asarray(a, t.dtype), params, template), cfg.optim)
+    labels = np.array([0, 3, 7, 9])
+    x_jax = jt.make_sampler(cfg, jt.make_model(cfg)[0], state, use_ema=False)(labels, seed=11)
+    x_torch = tt.make_sampler(cfg, result.model, result.state, use_ema=False)(labels, seed=11)
+    assert x_jax.dtype == np.float32 and np.abs(x_torch).max() > 0.1
+    np.testing.assert_allclose(x_jax, x_torch, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_policy_checkpoint_samples_the_same_in_jax(tmp_path):
+    cfg = apply_assignments(TRAIN_PRESETS["tiny_reach"], [f"out_dir={tmp_path / 'reach'}", "steps=2"])
+    result = tt.train(cfg, progress=False)
+    mc = model_config(cfg)
+    payload = torch.load(result.checkpoint, weights_only=True)
+    policy, template = jt.make_model(cfg, obs_dim=4)
+    ema = torch_to_jax(payload["ema"], "policy", mc, template=template)
+    state = jax_state(ema, cfg.optim)
+    obs = np.random.default_rng(0).uniform(-1, 1, (5, 4))
+    x_jax = jt.make_sampler(cfg, policy, state)(obs, seed=3)
+    x_torch = tt.make_sampler(cfg, result.model, result.state)(obs, seed=3)
+    assert x_jax.shape == (5, 10, 2) and np.abs(x_torch).max() > 0.05
+    np.testing.assert_allclose(x_jax, x_torch, rtol=1e-4, atol=1e-5)
