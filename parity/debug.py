@@ -83,6 +83,7 @@ class ModuleDiff:
     tangent_over: bool
     inputs_over: bool  # an input (primal or tangent) already differs beyond tolerance
     where: str = ""
+    n_arrays: int = 1  # outputs that are tuples (e.g. FLOWER's 9 adaLN signals): shape is the first's
 
     @property
     def over(self) -> bool:
@@ -155,6 +156,7 @@ def compare_captures(jc: Capture, tc: Capture, jax_paths: dict, tol_p: float, to
             input_primal_rel=ipr, input_tangent_rel=itr,
             primal_over=not pr <= tol_p, tangent_over=not tr <= tol_t,
             inputs_over=not (ipr <= tol_p and itr <= tol_t), where=where if pr > tol_p or tr <= tol_t else twhere,
+            n_arrays=len(ref.out_primal),
         )
         out.append(d)
     return out

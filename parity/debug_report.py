@@ -30,7 +30,8 @@ def format_modules(res: DebugResult) -> str:
         if name == res.blamed:
             flag += " <- blamed"
         in_rel = max(m.input_primal_rel, m.input_tangent_rel)
-        lines.append(f"{m.index:3d}  {name:{w}}  {str(m.shape).replace(' ', ''):18} {_e(m.primal_abs):>10} "
+        shape = str(m.shape).replace(" ", "") + (f"x{m.n_arrays}" if m.n_arrays > 1 else "")
+        lines.append(f"{m.index:3d}  {name:{w}}  {shape:18} {_e(m.primal_abs):>10} "
                      f"{_e(m.primal_rel):>10} {_e(m.tangent_abs):>11} {_e(m.tangent_rel):>11} {_e(in_rel):>9}  {flag}")
     return "\n".join(lines)
 
