@@ -19,13 +19,18 @@ per-sample coin `keep = rand < data_proportion` (py-meanflow: `rand < 1 - ratio`
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from meanflow_common.config import MeanFlowConfig
+from torch_meanflow.attention import has_tangent
 
 __all__ = [
     "MeanFlowNoise",
@@ -36,6 +41,8 @@ __all__ = [
     "cond_drop",
     "meanflow_loss",
     "flow_matching_loss",
+    "jvp_engine",
+    "JVP_ENGINES",
 ]
 
 UFn = Callable[..., torch.Tensor]  # u_fn(z, t [B], h [B], y, train) -> u (shape of z)
@@ -238,6 +245,101 @@ def _check_inputs(x: torch.Tensor, noise: MeanFlowNoise) -> None:
         raise ValueError("times t and r must lie in [0, 1]")
 
 
+# ----------------------------------------------------------------------------------
+# The JVP
+# ----------------------------------------------------------------------------------
+# PyTorch's forward-mode formulas give every operand that has no tangent (parameters,
+# buffers, Python numbers, constant tables) an "efficient zero" tangent, and each op on
+# such a zero computes its output shape through a Python meta function (torch._refs):
+# ~0.3 ms per op on CPU with torch 2.13, most of a small DiT's JVP time (benchmarks in
+# docs/BENCHMARKS.md). The "rules" engine runs the JVP under plain forward AD with
+# `_TangentRules`, which computes the tangent of linear/conv layers and of + - * / with
+# a tangent-free operand directly; every other op keeps PyTorch's formula. Tangents
+# computed by the rules carry no autograd history: du/dt only enters the stop-gradient
+# target. Under torch.compile, or inside another AD transform, torch.func.jvp is used.
+
+JVP_ENGINES = ("rules", "torch.func")
+_engine = ["rules"]
+
+
+@contextlib.contextmanager
+def jvp_engine(name: str):
+    """Compute du/dt with engine `name` ("rules": default, "torch.func": plain torch.func.jvp)."""
+    if name not in JVP_ENGINES:
+        raise ValueError(f"unknown JVP engine {name!r}; choose from {list(JVP_ENGINES)}")
+    previous, _engine[0] = _engine[0], name
+    try:
+        yield
+    finally:
+        _engine[0] = previous
+
+
+_T = torch.Tensor
+_BINARY = {
+    _T.__add__: "add", _T.__radd__: "add", _T.add: "add", torch.add: "add",
+    _T.__sub__: "sub", _T.sub: "sub", torch.sub: "sub", _T.__rsub__: "rsub",
+    _T.__mul__: "mul", _T.__rmul__: "mul", _T.mul: "mul", torch.mul: "mul",
+    _T.__truediv__: "div", _T.div: "div", torch.div: "div", _T.__rtruediv__: "rdiv",
+}
+
+
+def _split(x):
+    """(primal, tangent) of a forward-AD dual; (x, None) for anything else."""
+    return fwAD.unpack_dual(x) if isinstance(x, torch.Tensor) else (x, None)
+
+
+def _binary_tangent(kind: str, a, at, b, bt, out):
+    # `func(a, b)` for the __r*__ methods means b (op) a; exactly one of at, bt is set.
+    if kind == "add":
+        return at if at is not None else bt
+    if kind == "sub":  # a - b
+        return at if at is not None else -bt
+    if kind == "rsub":  # b - a
+        return -at if at is not None else bt
+    if kind == "mul":
+        return at * b if at is not None else a * bt
+    if kind == "div":  # a / b
+        return at / b if at is not None else -(bt * out) / b
+    return -(at * out) / a if at is not None else bt / a  # rdiv: b / a
+
+
+class _TangentRules(TorchFunctionMode):
+    """Direct tangents for the ops whose PyTorch formula meets an efficient-zero tangent."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if kwargs:
+            return func(*args, **kwargs)
+        kind = _BINARY.get(func)
+        if kind is not None and len(args) == 2:
+            (a, at), (b, bt) = _split(args[0]), _split(args[1])
+            if (at is None) != (bt is None):
+                out = func(a, b)
+                with torch.no_grad():
+                    tangent = _binary_tangent(kind, a, at, b, bt, out)
+                    tangent = tangent.to(out.dtype).expand(out.shape)
+                return fwAD.make_dual(out, tangent)
+        elif func is F.linear or func is F.conv2d:
+            (x, xt), rest = _split(args[0]), args[1:]
+            if xt is not None and all(_split(w)[1] is None for w in rest[:2]):
+                out = func(x, *rest)
+                with torch.no_grad():
+                    tangent = func(xt, rest[0], None, *rest[2:])
+                return fwAD.make_dual(out, tangent)
+        return func(*args, **kwargs or {})
+
+
+def _jvp(fn, primals, tangents):
+    """(fn(*primals), its JVP along `tangents`) by the selected engine."""
+    if _engine[0] == "torch.func" or torch.compiler.is_compiling() or has_tangent(*primals):
+        return torch.func.jvp(fn, primals, tangents)
+    with fwAD.dual_level():
+        duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents))
+        with _TangentRules():
+            out = fn(*duals)
+        u, du_dt = fwAD.unpack_dual(out)
+    return u, (torch.zeros_like(u) if du_dt is None else du_dt)
+
+
 def _rng_state(device: torch.device):
     if device.type == "cuda":
         return torch.get_rng_state(), torch.cuda.get_rng_state(device)
@@ -255,12 +357,12 @@ def _u_and_du_dt(fn, z_t, t, r, tangent, jvp_path: str):
     primals = (z_t, t, r)
     tangents = (tangent, torch.ones_like(t), torch.zeros_like(r))
     if jvp_path == "jvp":
-        return torch.func.jvp(fn, primals, tangents)
+        return _jvp(fn, primals, tangents)
     # py-meanflow's memory-saving path: the JVP keeps no graph; u gets its own forward.
     # Restoring the RNG state makes the second forward draw the same dropout masks.
     state = _rng_state(z_t.device)
     with torch.no_grad():
-        _, du_dt = torch.func.jvp(fn, primals, tangents)
+        _, du_dt = _jvp(fn, primals, tangents)
     _set_rng_state(z_t.device, state)
     return fn(z_t, t, r), du_dt
 
@@ -292,7 +394,7 @@ def _prepare(u_fn, x, y, noise, cfg, null_y):
 
 
 def meanflow_loss(u_fn: UFn, x, y, noise: MeanFlowNoise, cfg: MeanFlowConfig, null_y=None, train=True) -> MeanFlowOutput:
-    """The MeanFlow loss with du/dt from one `torch.func.jvp`.
+    """The MeanFlow loss with du/dt from one forward-mode JVP (see `jvp_engine`).
 
     x: data [B, ...]; y: labels/conditioning passed to u_fn; noise: `MeanFlowNoise` of x's
     dtype; null_y: the null label (needed with guidance or class dropout).
