@@ -38,6 +38,7 @@ from meanflow_common.train_config import (
     check_batch,
     config_from_dict,
     config_to_dict,
+    data_shape,
     model_config,
     objective_config,
 )
@@ -167,7 +168,7 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
     master, _ = _dtypes(cfg)
     params = state.ema_params if use_ema else state.params
     mc = model_config(cfg)
-    shape = (mc.input_size, mc.input_size, mc.in_channels) if cfg.task == "digits" else (mc.act_window_size, mc.action_dim)
+    shape = data_shape(cfg)
     obs = (model.obs_dim, model.num_tokens) if isinstance(model, FlowerPolicy) else None
 
     def sample(cond, noise=None, num_steps=None, seed=0):
@@ -292,7 +293,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     if last is not None:
         state, _ = restore_checkpoint(last, state)
     start = int(state.step)
-    logger = MetricsLogger(run_dir, start if resumed else None, tensorboardx_writer(os.path.join(run_dir, "tensorboard")))
+    tb_writer = tensorboardx_writer(os.path.join(run_dir, "tensorboard"))
+    logger = MetricsLogger(run_dir, start if resumed else None, tb_writer)
     bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
     step_fn = _fast_step(make_loss_fn(cfg, model), cfg.optim) if _fast(cfg) else make_train_step(
         make_loss_fn(cfg, model), cfg.optim)

@@ -28,7 +28,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from meanflow_common.metrics import NonFiniteLossError
 from meanflow_common.train_config import (
     TRAIN_PRESETS,
     TrainConfig,
@@ -236,7 +235,7 @@ def run_cli(train_fn: Callable[..., RunResult], backend: str, argv: Optional[Seq
         prepare(cfg)
     try:
         result = train_fn(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (NonFiniteLossError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except (FloatingPointError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
         print(f"error: {_message(err)}", file=sys.stderr)
         return 1
     last = list(result.losses.values())[-1] if result.losses else float("nan")

@@ -46,6 +46,7 @@ __all__ = [
     "config_to_dict",
     "load_config_file",
     "check_batch",
+    "data_shape",
 ]
 
 TASKS = ("digits", "reach")
@@ -217,10 +218,6 @@ def _where(key: str, cfg: TrainConfig) -> tuple[str, str]:
     raise KeyError(f"unknown config field {key!r}; valid: {', '.join(valid)}")
 
 
-def _typed(value: str, typ, key: str):
-    return _parse_value(value, typ, key)
-
-
 def apply_assignments(cfg: TrainConfig, assignments: Sequence[str] | Mapping[str, Any]) -> TrainConfig:
     """A copy of `cfg` with each "field=value" (or {field: value}) applied, in order.
 
@@ -232,7 +229,7 @@ def apply_assignments(cfg: TrainConfig, assignments: Sequence[str] | Mapping[str
     rest = [(k, v) for k, v in items if k not in _TOP]
     if top:
         hints = typing.get_type_hints(TrainConfig)
-        changes = {k: (_typed(v, hints[k], k) if isinstance(v, str) else v) for k, v in top}
+        changes = {k: (_parse_value(v, hints[k], k) if isinstance(v, str) else v) for k, v in top}
         cfg = _replace_top(cfg, changes)
     optim, mf, model = {}, {}, dict(cfg.model_overrides)
     for key, value in rest:
@@ -304,6 +301,15 @@ def load_config_file(path: str, base: TrainConfig | None = None) -> TrainConfig:
 # ----------------------------------------------------------------------------------
 
 
+def data_shape(cfg: TrainConfig) -> tuple:
+    """One generated example's shape in the data interface's layout: digits (H, W, C)
+    (NHWC), reach (T, A)."""
+    mc = model_config(cfg)
+    if cfg.task == "digits":
+        return (mc.input_size, mc.input_size, mc.in_channels)
+    return (mc.act_window_size, mc.action_dim)
+
+
 def check_batch(cfg: TrainConfig, model_cfg, batch: Mapping[str, Any]) -> None:
     """Check a NumPy batch of the data interface against the model; ValueError naming the
     problem. digits: {"x": [B, H, W, C] NHWC float, "y": int [B]}; reach: {"obs": [B, D],
@@ -337,8 +343,8 @@ def check_batch(cfg: TrainConfig, model_cfg, batch: Mapping[str, Any]) -> None:
         obs, act = batch["obs"], batch["actions"]
         want = (model_cfg.act_window_size, model_cfg.action_dim)
         if act.ndim != 3 or tuple(act.shape[1:]) != want:
-            raise ValueError(f"action batch has shape {tuple(act.shape)} but the policy takes [B, {want[0]}, {want[1]}] "
-                             f"(act_window_size={want[0]}, action_dim={want[1]})")
+            raise ValueError(f"action batch has shape {tuple(act.shape)} but the policy takes "
+                             f"[B, {want[0]}, {want[1]}] (act_window_size={want[0]}, action_dim={want[1]})")
         if obs.ndim != 2:
             raise ValueError(f"observations must be [B, obs_dim], got shape {tuple(obs.shape)}")
     for k in keys[:1] + (("actions",) if cfg.task == "reach" else ()):

@@ -89,7 +89,8 @@ def _check_state_dict(saved: dict, module: torch.nn.Module, what: str) -> None:
                        "it was written for another architecture")
     for k, v in want.items():
         if tuple(saved[k].shape) != tuple(v.shape):
-            raise ValueError(f"checkpoint {what} {k!r} has shape {tuple(saved[k].shape)}, the model expects {tuple(v.shape)}")
+            raise ValueError(f"checkpoint {what} {k!r} has shape {tuple(saved[k].shape)}, "
+                             f"the model expects {tuple(v.shape)}")
 
 
 def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:

@@ -33,6 +33,7 @@ from meanflow_common.train_config import (
     check_batch,
     config_from_dict,
     config_to_dict,
+    data_shape,
     model_config,
     objective_config,
 )
@@ -170,8 +171,7 @@ def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema:
     """
     net = state.ema_model if use_ema else state.model
     master, _ = _dtypes(cfg)
-    mc = model_config(cfg)
-    shape = (mc.input_size, mc.input_size, mc.in_channels) if cfg.task == "digits" else (mc.act_window_size, mc.action_dim)
+    shape = data_shape(cfg)
     dev = _device()
 
     def u_fn(z, t, h, y, train=False):
