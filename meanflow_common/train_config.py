@@ -263,7 +263,9 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """A TrainConfig from a (possibly partial) dict over `base` (default TrainConfig()).
 
-    Also accepts a run's config.json (the dict under its "train" key). Unknown keys raise.
+    optim, mf and model_overrides are merged field by field over the base's (a task change
+    drops the base's model overrides). Also accepts a run's config.json (the dict under its
+    "train" key). Unknown keys raise.
     """
     if "train" in data and isinstance(data["train"], Mapping):
         data = data["train"]
@@ -277,8 +279,14 @@ def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None) -
         changes["optim"] = from_dict(OptimConfig, {**dataclasses.asdict(base.optim), **data["optim"]})
     if "mf" in data:
         changes["mf"] = from_dict(MeanFlowConfig, {**dataclasses.asdict(base.mf), **data["mf"]})
+    same_family = changes.get("task", base.task) == base.task
     if "model_overrides" in changes:
-        changes["model_overrides"] = tuple(_pairs(changes["model_overrides"]))
+        # merged over the base's overrides (a partial file keeps the preset's own ones)
+        merged = dict(base.model_overrides) if same_family else {}
+        merged.update(_pairs(changes["model_overrides"]))
+        changes["model_overrides"] = tuple(merged.items())
+    elif not same_family:
+        changes["model_overrides"] = ()
     return replace(base, **changes)
 
 

@@ -165,3 +165,31 @@ def test_float64_and_flow_matching_samplers(tmp_path, digits):
     sample = T.make_sampler(cfg, result.model, result.state)
     one, ten = sample(np.arange(4), num_steps=1), sample(np.arange(4), num_steps=10)
     assert one.shape == ten.shape == (4, 8, 8, 1) and not np.allclose(one, ten)
+
+
+def test_config_fields_files_and_errors(tmp_path, capsys):
+    from meanflow_common.train_cli import build_parser, parse_config
+    from meanflow_common.train_config import config_to_dict, model_config
+
+    cfg = apply_assignments(TRAIN_PRESETS["tiny"], ["optim.lr=3e-3", "omega=2", "model.depth=1", "steps=5"])
+    assert (cfg.optim.lr, cfg.mf.omega, model_config(cfg).depth, cfg.steps) == (3e-3, 2.0, 1, 5)
+    assert model_config(cfg).in_channels == 1  # the preset's own override survives
+    with pytest.raises(KeyError, match="unknown config field 'depthh'"):
+        apply_assignments(cfg, ["depthh=1"])
+    with pytest.raises(KeyError, match="unknown field 'dit_dim' in section 'model'"):
+        apply_assignments(cfg, ["model.dit_dim=8"])  # a FLOWER field on the digits DiT
+    with pytest.raises(ValueError, match="needs task='reach'"):
+        apply_assignments(cfg, ["method=regression"])
+
+    path = tmp_path / "recipe.json"
+    path.write_text('{"steps": 7, "optim": {"ema_decay": 0.5}, "model_overrides": {"depth": 3}}')
+    args = build_parser("x").parse_args(["--preset", "tiny", "--config", str(path), "--set", "seed=4"])
+    loaded = parse_config(args)
+    assert (loaded.steps, loaded.optim.ema_decay, loaded.optim.lr, loaded.seed) == (7, 0.5, 1e-3, 4)
+    assert (model_config(loaded).depth, model_config(loaded).in_channels) == (3, 1)  # merged over the preset
+    path.write_text('{"stepz": 7}')
+    with pytest.raises(KeyError, match="stepz"):
+        parse_config(build_parser("x").parse_args(["--config", str(path)]))
+    assert T.main(["--preset", "tiny", "--print-config"]) == 0
+    assert '"in_channels": 1' in capsys.readouterr().out
+    assert config_to_dict(cfg)["model_overrides"] == {"in_channels": 1, "depth": 1}
