@@ -1,15 +1,16 @@
 """Checkpoints of the JAX trainer through orbax's CheckpointManager.
 
-Layout: `<ckpt_dir>/<step>/state` (params, ema_params, opt_state, step, as one pytree)
-and `<ckpt_dir>/<step>/meta` (JSON: step, data position, seed, RNG rule, config). Orbax
-writes each step into a temporary folder and renames it when complete, so an interrupted
-save never replaces a good checkpoint; the manager keeps the last `keep_last`.
+Layout of `<ckpt_dir>/<step>/`, one orbax item each: `params` and `ema_params` (plain Flax
+parameter trees, directly convertible), `opt_state` ({"step", "opt_state"}) and `meta`
+(JSON: step, data position, seed, RNG rule, config). Orbax writes each step into a
+temporary folder and renames it when complete, so an interrupted save never replaces a
+good checkpoint; the manager keeps the last `keep_last`.
 
 The same three functions exist in `torch_meanflow.checkpoint`:
 `save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`,
 `latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path, state) -> (state, meta)`.
-The params inside a checkpoint convert to PyTorch with `parity.checkpoints`
-(path `<ckpt_dir>/<step>/state`, key "params" or "ema_params").
+The parameters convert to PyTorch with `parity.checkpoints` (path
+`<ckpt_dir>/<step>/params` or `<ckpt_dir>/<step>/ema_params`).
 """
 from __future__ import annotations
 
@@ -32,9 +33,13 @@ def _manager(ckpt_dir: str, keep_last: Optional[int]) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(ckpt_dir, options=options)
 
 
+_ITEMS = ("params", "ema_params", "opt_state")
+
+
 def state_tree(state: TrainState) -> dict:
-    """The TrainState as the plain dict that is saved."""
-    return {"step": state.step, "params": state.params, "ema_params": state.ema_params, "opt_state": state.opt_state}
+    """The TrainState as the items that are saved: {"params", "ema_params", "opt_state"}."""
+    return {"params": state.params, "ema_params": state.ema_params,
+            "opt_state": {"step": state.step, "opt_state": state.opt_state}}
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:
@@ -57,7 +62,8 @@ def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int
     ckpt_dir = os.path.abspath(ckpt_dir)
     mgr = _manager(ckpt_dir, keep_last)
     step = int(state.step)
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)), meta=ocp.args.JsonSave(meta))
+    items = {k: ocp.args.StandardSave(v) for k, v in state_tree(state).items()}
+    args = ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta))
     mgr.save(step, args=args, force=True)
     mgr.wait_until_finished()
     mgr.close()
@@ -79,30 +85,32 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     another architecture or size raises KeyError / ValueError naming the parameter.
     """
     path = os.path.abspath(path)
-    if not os.path.isdir(os.path.join(path, "state")):
-        raise FileNotFoundError(f"{path} is not a checkpoint of the JAX trainer (no state/ inside)")
-    saved = ocp.StandardCheckpointer().metadata(os.path.join(path, "state")).item_metadata
-    _check_against(saved, state_tree(state))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_tree(state))
-    tree = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+    if not all(os.path.isdir(os.path.join(path, k)) for k in _ITEMS + ("meta",)):
+        raise FileNotFoundError(f"{path} is not a checkpoint of the JAX trainer (needs {', '.join(_ITEMS)}, meta)")
+    template = state_tree(state)
+    tree = {}
+    for item in _ITEMS:
+        folder = os.path.join(path, item)
+        if item != "opt_state":
+            _check_against(ocp.StandardCheckpointer().metadata(folder).item_metadata, template[item], item)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template[item])
+        tree[item] = ocp.StandardCheckpointer().restore(folder, abstract)
     meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(path, "meta")))
-    new = TrainState(step=tree["step"], params=tree["params"], ema_params=tree["ema_params"],
-                     opt_state=tree["opt_state"])
+    new = TrainState(step=tree["opt_state"]["step"], params=tree["params"], ema_params=tree["ema_params"],
+                     opt_state=tree["opt_state"]["opt_state"])
     return new, meta
 
 
-def _check_against(saved: Any, template: dict) -> None:
-    for part in ("params", "ema_params"):
-        got = _flat_shapes(saved[part])
-        want = _flat_shapes(template[part])
-        missing = sorted(set(want) - set(got))
-        if missing:
-            raise KeyError(f"checkpoint {part} lacks {missing[0]} ({len(missing)} missing): "
-                           "it was written for another architecture")
-        extra = sorted(set(got) - set(want))
-        if extra:
-            raise KeyError(f"checkpoint {part} has unexpected {extra[0]} ({len(extra)} unexpected): "
-                           "it was written for another architecture")
-        for k in sorted(want):
-            if got[k] != want[k]:
-                raise ValueError(f"checkpoint {part}{k} has shape {got[k]}, the model expects {want[k]}")
+def _check_against(saved: Any, template: Any, part: str) -> None:
+    got, want = _flat_shapes(saved), _flat_shapes(template)
+    missing = sorted(set(want) - set(got))
+    if missing:
+        raise KeyError(f"checkpoint {part} lacks {missing[0]} ({len(missing)} missing): "
+                       "it was written for another architecture")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise KeyError(f"checkpoint {part} has unexpected {extra[0]} ({len(extra)} unexpected): "
+                       "it was written for another architecture")
+    for k in sorted(want):
+        if got[k] != want[k]:
+            raise ValueError(f"checkpoint {part}{k} has shape {got[k]}, the model expects {want[k]}")

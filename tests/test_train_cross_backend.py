@@ -52,7 +52,7 @@ def test_jax_checkpoint_samples_the_same_in_torch(pair64):
     cfg, _, results = pair64
     mc = model_config(cfg)
     run = results["jax"]
-    ema = load_params(os.path.join(run.checkpoint, "state"), "dit", mc, key="ema_params")
+    ema = load_params(os.path.join(run.checkpoint, "ema_params"), "dit", mc)
     model, state = _torch_state_with(cfg, jax_to_torch(ema, "dit", mc))
     labels = np.arange(6) % 10
     for steps in (1, 2):
