@@ -86,6 +86,15 @@ def _no_stop_gradient(original):
     return finish
 
 
+@contextlib.contextmanager
+def _no_stop_gradient_port():
+    """A straightforward port: du/dt from torch.func.jvp (whose tangent carries the autograd
+    graph) and a target without stop-gradient. Our default JVP engine computes the tangent
+    without a graph, which alone would hide the missing detach."""
+    with tobj.jvp_engine("torch.func"), _patched("_finish", _no_stop_gradient):
+        yield
+
+
 def _no_clip(original):
     def finish(u, du_dt, v, v_g, t, r, cfg):
         return original(u, du_dt, v, v_g, t, r, dataclasses.replace(cfg, clip_h=False))
@@ -131,7 +140,7 @@ CONTROLS: dict[str, Control] = {
         Control("autograd_wrt_t", "dit", "du/dt by torch.autograd.grad w.r.t. t",
                 objective=lambda: _patched("_u_and_du_dt", _autograd_wrt_t)),
         Control("no_stop_gradient", "dit", "no stop-gradient on the target",
-                objective=lambda: _patched("_finish", _no_stop_gradient)),
+                objective=lambda: _no_stop_gradient_port()),
         Control("gelu_erf", "dit", "GELU erf instead of tanh in the DiT MLP",
                 model=_gelu_erf, module="blocks.0.mlp"),
         Control("layernorm_eps", "dit", "LayerNorm eps 1e-5 instead of 1e-6",
