@@ -28,6 +28,8 @@ from parity import convert
 from parity.archs import Variant, get_arch
 from parity.compare import CheckResult, compare, compare_grads, error_stats
 from parity.debug_capture import (
+    DEFAULT_ATTENTION,
+    DEFAULT_ENGINE,
     Capture,
     NetInputs,
     build_torch_module,
@@ -36,7 +38,10 @@ from parity.debug_capture import (
     net_inputs,
     torch_capture,
     torch_only_modules,
+    torch_path,
 )
+from torch_meanflow.attention import JVP_IMPLS
+from torch_meanflow.objective import JVP_ENGINES
 from parity.harness import TERMS, random_params, run_jax, run_torch, summarise_grads
 from parity.tolerances import tolerance
 
@@ -109,6 +114,8 @@ class DebugResult:
     growth: dict
     torch_only: list
     jax_only_names: list = field(default_factory=list)
+    engine: str = DEFAULT_ENGINE  # the torch objective's JVP engine (torch_meanflow.objective.jvp_engine)
+    attention: str = DEFAULT_ATTENTION  # the attention under a tangent (torch_meanflow.attention.jvp_attention)
     extras: dict = field(default_factory=dict)  # precision matrix, compare modes, png path
 
     @property
@@ -251,15 +258,21 @@ class DebugCase:
     control: Any
     params_np: dict
     state_dict: dict
+    bundle: Any  # the harness's InputBundle (JAX layout)
     inputs: NetInputs
     objective: list
+    ref: Any  # the JAX objective's SideOutputs (terms in the JAX layout, gradients by torch name)
+    engine: str
+    attention: str
 
 
 def prepare_case(variant: Variant, dtype: str = "float64", device: str = "cpu", *, seed: int = 0, batch: int = 6,
-                 params_np: dict | None = None, control=None) -> DebugCase:
+                 params_np: dict | None = None, control=None, engine: str = DEFAULT_ENGINE,
+                 attention: str = DEFAULT_ATTENTION) -> DebugCase:
     """The harness's weights (every parameter randomised from `seed`, or given) and bundle
     (`seed + 1`), so a debug run reproduces the parity check it explains; runs the objective
-    on both sides (with the control's bug on the torch side)."""
+    on both sides (with the control's bug on the torch side), the torch one with JVP engine
+    `engine` and JVP attention `attention`."""
     arch = get_arch(variant.arch)
     if control is not None and control.arch != arch.name:
         raise ValueError(f"control {control.name!r} is for the {control.arch!r} network, not {arch.name!r}")
@@ -270,10 +283,11 @@ def prepare_case(variant: Variant, dtype: str = "float64", device: str = "cpu", 
         state_dict = control.state(state_dict)
     bundle = arch.make_bundle(variant, batch, seed + 1)
     ref = run_jax(arch, variant, params_np, bundle, dtype, device)
-    got = run_torch(arch, variant, state_dict, bundle, dtype, device, control)
-    return DebugCase(arch, variant, dtype, device, control, params_np, state_dict,
+    with torch_path(engine, attention):
+        got = run_torch(arch, variant, state_dict, bundle, dtype, device, control)
+    return DebugCase(arch, variant, dtype, device, control, params_np, state_dict, bundle,
                      net_inputs(arch, variant, bundle, ref.terms["v_g"]),
-                     objective_checks(arch, variant, ref, got, dtype, device))
+                     objective_checks(arch, variant, ref, got, dtype, device), ref, engine, attention)
 
 
 def analyse(case: DebugCase) -> DebugResult:
@@ -281,7 +295,8 @@ def analyse(case: DebugCase) -> DebugResult:
     arch, variant, dtype, device = case.arch, case.variant, case.dtype, case.device
     jc = jax_capture(arch, variant, case.params_np, case.inputs, dtype, device)
     module = build_torch_module(arch, variant, case.state_dict, dtype, device, case.control)
-    tc = torch_capture(arch, variant, module, case.inputs, dtype, device)
+    with torch_path(case.engine, case.attention):
+        tc = torch_capture(arch, variant, module, case.inputs, dtype, device, case.engine)
     tol_p, tol_t = tolerance(dtype, device, "u", arch.name), tolerance(dtype, device, "du_dt", arch.name)
     mmap = module_map(arch.name, variant.model_cfg)
     modules = compare_captures(jc, tc, mmap.torch_to_jax, tol_p, tol_t)
@@ -298,14 +313,16 @@ def analyse(case: DebugCase) -> DebugResult:
         control=None if case.control is None else case.control.name, tol_primal=tol_p, tol_tangent=tol_t,
         modules=modules, blamed=blamed, reason=reason, first_over=first, objective=case.objective,
         diagnosis=diagnosis, blocks=rows, growth=growth, torch_only=torch_only_modules(arch, variant, module),
-        jax_only_names=sorted(set(jc.names) - set(tc.names)),
+        jax_only_names=sorted(set(jc.names) - set(tc.names)), engine=case.engine, attention=case.attention,
     )
 
 
 def run_debug(variant: Variant, dtype: str = "float64", device: str = "cpu", *, seed: int = 0, batch: int = 6,
-              params_np: dict | None = None, control=None) -> DebugResult:
+              params_np: dict | None = None, control=None, engine: str = DEFAULT_ENGINE,
+              attention: str = DEFAULT_ATTENTION) -> DebugResult:
     """Debug one variant (optionally with a negative control injected into the torch side)."""
-    return analyse(prepare_case(variant, dtype, device, seed=seed, batch=batch, params_np=params_np, control=control))
+    return analyse(prepare_case(variant, dtype, device, seed=seed, batch=batch, params_np=params_np,
+                                control=control, engine=engine, attention=attention))
 
 
 def names_line_up(jc: Capture, tc: Capture) -> bool:
@@ -339,12 +356,15 @@ def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
     p.add_argument("--checkpoint-key", default=None)
     p.add_argument("--control", default=None, help="inject a negative control (parity/controls.py) into torch")
+    p.add_argument("--jvp-engine", default=DEFAULT_ENGINE, help=f"torch JVP engine, one of {JVP_ENGINES}")
+    p.add_argument("--jvp-attention", default=DEFAULT_ATTENTION,
+                   help=f"torch attention under a tangent, one of {JVP_IMPLS}")
     p.add_argument("--out", default="debug_out", help="folder for the text report and the PNG")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
     p.add_argument("--precision-matrix", action="store_true",
                    help="float64 / float32 highest / float32 default / bfloat16, both backends")
     p.add_argument("--compare-modes", action="store_true",
-                   help="torch eager vs torch.compile, SDPA math vs explicit attention")
+                   help="every torch JVP engine x attention implementation, eager vs torch.compile")
     p.add_argument("--no-compile", action="store_true", help="with --compare-modes: skip torch.compile")
 
 
@@ -377,16 +397,14 @@ def cmd_debug(args) -> int:
     if args.checkpoint:
         params = checkpoints.load_params(args.checkpoint, variant.arch, variant.model_cfg, key=args.checkpoint_key)
     with pinned_precision(True) as settings:
-        case = prepare_case(variant, args.dtype, args.device, seed=args.seed, batch=args.batch,
-                            params_np=params, control=control)
+        case = prepare_case(variant, args.dtype, args.device, seed=args.seed, batch=args.batch, params_np=params,
+                            control=control, engine=args.jvp_engine, attention=args.jvp_attention)
         res = analyse(case)
-    args_out = (case.variant, case.params_np, case.state_dict, case.inputs)
     if args.precision_matrix:
-        res.extras["precision_matrix"] = precision_matrix(*args_out, device=args.device, control=control)
+        res.extras["precision_matrix"] = precision_matrix(case)
     if args.compare_modes:
         with pinned_precision(True):
-            res.extras["compare_modes"] = compare_modes(*args_out, args.dtype, args.device,
-                                                        compile=not args.no_compile, control=control)
+            res.extras["compare_modes"] = compare_modes(case, compile=not args.no_compile)
     res.extras["png"] = plot_errors(res, os.path.join(args.out, "debug_errors.png"))
     text = format_report(res)
     print(text)

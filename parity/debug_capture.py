@@ -9,7 +9,10 @@ tangents (v_g, 1, 0), under the same name on both sides:
   function is jitted and cached per configuration (one compile, reused by every control).
 - PyTorch: forward hooks under `torch.autograd.forward_ad` dual tensors; `unpack_dual` in
   the hook splits primal and tangent (hooks under `torch.func.jvp` would see
-  functorch-wrapped tensors they cannot read).
+  functorch-wrapped tensors they cannot read). The tangents are those of the objective's
+  JVP engine (`torch_path`): engine "rules" runs under the objective's own tangent rules,
+  engine "torch.func" under PyTorch's forward-mode formulas (the ones torch.func.jvp uses);
+  the JVP attention implementation is the one selected with `jvp_attention`.
 
 Names: the torch module name is the common name ("" = the whole network). The mapping
 Flax path <-> torch name is derived from the architecture's conversion table (a rule
@@ -23,8 +26,10 @@ All captured arrays are float64 NumPy in the JAX layout (images NHWC).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import importlib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -36,10 +41,17 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from flax import linen as nn
 
+import torch_meanflow.objective as tobj
 from parity import convert
 from parity.archs import Arch, Variant, get_arch
 from parity.harness import load_state_dict_strict
 from parity.inputs import InputBundle, from_torch_data, to_torch_data
+
+# The module: the package re-exports the function `attention` under the module's name.
+tattn = importlib.import_module("torch_meanflow.attention")
+
+# The torch side's defaults (each package lists its default first).
+DEFAULT_ENGINE, DEFAULT_ATTENTION = tobj.JVP_ENGINES[0], tattn.JVP_IMPLS[0]
 
 JAX_DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -263,6 +275,14 @@ def jax_capture(arch: Arch, variant: Variant, params_np: dict, inputs: NetInputs
     return cap
 
 
+@contextlib.contextmanager
+def torch_path(engine: str = DEFAULT_ENGINE, attention: str = DEFAULT_ATTENTION):
+    """The torch JVP path: the objective's engine (`jvp_engine`) and the attention used under
+    a tangent (`jvp_attention`)."""
+    with tobj.jvp_engine(engine), tattn.jvp_attention(attention):
+        yield
+
+
 def build_torch_module(arch: Arch, variant: Variant, state_dict: dict, dtype: str, device: str = "cpu",
                        control=None) -> torch.nn.Module:
     """The torch network with the converted weights (and a control's model bug), eval mode."""
@@ -298,8 +318,15 @@ def torch_inputs(arch: Arch, inputs: NetInputs, dtype: str, device: str = "cpu")
 
 
 def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs: NetInputs, dtype: str,
-                  device: str = "cpu") -> Capture:
-    """Every mapped module of the torch network, primal and tangent, in hook order."""
+                  device: str = "cpu", engine: str = DEFAULT_ENGINE) -> Capture:
+    """Every mapped module of the torch network, primal and tangent, in hook order.
+
+    engine "rules": the tangents of the objective's default JVP engine (its tangent rules
+    for linear/conv layers and arithmetic; torch_meanflow.objective._TangentRules), so a
+    wrong rule shows up at its module; "torch.func": PyTorch's own forward-mode formulas.
+    """
+    if engine not in tobj.JVP_ENGINES:
+        raise ValueError(f"unknown JVP engine {engine!r}; choose from {list(tobj.JVP_ENGINES)}")
     wanted = set(module_map(arch.name, variant.model_cfg).torch_to_jax)
     rec = []
 
@@ -325,7 +352,8 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
             zd = fwAD.make_dual(z, tz)
             td = fwAD.make_dual(t, torch.ones_like(t))
             rd = fwAD.make_dual(r, torch.zeros_like(r))
-            module(zd, td, td - rd, y, train=False)
+            with tobj._TangentRules() if engine == "rules" else contextlib.nullcontext():
+                module(zd, td, td - rd, y, train=False)
     finally:
         for h in handles:
             h.remove()
@@ -334,6 +362,8 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
 
 
 def torch_only_modules(arch: Arch, variant: Variant, module: torch.nn.Module) -> list:
-    """Torch modules with no Flax twin (activations, containers): captured by neither side."""
+    """Torch modules with no Flax twin (activations, Sequentials): not compared. ModuleDict and
+    ModuleList are left out (they never run)."""
     mapped = module_map(arch.name, variant.model_cfg).torch_to_jax
-    return [n for n, _ in module.named_modules() if n not in mapped]
+    skip = (torch.nn.ModuleDict, torch.nn.ModuleList)
+    return [n for n, m in module.named_modules() if n not in mapped and not isinstance(m, skip)]

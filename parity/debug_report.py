@@ -63,21 +63,24 @@ def format_precision_matrix(rows: list) -> str:
 
 
 def format_modes(rows: list) -> str:
-    head = (f"{'mode':52} {'u vs jax':>9} {'du vs jax':>9} {'u vs eager':>10} {'du vs eager':>11} "
+    w = max(len(r["mode"]) for r in rows)
+    head = (f"{'mode':{w}} {'u vs jax':>9} {'du vs jax':>9} {'u vs dflt':>9} {'du vs dflt':>10} "
             f"{'graphs/ops':>10}  note")
-    lines = ["compare modes (torch execution paths; rel = max error / max |reference|)", head, "-" * len(head)]
+    lines = ["compare modes (torch execution paths; rel = max error / max |reference|; dflt = the default "
+             "engine and attention for objective rows, eager torch.func.jvp for network rows)", head, "-" * len(head)]
     for r in rows:
         c = r["compiled"]
         comp = "-" if c is None else f"{c['graphs']}/{c['ops']}"
-        lines.append(f"{r['mode'][:52]:52} {_e(r['u_rel_vs_jax']):>9} {_e(r['du_dt_rel_vs_jax']):>9} "
-                     f"{_e(r['u_rel_vs_eager']):>10} {_e(r['du_dt_rel_vs_eager']):>11} {comp:>10}  {r['note']}")
+        lines.append(f"{r['mode']:{w}} {_e(r['u_rel_vs_jax']):>9} {_e(r['du_dt_rel_vs_jax']):>9} "
+                     f"{_e(r['u_rel_vs_default']):>9} {_e(r['du_dt_rel_vs_default']):>10} {comp:>10}  {r['note']}")
     return "\n".join(lines)
 
 
 def format_report(res: DebugResult) -> str:
     ctl = f", control {res.control}" if res.control else ""
     out = [
-        f"divergence debugger: {res.arch} / {res.variant} / {res.dtype} / {res.device}{ctl}",
+        f"divergence debugger: {res.arch} / {res.variant} / {res.dtype} / {res.device}{ctl}; torch JVP engine "
+        f"{res.engine}, attention {res.attention}",
         f"network call inside the MeanFlow JVP: primals (z_t, t, r), tangents (v_g, 1, 0); "
         f"tolerance primal {res.tol_primal:.0e} (u), tangent {res.tol_tangent:.0e} (du/dt), relative to JAX's max",
         "",

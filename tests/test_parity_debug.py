@@ -17,6 +17,7 @@ from parity.debug_modes import compare_modes
 from parity.debug_report import format_report, plot_errors, write_json
 from parity.harness import random_params
 from parity.precision import pinned_precision
+from torch_meanflow.objective import JVP_ENGINES
 
 # As `python -m parity debug` runs: pinned precision (also shares the compiled functions
 # with the CLI test; JAX's matmul precision is part of the jit cache key).
@@ -87,13 +88,16 @@ def test_clean_run_has_no_module_over_tolerance(arch, clean):
     assert all(r.passed for r in res.objective)
 
 
+@pytest.mark.parametrize("engine", JVP_ENGINES)
 @pytest.mark.parametrize("name", sorted(CONTROLS))
-def test_each_control_is_blamed_on_its_module(name, params):
+def test_each_control_is_blamed_on_its_module(name, engine, params):
     control = CONTROLS[name]
-    case = prepare_case(_variant(control.arch), "float64", params_np=params[control.arch], control=control)
+    case = prepare_case(_variant(control.arch), "float64", params_np=params[control.arch], control=control,
+                        engine=engine)
     if control.model is None and control.state is None and all(r.passed for r in case.objective):
-        # test_parity_controls.py fails in this case; here there is nothing to locate
-        pytest.skip(f"the torch objective cannot express {name!r} any more: the harness sees no divergence")
+        # The "rules" engine's du/dt carries no autograd history, so a missing stop-gradient
+        # on the target changes nothing there: no divergence to locate.
+        pytest.skip(f"engine {engine!r} cannot express {name!r}: the harness sees no divergence")
     res = analyse(case)
     assert blames(res, control.module), (name, res.blamed, res.diagnosis)
     if control.module:
@@ -136,13 +140,19 @@ def test_png_json_and_text_are_written(tmp_path, clean):
     assert "blocks.1.mlp.fc2" in format_report(res)
 
 
-def test_compare_modes_attention_paths_agree(clean, params):
-    case, _ = clean["dit"]
-    rows = compare_modes(case.variant, params["dit"], case.state_dict, case.inputs, "float64", compile=False)
-    by_mode = {r["mode"].split(":")[0].split(" (")[0]: r for r in rows}
-    explicit = by_mode["eager, explicit_attention"]
-    assert explicit["u_rel_vs_eager"] < 1e-13 and explicit["du_dt_rel_vs_eager"] < 1e-13
-    assert all(r["u_rel_vs_jax"] < 1e-12 for r in rows)
+@pytest.mark.parametrize("arch", ["dit", "flower"])
+def test_compare_modes_every_engine_and_attention_agree(arch, clean):
+    case, _ = clean[arch]
+    rows = compare_modes(case, compile=False)
+    ran = [r for r in rows if not r["note"].startswith("unavailable")]
+    modes = {r["mode"] for r in ran}
+    for engine in JVP_ENGINES:
+        for impl in ("fused", "math", "explicit"):
+            assert any(m.startswith(f"objective: engine {engine}, attention {impl}") for m in modes), (engine, impl)
+    for r in ran:
+        assert r["u_rel_vs_jax"] < 1e-12, r
+        if r["du_dt_rel_vs_jax"] is not None:
+            assert r["du_dt_rel_vs_jax"] < 1e-12 and r["du_dt_rel_vs_default"] < 1e-12, r
 
 
 def test_cli_debug_blames_and_writes(tmp_path, params, capsys):
