@@ -38,7 +38,9 @@ def _pick_params(tree: dict, key: str | None) -> dict:
     return tree
 
 
-def read_torch_file(path: str) -> dict[str, np.ndarray]:
+def read_torch_file(path: str, key: str | None = None) -> dict[str, np.ndarray]:
+    """A state dict from a .safetensors or torch.save file; `key` picks an entry of a training
+    checkpoint (e.g. "ema"), else its "model" entry when there is one."""
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
@@ -46,7 +48,12 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
     import torch
 
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise KeyError(f"{path}: no {key!r} entry (found {found})")
+        obj = obj[key]
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
@@ -88,7 +95,7 @@ def load_params(path: str, arch_name: str, model_cfg, key: str | None = None) ->
         raise FileNotFoundError(f"checkpoint not found: {path}")
     tmpl = torch_template(arch_name, model_cfg)
     if os.path.isfile(path) and path.endswith(_TORCH_SUFFIXES):
-        sd = read_torch_file(path)
+        sd = read_torch_file(path, key)
         tree = convert.torch_to_jax(sd, arch_name, model_cfg)
     elif os.path.isdir(path):
         tree = _pick_params(read_orbax(path), key)
