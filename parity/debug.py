@@ -359,7 +359,7 @@ def add_arguments(p):
     p.add_argument("--jvp-engine", default=DEFAULT_ENGINE, help=f"torch JVP engine, one of {JVP_ENGINES}")
     p.add_argument("--jvp-attention", default=DEFAULT_ATTENTION,
                    help=f"torch attention under a tangent, one of {JVP_IMPLS}")
-    p.add_argument("--out", default="debug_out", help="folder for the text report and the PNG")
+    p.add_argument("--out", default="reports/debug", help="folder for the text report and the PNG")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
     p.add_argument("--precision-matrix", action="store_true",
                    help="float64 / float32 highest / float32 default / bfloat16, both backends")
