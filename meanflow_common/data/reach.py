@@ -2,7 +2,8 @@
 
 The world (all lengths in the same units, workspace [-1, 1]^2):
 - a disc obstacle of radius 0.25 at the origin;
-- start positions uniform in the box x in [-0.85, -0.65], y in [-0.3, 0.3] (left);
+- start positions uniform in the box x in [-0.85, -0.65], y in [-0.05, 0.05] (left, in
+  front of the obstacle);
 - goal positions uniform in the box x in [0.65, 0.85], y in [-0.3, 0.3] (right);
 - the robot moves by a displacement per step; an action is that displacement divided by
   `MAX_STEP` = 0.05, each component clipped to [-1, 1] (so actions are normalised to
@@ -16,6 +17,12 @@ points (-0.35, s w) and (0.35, s w), s = +1 above / -1 below, w uniform in [0.45
 per demonstration, then to the goal, at a speed of 0.04 per step (0.8 normalised), with
 Gaussian noise of std 0.05 (normalised units) on every action component. Every straight
 leg keeps at least 0.1 away from the disc, and the steering corrects the noise.
+
+Why the start box is narrow in y: with starts spread over y in [-0.3, 0.3], the start's
+offset alone tells which side is closer, and a regression (MSE) policy picks that side and
+succeeds (measured: 98% of 100 rollouts); the modes then never have to be represented.
+Starting in front of the obstacle, both sides are equally plausible from every start, so
+a policy must commit to one side; averaging the two leads straight into the obstacle.
 
 Observations are [x, y, goal_x, goal_y] (obs_dim 4). A training sample is the observation
 at step k and the 10 actions k..k+9 of the same demonstration; past the goal the chunk is
@@ -34,7 +41,7 @@ __all__ = [
 
 OBSTACLE_CENTER = np.array([0.0, 0.0])
 OBSTACLE_RADIUS = 0.25
-START_BOX = np.array([[-0.85, -0.3], [-0.65, 0.3]])  # [low, high]
+START_BOX = np.array([[-0.85, -0.05], [-0.65, 0.05]])  # [low, high]; narrow in y, see the module doc
 GOAL_BOX = np.array([[0.65, -0.3], [0.85, 0.3]])
 GOAL_TOL = 0.05
 MAX_STEP = 0.05
