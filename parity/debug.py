@@ -356,9 +356,9 @@ def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
     p.add_argument("--checkpoint-key", default=None)
     p.add_argument("--control", default=None, help="inject a negative control (parity/controls.py) into torch")
-    p.add_argument("--jvp-engine", default=DEFAULT_ENGINE, help=f"torch JVP engine, one of {JVP_ENGINES}")
-    p.add_argument("--jvp-attention", default=DEFAULT_ATTENTION,
-                   help=f"torch attention under a tangent, one of {JVP_IMPLS}")
+    p.add_argument("--jvp-engine", default=DEFAULT_ENGINE, choices=JVP_ENGINES, help="the torch objective's JVP engine")
+    p.add_argument("--jvp-attention", default=DEFAULT_ATTENTION, choices=JVP_IMPLS,
+                   help="the torch attention under a tangent")
     p.add_argument("--out", default="reports/debug", help="folder for the text report and the PNG")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
     p.add_argument("--precision-matrix", action="store_true",

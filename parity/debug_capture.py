@@ -167,12 +167,6 @@ class Capture:
     def names(self) -> list:
         return [r.name for r in self.records]
 
-    def get(self, name: str) -> Record:
-        for r in self.records:
-            if r.name == name:
-                return r
-        raise KeyError(f"{self.side} capture has no module {name!r}")
-
 
 def _number_calls(names: list) -> list:
     seen: dict[str, int] = {}

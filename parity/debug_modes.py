@@ -158,31 +158,45 @@ def _network_paths(case, compile: bool) -> list:
     runs.append(("network: eager forward only (SDPA default kernel)", u, None, None, "no JVP on this path"))
     if not compile:
         return runs
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Dynamo's notes on functorch internals
-        stats = {"graphs": 0, "ops": 0}
+
+    def forward_only(stats):
         with torch.no_grad():
-            u = _np(arch, _compiled(module, stats)(z, t, t - r, y, train=False))
-        runs.append(("network: torch.compile(module), forward only", u, None, stats, "no JVP on this path"))
+            return _np(arch, _compiled(module, stats)(z, t, t - r, y, train=False)), None
 
-        stats = {"graphs": 0, "ops": 0}
-        u, du = torch_u_du(arch, module, inputs, dtype, device, fn_wrap=lambda f: _compiled(f, stats))
-        note = "" if stats["ops"] >= 10 else (
-            f"Dynamo compiled {stats['ops']} ops: the JVP itself ran eagerly (graph break inside "
-            "torch.func.jvp), so agreement with eager says nothing about compiled code")
-        runs.append(("network: torch.compile(torch.func.jvp(module))", u, du, stats, note))
+    def compiled_jvp(stats):
+        return torch_u_du(arch, module, inputs, dtype, device, fn_wrap=lambda f: _compiled(f, stats))
 
-        stats = {"graphs": 0, "ops": 0}
+    def module_under_forward_ad(stats):
         compiled = _compiled(module, stats)
         with torch.no_grad(), fwAD.dual_level():
             td = fwAD.make_dual(t, torch.ones_like(t))
             out = compiled(fwAD.make_dual(z, tz), td, td - fwAD.make_dual(r, torch.zeros_like(r)), y, train=False)
             u, du = fwAD.unpack_dual(out)
-            u, du = _np(arch, u), (None if du is None else _np(arch, du))
-        note = "" if du is not None else (
-            "the compiled module returned no tangent: forward-AD dual tensors do not survive "
-            "torch.compile (du/dt silently lost)")
-        runs.append(("network: torch.compile(module) under forward_ad", u, du, stats, note))
+            return _np(arch, u), (None if du is None else _np(arch, du))
+
+    for mode, fn in (("torch.compile(module), forward only", forward_only),
+                     ("torch.compile(torch.func.jvp(module))", compiled_jvp),
+                     ("torch.compile(module) under forward_ad", module_under_forward_ad)):
+        stats = {"graphs": 0, "ops": 0}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # Dynamo's notes on functorch internals
+                u, du = fn(stats)
+        except Exception as err:  # noqa: BLE001  a compiler failure is a finding to report, not a crash
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            runs.append((f"network: {mode}", None, None, stats, f"failed: {type(err).__name__}: {msg[:300]}"))
+            continue
+        if fn is forward_only:
+            note = "no JVP on this path"
+        elif du is None:
+            note = ("the compiled module returned no tangent: forward-AD dual tensors do not survive "
+                    "torch.compile (du/dt silently lost)")
+        elif stats["ops"] < 10:
+            note = (f"Dynamo compiled {stats['ops']} ops: the JVP itself ran eagerly (graph break inside "
+                    "torch.func.jvp), so agreement with eager says nothing about compiled code")
+        else:
+            note = ""
+        runs.append((f"network: {mode}", u, du, stats, note))
     torch._dynamo.reset()
     return runs
 
