@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from parity import checkpoints, convert
 from parity.archs import default_variants, get_arch
 from parity.cli import main
 from parity.controls import CONTROLS, Control
@@ -165,3 +166,13 @@ def test_cli_debug_blames_and_writes(tmp_path, params, capsys):
     assert (out / "debug_errors.png").exists() and (out / "debug_report.txt").exists()
     assert "blamed: blocks.0.norm1" in capsys.readouterr().out
     assert main(["debug", "--arch", "flower", "--control", "gelu_erf", "--out", str(out)]) == 2
+
+
+def test_cli_debug_checkpoint(tmp_path, params):
+    """Given weights (a torch state-dict file) instead of the random ones: a clean run exits 0."""
+    path = tmp_path / "dit.safetensors"
+    state = convert.jax_to_torch(params["dit"], "dit", _variant("dit").model_cfg)
+    checkpoints.save_torch_file(state, str(path))
+    args = ["debug", "--arch", "dit", "--checkpoint", str(path), "--out", str(tmp_path / "o"), "--json", str(tmp_path / "d.json")]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "d.json").read_text())["clean"]
