@@ -173,6 +173,7 @@ def test_cli_debug_checkpoint(tmp_path, params):
     path = tmp_path / "dit.safetensors"
     state = convert.jax_to_torch(params["dit"], "dit", _variant("dit").model_cfg)
     checkpoints.save_torch_file(state, str(path))
-    args = ["debug", "--arch", "dit", "--checkpoint", str(path), "--out", str(tmp_path / "o"), "--json", str(tmp_path / "d.json")]
+    args = ["debug", "--arch", "dit", "--checkpoint", str(path), "--out", str(tmp_path / "o"),
+            "--json", str(tmp_path / "d.json")]
     assert main(args) == 0
     assert json.loads((tmp_path / "d.json").read_text())["clean"]
