@@ -82,12 +82,13 @@ def _rel(ref, got) -> float | None:
 
 def precision_matrix(case) -> list[dict]:
     """One row per (setting, backend): errors of u and du/dt vs float64 JAX, and vs the other
-    side. The torch network is the case's (with its control's model bug, if any)."""
+    side. The torch network is the case's (with its control's model bug, if any), its JVP by
+    torch.func.jvp with the case's attention implementation."""
     arch, variant, inputs, device = case.arch, case.variant, case.inputs, case.device
     ref_u, ref_du = jax_u_du(case, "float64")
     rows = []
     for label, dtype, strict in PRECISION_SETTINGS:
-        with pinned_precision(strict) as settings:
+        with pinned_precision(strict) as settings, torch_path(case.engine, case.attention):
             ju, jdu = jax_u_du(case, dtype)
             module = build_torch_module(arch, variant, case.state_dict, dtype, device, case.control)
             tu, tdu = torch_u_du(arch, module, inputs, dtype, device)
