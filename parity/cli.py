@@ -18,7 +18,7 @@ import jax
 jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 arrays stay float32
 
 from meanflow_common.config import get_preset, override  # noqa: E402
-from parity import checkpoints, debug  # noqa: E402
+from parity import checkpoints, debug_report  # noqa: E402
 from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
 from parity.harness import run_variant, trained_params  # noqa: E402
 from parity.precision import pinned_precision, precision_settings, versions  # noqa: E402
@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     c.add_argument("--checkpoint-key", default=None)
     c.add_argument("--overwrite", action="store_true")
-    debug.add_arguments(sub.add_parser("debug", help="the divergence debugger: the first module where the sides part "
-                                                     "(primal and JVP tangent), see docs/DEBUGGING.md"))
+    debug_report.add_arguments(sub.add_parser(
+        "debug", help="the divergence debugger: the first module where the sides part "
+                      "(primal and JVP tangent), see docs/DEBUGGING.md"))
     return p
 
 
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
         if args.command == "convert":
             return cmd_convert(args)
         if args.command == "debug":
-            return debug.cmd_debug(args)
+            return debug_report.cmd_debug(args)
         return cmd_report(args)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,12 +1,18 @@
-"""The debugger's output: text tables, the error-vs-depth PNG, the JSON file."""
+"""The debugger's output (text tables, the error-vs-depth PNG, the JSON file) and its command
+line, `python -m parity debug` (registered in parity/cli.py)."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import tempfile
+from dataclasses import replace
 
-from parity.debug import NETWORK, DebugResult
+from parity.archs import Variant, get_arch
+from parity.debug import NETWORK, DebugResult, analyse, prepare_case
+from parity.debug_capture import DEFAULT_ATTENTION, DEFAULT_ENGINE
+from torch_meanflow.attention import JVP_IMPLS
+from torch_meanflow.objective import JVP_ENGINES
 
 FLOOR = 1e-20  # exact agreement (error 0) is drawn here on the log axis
 
@@ -168,3 +174,80 @@ def _finite(x):
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
+
+
+# ----------------------------------------------------------------------------------
+# `python -m parity debug`
+# ----------------------------------------------------------------------------------
+
+
+def add_arguments(p):
+    """The options of `python -m parity debug` (those of the parity report, plus the debugger's)."""
+    p.add_argument("--arch", default="dit", help="dit or flower")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--variant", default=None, help="the first variant whose name contains this (default: the first)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a model config field by name (repeatable)")
+    p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
+    p.add_argument("--checkpoint-key", default=None)
+    p.add_argument("--control", default=None, help="inject a negative control (parity/controls.py) into torch")
+    p.add_argument("--jvp-engine", default=DEFAULT_ENGINE, choices=JVP_ENGINES, help="the torch objective's JVP engine")
+    p.add_argument("--jvp-attention", default=DEFAULT_ATTENTION, choices=JVP_IMPLS,
+                   help="the torch attention under a tangent")
+    p.add_argument("--out", default="reports/debug", help="folder for the text report and the PNG")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
+    p.add_argument("--precision-matrix", action="store_true",
+                   help="float64 / float32 highest / float32 default / bfloat16, both backends")
+    p.add_argument("--compare-modes", action="store_true",
+                   help="every torch JVP engine x attention implementation, eager vs torch.compile")
+    p.add_argument("--no-compile", action="store_true", help="with --compare-modes: skip torch.compile")
+
+
+def pick_variant(arch_name: str, preset: str, name: str | None, sets=()) -> Variant:
+    from meanflow_common.config import override
+    from parity.archs import default_variants
+
+    arch = get_arch(arch_name)
+    presets = {"dit_preset": "tiny", "flower_preset": "tiny", f"{arch.name}_preset": preset}
+    variants = [v for v in default_variants(**presets) if v.arch == arch.name and (not name or name in v.name)]
+    if not variants:
+        raise ValueError(f"no {arch.name} variant matches {name!r}")
+    v = variants[0]
+    return replace(v, model_cfg=override(v.model_cfg, list(sets))) if sets else v
+
+
+def cmd_debug(args) -> int:
+    """Exit status 0 when both sides agree everywhere, 1 when a divergence is found."""
+    from parity import checkpoints
+    from parity.controls import get_control
+    from parity.debug_modes import compare_modes, precision_matrix
+    from parity.precision import pinned_precision, versions
+
+    variant = pick_variant(args.arch, args.preset, args.variant, args.set)
+    control = get_control(args.control) if args.control else None
+    params = None
+    if args.checkpoint:
+        params = checkpoints.load_params(args.checkpoint, variant.arch, variant.model_cfg, key=args.checkpoint_key)
+    with pinned_precision(True) as settings:
+        case = prepare_case(variant, args.dtype, args.device, seed=args.seed, batch=args.batch, params_np=params,
+                            control=control, engine=args.jvp_engine, attention=args.jvp_attention)
+        res = analyse(case)
+    if args.precision_matrix:
+        res.extras["precision_matrix"] = precision_matrix(case)
+    if args.compare_modes:
+        with pinned_precision(True):
+            res.extras["compare_modes"] = compare_modes(case, compile=not args.no_compile)
+    res.extras["png"] = plot_errors(res, os.path.join(args.out, "debug_errors.png"))
+    text = format_report(res)
+    print(text)
+    with open(os.path.join(args.out, "debug_report.txt"), "w") as f:
+        f.write(text + "\n")
+    if args.json:
+        meta = {"versions": versions(), "precision": settings, "args": vars(args)}
+        write_json(res, args.json, meta)
+        print(f"wrote {args.json}")
+    return 0 if res.clean else 1
