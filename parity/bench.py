@@ -18,6 +18,7 @@ how to read them: docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -69,7 +70,7 @@ def _weights(case, seed: int):
 
 def _torch_variants(args) -> list[str]:
     names = list(TORCH_EAGER)
-    if args.device == "cuda":
+    if args.device == "cuda" and importlib.util.find_spec("jvp_flash_attention") is not None:
         names.append("mf attn=flash")
     if not args.no_compile:
         names += ["compile mf", "compile fm"]

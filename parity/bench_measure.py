@@ -236,9 +236,9 @@ def environment(device: str) -> dict:
             tf32_cudnn=torch.backends.cudnn.allow_tf32,
         )
     try:
-        import jvp_flash_attention  # noqa: F401
+        from importlib.metadata import version
 
-        env["jvp_flash_attention"] = getattr(jvp_flash_attention, "__version__", "installed")
-    except ImportError:
+        env["jvp_flash_attention"] = version("jvp_flash_attention")
+    except Exception:  # noqa: BLE001 - not installed (or unreadable metadata)
         env["jvp_flash_attention"] = None
     return env
