@@ -4,7 +4,7 @@
     python -m parity.bench --quick                  # smoke test (tiny sizes, a subset of runners)
     python -m parity.bench --device cuda            # GPU table: DiT-M, DiT-B/4, FLOWER base/default
     python -m parity.bench --sizes dit-s,flower-small --steps 7 --json bench.json
-    python -m parity.bench --parity-suite "default,cache cold,cache warm,xla O0"
+    python -m parity.bench --parity-suite "default,xla fast compile,cache cold,cache warm"
 
 In one process and one run, for every size: the training step (loss, backward, AdamW,
 EMA) of plain flow matching (FM) and MeanFlow (MF), JAX under jit, PyTorch eager and with
@@ -26,8 +26,9 @@ import time
 
 from parity.bench_cases import DEFAULT_SIZES, QUICK_SIZES, SIZES, make_case, rel_diff, timed
 from parity.bench_measure import environment, load_average, peak_step_memory, time_interleaved
-
-TARGETS = {"jax_mf_over_fm": 1.25, "torch_mf_over_fm": 1.3, "torch_over_jax_mf": 1.0, "parity_suite_s": 60.0}
+from parity.bench_report import TARGETS, format_case, format_targets, markdown, targets
+# XLA:CPU options for one-off executables: ~4x faster compiles, slower steps (smoke test).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 TORCH_EAGER = ["mf", "fm", "mf torch.func+math", "mf attn=math", "mf attn=explicit", "mf memory_saving"]
 
 
@@ -108,10 +109,11 @@ def run_case(name: str, args, log=print) -> dict:
         params_np, state_dict = _weights(case, args.seed)
         if not args.no_check:
             _check(case, params_np, state_dict, args)
-        jax_objectives = ("mf", "fm")
-        if args.quick:  # XLA compiles take ~15 s each on a loaded 2-core CPU: one is enough here
+        jax_objectives, options = ("mf", "fm"), None
+        if args.quick:  # one XLA compile, without the optimisations that make it take ~10 s on 2 cores
             jax_objectives = ("mf",) if case.arch == "dit" else ()
-        runners = (jax_runners(case, params_np, jax_objectives)
+            options = FAST_COMPILE
+        runners = (jax_runners(case, params_np, jax_objectives, options)
                    + torch_runners(case, state_dict, args.device, _torch_variants(args)))
     load_before = load_average()
     alive = time_interleaved(runners, args.steps, args.warmup, log=log)
@@ -154,64 +156,6 @@ def ratios(records: list[dict]) -> dict:
     }
 
 
-def _mb(x) -> str:
-    return f"{x / 2**20:8.1f}" if isinstance(x, (int, float)) else f"{'-':>8s}"
-
-
-def _f(x, fmt="8.2f") -> str:
-    return format(x, fmt) if isinstance(x, (int, float)) else f"{'-':>{fmt.split('.')[0]}s}"
-
-
-def format_case(case: dict) -> str:
-    lines = [f"{'runner':34s} {'median ms':>9s} {'cpu ms':>9s} {'min ms':>9s} {'warm-up s':>9s} "
-             f"{'peak MB':>8s} {'saved MB':>8s} {'xla tmp':>8s}"]
-    for r in case["runners"]:
-        if "error" in r:
-            lines.append(f"{r['name']:34s} failed: {r['error'][:120]}")
-            continue
-        mem = r.get("memory", {})
-        lines.append(f"{r['name']:34s} {_f(r['wall_ms'], '9.1f')} {_f(r['cpu_ms'], '9.1f')} {_f(r['wall_min_ms'], '9.1f')} "
-                     f"{_f(r['first_call_s'], '9.2f')} {_mb(mem.get('peak_bytes'))} "
-                     f"{_mb(mem.get('autograd_saved_bytes'))} {_mb(mem.get('xla_temp_bytes'))}")
-        if r.get("compiler_warnings"):
-            lines.append(f"{'':34s} compiler: {r['compiler_warnings'][0][:110]}")
-    q = case["ratios"]
-    lines.append("MF/FM      " + "  ".join(f"{k} {_f(v)}" for k, v in q["mf_over_fm"].items()))
-    lines.append("torch/JAX  " + "  ".join(f"{k} {_f(v)}" for k, v in q["torch_over_jax"].items()))
-    lines.append("compiled/eager " + "  ".join(f"{k} {_f(v)}" for k, v in q["compiled_over_eager"].items())
-                 + f"   memory_saving/jvp {_f(q['memory_saving_over_jvp'])}"
-                 + f"   rules/torch.func port {_f(q['rules_over_torch_func_port'])}")
-    if case["checks"]:
-        lines.append(f"checks {json.dumps(case['checks'], default=float)}")
-    lines.append(f"load before/after {case['load_before']} / {case['load_after']}")
-    return "\n".join(lines)
-
-
-def targets(cases: list[dict], parity_rows: list[dict]) -> list[dict]:
-    """Each target per case: value, limit, met."""
-    rows = []
-    for c in cases:
-        q = c["ratios"]
-        for key, value in (("jax_mf_over_fm", q["mf_over_fm"]["jax"]),
-                           ("torch_mf_over_fm", q["mf_over_fm"]["torch eager"]),
-                           ("torch_over_jax_mf", q["torch_over_jax"]["mf eager"])):
-            rows.append({"case": c["name"], "target": key, "value": value, "limit": TARGETS[key],
-                         "met": None if value is None else value <= TARGETS[key]})
-    for p in parity_rows:
-        if p["setup"] == "default":
-            rows.append({"case": "parity suite", "target": "parity_suite_s", "value": p["wall_s"],
-                         "limit": TARGETS["parity_suite_s"], "met": p["wall_s"] <= TARGETS["parity_suite_s"]})
-    return rows
-
-
-def format_targets(rows: list[dict]) -> str:
-    lines = ["\ntargets (median wall-time ratios; PyTorch = eager, the trainer's default):"]
-    for r in rows:
-        mark = "-" if r["met"] is None else ("met" if r["met"] else "MISSED")
-        lines.append(f"  {r['case']:14s} {r['target']:18s} {_f(r['value'])} <= {r['limit']:<5} {mark}")
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", default="on", choices=["on", "off"], help="CUDA float32 matmuls/convs in TF32 (both)")
     p.add_argument("--sampling-batches", default="1,32", help="FLOWER sampling latency batch sizes ('' = skip)")
     p.add_argument("--parity-suite", default="default", help="setups of the `python -m parity` timing "
-                   "('' = skip): default, cache cold, cache warm, xla O0")
+                   "('' = skip): default, xla fast compile, cache cold, cache warm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
+    p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as Markdown")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, batch 4, 2 steps, 1 thread; "
                    "JAX only for the DiT MeanFlow step; no torch.compile, no parity suite")
     return p
@@ -280,6 +225,10 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)
         print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(report) + "\n")
+        print(f"wrote {args.markdown}")
     return 0
 
 

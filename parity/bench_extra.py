@@ -115,7 +115,7 @@ PARITY_SETUPS = {
                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"},
     "cache warm": {"JAX_COMPILATION_CACHE_DIR": "{cache}", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"},
-    "xla O0": {"XLA_FLAGS": "--xla_backend_optimization_level=0"},
+    "xla fast compile": {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"},
 }
 
 
