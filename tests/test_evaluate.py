@@ -168,3 +168,17 @@ def test_evaluate_cli_records_table_and_errors(tmp_path, digits, capsys):
     assert "has no checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.run_eval_cli(load_run, "fake", ["--run", *runs, "--checkpoint", "x"])
+
+
+def test_first_chunk_separates_committing_from_averaging():
+    from meanflow_common.evaluate import chunk_sides, first_chunk_modes
+
+    data = get_dataset("reach").train
+    first = np.r_[True, np.diff(data["demo"]) != 0]  # the chunk at step 0 of each demo
+    sides = chunk_sides(data["actions"][first])
+    np.testing.assert_array_equal(sides, data["mode"][first])  # every expert chunk commits to its side
+    up, down = _around_policy(+1), _around_policy(-1)
+    mean = first_chunk_modes(lambda o, e: (up(o, e) + down(o, e)) / 2, n=40)
+    assert mean["first_chunk_between"] == 1.0
+    coin = first_chunk_modes(lambda o, e: np.where((e[:, 0, 0] > 0)[:, None, None], up(o, e), down(o, e)), n=40)
+    assert coin["first_chunk_between"] == 0.0 and 0.2 < coin["first_chunk_above"] < 0.8

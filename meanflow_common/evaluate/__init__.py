@@ -8,10 +8,16 @@ jax_meanflow.evaluate` build them from a run's checkpoint.
 from meanflow_common.evaluate.classifier import DigitClassifier, get_classifier
 from meanflow_common.evaluate.digits_eval import digit_eval_inputs, evaluate_digits, real_reference_fd, score_digits
 from meanflow_common.evaluate.frechet import frechet_distance, frechet_from_stats, gaussian_stats
-from meanflow_common.evaluate.rollout import RolloutResult, rollout, rollout_metrics
+from meanflow_common.evaluate.rollout import (
+    RolloutResult,
+    chunk_sides,
+    first_chunk_modes,
+    rollout,
+    rollout_metrics,
+)
 
 __all__ = [
     "DigitClassifier", "get_classifier", "digit_eval_inputs", "evaluate_digits", "real_reference_fd",
     "score_digits", "frechet_distance", "frechet_from_stats", "gaussian_stats", "RolloutResult",
-    "rollout", "rollout_metrics",
+    "rollout", "rollout_metrics", "chunk_sides", "first_chunk_modes",
 ]

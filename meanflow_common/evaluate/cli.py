@@ -17,7 +17,8 @@ construction:
 
 Digits records: accuracy (fixed classifier, conditioning class), fd (its features vs the
 held-out digits), fd_real. Reach records: success, collision and timeout rates, successes
-above / below the obstacle. Figures go to <run>/eval_<nfe>nfe.png.
+above / below the obstacle, and the sides the first chunk from the start commits to (open
+loop: a policy averaging the two modes goes "between"). Figures go to <run>/eval_<nfe>nfe.png.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from meanflow_common.evaluate.digits_eval import digit_eval_inputs, score_digits
-from meanflow_common.evaluate.rollout import rollout, rollout_metrics
+from meanflow_common.evaluate.rollout import first_chunk_modes, rollout, rollout_metrics
 
 __all__ = ["DEFAULT_STEPS", "build_parser", "evaluate_loaded", "format_table", "run_eval_cli"]
 
@@ -95,7 +96,7 @@ def evaluate_loaded(loaded, run_dir: str, backend: str, num_steps: Optional[Sequ
                 return loaded.sample(obs, noise=noise, num_steps=n)
 
             result = rollout(policy_fn, n=rollouts, seed=seed, execute=execute)
-            metrics = rollout_metrics(result)
+            metrics = {**rollout_metrics(result), **first_chunk_modes(policy_fn, n=rollouts, seed=seed)}
             if plots:
                 from meanflow_common.evaluate.plots import save_rollouts
 
@@ -117,11 +118,13 @@ def format_table(records: Sequence[dict]) -> str:
     acts = [r for r in records if r["task"] == "reach"]
     if acts:
         lines += ["" if lines else None, "| run | backend | method | train steps | NFE | success | collision | "
-                  "timeout | above / below |", "|---|---|---|---|---|---|---|---|---|"]
+                  "timeout | above / below | first chunk above / between / below |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         lines = [x for x in lines if x is not None]
         lines += [f"| {r['run']} | {r['backend']} | {r['method']} | {r['train_steps']} | {r['num_steps']} | "
                   f"{r['success_rate']:.2f} | {r['collision_rate']:.2f} | {r['timeout_rate']:.2f} | "
-                  f"{r['success_above']} / {r['success_below']} |" for r in acts]
+                  f"{r['success_above']} / {r['success_below']} | {r['first_chunk_above']:.2f} / "
+                  f"{r['first_chunk_between']:.2f} / {r['first_chunk_below']:.2f} |" for r in acts]
     return "\n".join(lines)
 
 

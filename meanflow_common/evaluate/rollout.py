@@ -21,7 +21,9 @@ import numpy as np
 
 from meanflow_common.data import reach
 
-__all__ = ["RolloutResult", "rollout", "rollout_metrics"]
+__all__ = ["RolloutResult", "rollout", "rollout_metrics", "chunk_sides", "first_chunk_modes"]
+
+SIDE_THRESHOLD = 0.1  # |y displacement| of a chunk that counts as committing to a side
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,3 +116,29 @@ def rollout_metrics(result: RolloutResult) -> dict:
         "both_modes": bool(above > 0 and below > 0),
         "mean_steps_success": float(result.steps[ok].mean()) if ok.any() else float("nan"),
     }
+
+
+def chunk_sides(chunks: np.ndarray, threshold: float = SIDE_THRESHOLD) -> np.ndarray:
+    """Side each action chunk [n, T, 2] commits to: 0 above, 1 below, -1 between (its y
+    displacement, actions clipped as the environment does, is within +-threshold)."""
+    dy = np.clip(np.asarray(chunks, np.float64), -1.0, 1.0)[..., 1].sum(-1) * reach.MAX_STEP
+    return np.where(dy > threshold, 0, np.where(dy < -threshold, 1, -1))
+
+
+def first_chunk_modes(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int = 100,
+                      seed: int = 0, threshold: float = SIDE_THRESHOLD) -> dict:
+    """The policy's first chunk from n start states (open loop, one chunk each).
+
+    From the start box both sides are equally good; an expert chunk moves about 0.3 up or
+    down within its 10 steps, a policy that averages the two modes moves straight ahead.
+    Returns the fractions of chunks going above, below, or between (|dy| <= threshold).
+    """
+    rng = np.random.default_rng([seed, 8])
+    starts, goals = reach.sample_tasks(n, rng)
+    noise = rng.standard_normal((n, reach.CHUNK, reach.ACTION_DIM)).astype(np.float32)
+    chunk = np.asarray(policy_fn(reach.make_obs(starts, goals), noise))
+    if chunk.shape != (n, reach.CHUNK, reach.ACTION_DIM):
+        raise ValueError(f"policy_fn returned shape {chunk.shape}, expected {(n, reach.CHUNK, reach.ACTION_DIM)}")
+    side = chunk_sides(chunk, threshold)
+    return {"first_chunk_above": float(np.mean(side == 0)), "first_chunk_below": float(np.mean(side == 1)),
+            "first_chunk_between": float(np.mean(side == -1))}
