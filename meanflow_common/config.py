@@ -273,7 +273,7 @@ class FlowerConfig:
     frequency_embedding_size: int = 256
     # FLOWER multiplies the time frequencies by 1000 (t and, for MeanFlow, h). MeanFlow's
     # target has h * du/dt, and d/dt sin(1000 f t) makes that term ~1000x larger: MeanFlow
-    # training diverges at 1000 on the reach task, trains at 1.0 (docs/TRAINING.md).
+    # diverged at 1000 on a tiny problem (any lr); the reach presets use 1.0 (docs/RESULTS.md).
     time_scale: float = 1000.0
     use_proprio: bool = False
     proprio_dim: int = 7
