@@ -36,8 +36,7 @@ def _setup_backends(args) -> None:
     """Environment that must be set before JAX starts, thread counts and GPU precision."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the GPU
     if args.threads == 1:
-        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
     import jax
     import torch
 
@@ -125,6 +124,7 @@ def run_case(name: str, args, log=print) -> dict:
            "load_before": load_before, "load_after": load_after,
            "runners": [_runner_record(r) for r in runners]}
     out["ratios"] = ratios(out["runners"])
+    out["ratios_cpu_time"] = ratios(out["runners"], "cpu_ms")
     log(format_case(out))
     return out
 
@@ -137,9 +137,11 @@ def _runner_record(r) -> dict:
             "variant": r.variant, **res}
 
 
-def ratios(records: list[dict]) -> dict:
-    """MF/FM per backend and mode, PyTorch/JAX and compiled/eager (median wall times)."""
-    t = {r["name"]: r.get("wall_ms") for r in records}
+def ratios(records: list[dict], key: str = "wall_ms") -> dict:
+    """MF/FM per backend and mode, PyTorch/JAX and compiled/eager (median wall times, or
+    `key="cpu_ms"`: process CPU time, the steadier measure of work on a busy machine when
+    every runner is single-threaded)."""
+    t = {r["name"]: r.get(key) for r in records}
 
     def div(a, b):
         return t[a] / t[b] if t.get(a) and t.get(b) else None
@@ -173,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", default="on", choices=["on", "off"], help="CUDA float32 matmuls/convs in TF32 (both)")
     p.add_argument("--sampling-batches", default="1,32", help="FLOWER sampling latency batch sizes ('' = skip)")
     p.add_argument("--parity-suite", default="default", help="setups of the `python -m parity` timing "
-                   "('' = skip): default, xla fast compile, cache cold, cache warm")
+                   "('' = skip): default, xla fast compile, cache cold, cache warm, fast+cache cold, fast+cache warm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as Markdown")
@@ -196,6 +198,7 @@ def main(argv=None) -> int:
     if args.steps < 1:
         raise SystemExit("--steps must be >= 1")
     start = time.time()
+    user_env = dict(os.environ)  # the parity suite runs as the user runs it, without our settings
     _setup_backends(args)
     from parity.bench_extra import parity_suite_time, sampling_latency
 
@@ -215,7 +218,7 @@ def main(argv=None) -> int:
     report["parity_suite"] = []
     if setups:
         print("\n== parity suite ==")
-        report["parity_suite"] = parity_suite_time(setups)
+        report["parity_suite"] = parity_suite_time(setups, base_env=user_env)
     report["targets"] = targets(report["cases"], report["parity_suite"])
     print(format_targets(report["targets"]))
     report["elapsed_s"] = time.time() - start

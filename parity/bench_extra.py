@@ -107,20 +107,26 @@ def sampling_latency(size: str, device: str, batches=(1, 32), steps=(1, 4), toke
     return rows
 
 
-# name -> extra environment of the `python -m parity` subprocess (a fresh cache dir is
-# substituted for {cache}); "cache warm" runs after "cache cold" with the same dir.
+# name -> extra environment of the `python -m parity` subprocess ({cache}: a fresh JAX
+# persistent-cache directory per benchmark run; a "warm" setup runs after its "cold" one).
+_CACHE = {"JAX_COMPILATION_CACHE_DIR": "{cache}", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+_FAST = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"}
+_FAST_CACHE = {**_CACHE, "JAX_COMPILATION_CACHE_DIR": "{cache}-fast"}
 PARITY_SETUPS = {
     "default": {},
-    "cache cold": {"JAX_COMPILATION_CACHE_DIR": "{cache}", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"},
-    "cache warm": {"JAX_COMPILATION_CACHE_DIR": "{cache}", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"},
-    "xla fast compile": {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"},
+    "xla fast compile": _FAST,
+    "cache cold": _CACHE,
+    "cache warm": _CACHE,
+    "fast+cache cold": {**_FAST, **_FAST_CACHE},
+    "fast+cache warm": {**_FAST, **_FAST_CACHE},
 }
 
 
-def parity_suite_time(setups=("default",), args=(), timeout: float = 1800, log=print) -> list[dict]:
-    """Wall and CPU time of `python -m parity *args` in a fresh process, per setup."""
+def parity_suite_time(setups=("default",), args=(), base_env=None, timeout: float = 1800,
+                      log=print) -> list[dict]:
+    """Wall and CPU time of `python -m parity *args` in a fresh process, per setup, in the
+    environment `base_env` (default: this process's) plus the setup's variables."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="meanflow-bench-") as tmp:
         cache = os.path.join(tmp, "jax-cache")
@@ -128,9 +134,10 @@ def parity_suite_time(setups=("default",), args=(), timeout: float = 1800, log=p
             if name not in PARITY_SETUPS:
                 raise KeyError(f"unknown parity setup {name!r}; available: {', '.join(PARITY_SETUPS)}")
             extra = {k: v.format(cache=cache) for k, v in PARITY_SETUPS[name].items()}
-            env = {**os.environ, **extra}
-            if "XLA_FLAGS" in extra and os.environ.get("XLA_FLAGS"):
-                env["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {extra['XLA_FLAGS']}"
+            base = dict(os.environ if base_env is None else base_env)
+            env = {**base, **extra}
+            if "XLA_FLAGS" in extra and base.get("XLA_FLAGS"):
+                env["XLA_FLAGS"] = f"{base['XLA_FLAGS']} {extra['XLA_FLAGS']}"
             cmd = [sys.executable, "-m", "parity", *args, "--json", os.path.join(tmp, "report.json")]
             load_before = load_average()
             before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -200,6 +200,15 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _inductor_cache() -> dict:
+    import getpass
+    import tempfile
+
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    return {"path": path, "existed": os.path.isdir(path)}
+
+
 def environment(device: str) -> dict:
     """Versions, hardware, threads, precision settings and the load, for the record."""
     import jax
@@ -221,6 +230,9 @@ def environment(device: str) -> dict:
         "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
         "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
         "load_average": load_average(),
+        # torch.compile reuses compiled kernels from this directory: warm-up times of the
+        # compiled runners are cold-compile times only when it did not exist before.
+        "torchinductor_cache_dir": _inductor_cache(),
     }
     for mod in ("flax", "optax"):
         try:
