@@ -4,7 +4,7 @@
     python -m parity.bench --quick                  # smoke test (tiny sizes, a subset of runners)
     python -m parity.bench --device cuda            # GPU table: DiT-M, DiT-B/4, FLOWER base/default
     python -m parity.bench --sizes dit-s,flower-small --steps 7 --json bench.json
-    python -m parity.bench --parity-suite "default,xla fast compile,cache cold,cache warm"
+    python -m parity.bench --parity-suite "default,xla full compile,cache cold,cache warm"
 
 In one process and one run, for every size: the training step (loss, backward, AdamW,
 EMA) of plain flow matching (FM) and MeanFlow (MF), JAX under jit, PyTorch eager and with
@@ -27,8 +27,6 @@ import time
 from parity.bench_cases import DEFAULT_SIZES, QUICK_SIZES, SIZES, make_case, rel_diff, timed
 from parity.bench_measure import environment, load_average, peak_step_memory, time_interleaved
 from parity.bench_report import TARGETS, format_case, format_targets, markdown, targets
-# XLA:CPU options for one-off executables: ~4x faster compiles, slower steps (smoke test).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 TORCH_EAGER = ["mf", "fm", "mf torch.func+math", "mf attn=math", "mf attn=explicit", "mf memory_saving"]
 
 
@@ -111,7 +109,9 @@ def run_case(name: str, args, log=print) -> dict:
         jax_objectives, options = ("mf", "fm"), None
         if args.quick:  # one XLA compile, without the optimisations that make it take ~10 s on 2 cores
             jax_objectives = ("mf",) if case.arch == "dit" else ()
-            options = FAST_COMPILE
+            from parity.precision import XLA_COMPILE  # after _setup_backends: it imports jax
+
+            options = XLA_COMPILE["fast"]
         runners = (jax_runners(case, params_np, jax_objectives, options)
                    + torch_runners(case, state_dict, args.device, _torch_variants(args)))
     load_before = load_average()
@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", default="on", choices=["on", "off"], help="CUDA float32 matmuls/convs in TF32 (both)")
     p.add_argument("--sampling-batches", default="1,32", help="FLOWER sampling latency batch sizes ('' = skip)")
     p.add_argument("--parity-suite", default="default", help="setups of the `python -m parity` timing "
-                   "('' = skip): default, xla fast compile, cache cold, cache warm, fast+cache cold, fast+cache warm")
+                   "('' = skip): default (fast compile), xla full compile, cache cold, cache warm, full+cache cold, "
+                   "full+cache warm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as Markdown")

@@ -107,19 +107,19 @@ def sampling_latency(size: str, device: str, batches=(1, 32), steps=(1, 4), toke
     return rows
 
 
-# name -> extra environment of the `python -m parity` subprocess ({cache}: a fresh JAX
-# persistent-cache directory per benchmark run; a "warm" setup runs after its "cold" one).
+# name -> (extra arguments, extra environment) of the `python -m parity` subprocess
+# ({cache}: a fresh JAX persistent-cache directory per benchmark run; a "warm" setup runs
+# after its "cold" one). "default" is what `make parity` runs (XLA:CPU fast compile).
 _CACHE = {"JAX_COMPILATION_CACHE_DIR": "{cache}", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-_FAST = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"}
-_FAST_CACHE = {**_CACHE, "JAX_COMPILATION_CACHE_DIR": "{cache}-fast"}
+_FULL = ("--xla-compile", "full")
 PARITY_SETUPS = {
-    "default": {},
-    "xla fast compile": _FAST,
-    "cache cold": _CACHE,
-    "cache warm": _CACHE,
-    "fast+cache cold": {**_FAST, **_FAST_CACHE},
-    "fast+cache warm": {**_FAST, **_FAST_CACHE},
+    "default": ((), {}),
+    "xla full compile": (_FULL, {}),
+    "cache cold": ((), _CACHE),
+    "cache warm": ((), _CACHE),
+    "full+cache cold": (_FULL, {**_CACHE, "JAX_COMPILATION_CACHE_DIR": "{cache}-full"}),
+    "full+cache warm": (_FULL, {**_CACHE, "JAX_COMPILATION_CACHE_DIR": "{cache}-full"}),
 }
 
 
@@ -133,12 +133,10 @@ def parity_suite_time(setups=("default",), args=(), base_env=None, timeout: floa
         for name in setups:
             if name not in PARITY_SETUPS:
                 raise KeyError(f"unknown parity setup {name!r}; available: {', '.join(PARITY_SETUPS)}")
-            extra = {k: v.format(cache=cache) for k, v in PARITY_SETUPS[name].items()}
-            base = dict(os.environ if base_env is None else base_env)
-            env = {**base, **extra}
-            if "XLA_FLAGS" in extra and base.get("XLA_FLAGS"):
-                env["XLA_FLAGS"] = f"{base['XLA_FLAGS']} {extra['XLA_FLAGS']}"
-            cmd = [sys.executable, "-m", "parity", *args, "--json", os.path.join(tmp, "report.json")]
+            setup_args, setup_env = PARITY_SETUPS[name]
+            extra = {k: v.format(cache=cache) for k, v in setup_env.items()}
+            env = {**dict(os.environ if base_env is None else base_env), **extra}
+            cmd = [sys.executable, "-m", "parity", *args, *setup_args, "--json", os.path.join(tmp, "report.json")]
             load_before = load_average()
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
@@ -147,7 +145,7 @@ def parity_suite_time(setups=("default",), args=(), base_env=None, timeout: floa
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             found = re.search(r"parity suite: (.*) in ([0-9.]+) s", proc.stdout)
-            row = {"setup": name, "command": " ".join(["python -m parity", *args]), "env": extra,
+            row = {"setup": name, "command": " ".join(["python -m parity", *args, *setup_args]), "env": extra,
                    "wall_s": wall, "cpu_s": cpu, "returncode": proc.returncode,
                    "passed": proc.returncode == 0, "suite": found.group(1) if found else None,
                    "reported_s": float(found.group(2)) if found else None,

@@ -21,7 +21,7 @@ from meanflow_common.config import get_preset, override  # noqa: E402
 from parity import checkpoints, debug_report  # noqa: E402
 from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
 from parity.harness import run_variant, trained_params  # noqa: E402
-from parity.precision import pinned_precision, precision_settings, versions  # noqa: E402
+from parity.precision import XLA_COMPILE, pinned_precision, precision_settings, versions  # noqa: E402
 from parity.report import format_table, format_tolerances, write_json  # noqa: E402
 
 
@@ -71,8 +71,9 @@ def _trained_checks(args, variants, dtype, device):
         if v.arch in seen:
             continue
         seen.add(v.arch)
-        params = trained_params(get_arch(v.arch), v, args.seed, args.trained_steps)
-        for r in run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params):
+        params = trained_params(get_arch(v.arch), v, args.seed, args.trained_steps, xla_compile=args.xla_compile)
+        for r in run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params,
+                             xla_compile=args.xla_compile):
             r.variant = f"{r.variant} trained{args.trained_steps}"
             out.append(r)
     return out
@@ -92,13 +93,15 @@ def cmd_report(args) -> int:
                     params = None
                     if args.checkpoint:
                         params = checkpoints.load_params(args.checkpoint, v.arch, v.model_cfg, key=args.checkpoint_key)
-                    results += run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params)
+                    results += run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params,
+                                           xla_compile=args.xla_compile)
                 results += _trained_checks(args, variants, dtype, device)
             if device == "cuda" and dtype == "float32":
                 # The frameworks' default precision (TF32 GEMMs/convs): measured, never failing.
                 with pinned_precision(False) as settings:
                     for v in variants:
-                        drift = run_variant(v, dtype, device, seed=args.seed, batch=args.batch)
+                        drift = run_variant(v, dtype, device, seed=args.seed, batch=args.batch,
+                                            xla_compile=args.xla_compile)
                         for r in drift:
                             r.variant = f"{r.variant} TF32"
                             r.info["informational"] = True
@@ -107,10 +110,12 @@ def cmd_report(args) -> int:
                 meta_runs.append({"default_precision_settings": settings})
     elapsed = time.time() - start
     print(format_table(results))
-    print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s")
+    print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s"
+          f" (XLA:CPU compile {args.xla_compile})")
     if args.json:
         meta = {"versions": versions(), "precision": precision_settings(), "seed": args.seed,
                 "batch": args.batch, "elapsed_s": elapsed, "runs": meta_runs,
+                "xla_compile": {"mode": args.xla_compile, "cpu_options": XLA_COMPILE[args.xla_compile]},
                 "variants": [{"arch": v.arch, "name": v.name, "model_cfg": dataclasses.asdict(v.model_cfg),
                               "meanflow_cfg": dataclasses.asdict(v.mf_cfg)} for v in variants]}
         with pinned_precision(True) as pinned:
@@ -148,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-key", default=None, help="entry of the checkpoint holding the params (e.g. ema_params)")
     p.add_argument("--trained-steps", type=int, default=8,
                    help="also compare each architecture after N AdamW steps from the standard init (0: off)")
+    p.add_argument("--xla-compile", default="fast", choices=sorted(XLA_COMPILE),
+                   help="XLA:CPU compile of the JAX reference: fast (default; LLVM -O0, ~4x quicker to compile, "
+                   "outputs differ from full by rounding only) or full (the optimised executable the trainer runs)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")

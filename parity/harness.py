@@ -24,6 +24,7 @@ from parity import convert
 from parity.archs import Arch, Variant, get_arch
 from parity.compare import CheckResult, compare, compare_grads
 from parity.inputs import InputBundle, from_torch_data, to_torch_data
+from parity.precision import jax_compiler_options
 from parity.tolerances import tolerance
 
 TERMS = ("u", "du_dt", "v_g", "u_tgt", "loss_per_sample", "loss")
@@ -52,7 +53,8 @@ def random_params(arch: Arch, variant: Variant, seed: int) -> dict:
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
 
 
-def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: float = 3e-3, batch: int = 6) -> dict:
+def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: float = 3e-3, batch: int = 6,
+                   xla_compile: str = "fast") -> dict:
     """Float64 JAX parameters after `steps` Adam steps of MeanFlow from the standard init.
 
     The other realistic weight distribution besides full randomisation: the zero-initialised
@@ -66,7 +68,8 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
     b1, b2, eps = 0.9, 0.95, 1e-8
     m = jax.tree_util.tree_map(np.zeros_like, params)
     v = jax.tree_util.tree_map(np.zeros_like, params)
-    fn = _jax_value_and_grad(arch.name, variant.model_cfg, variant.mf_cfg)
+    device = "cpu" if jax.default_backend() == "cpu" else "cuda"
+    fn = _jax_value_and_grad(arch.name, variant.model_cfg, variant.mf_cfg, xla_compile, device)
     for k in range(1, steps + 1):
         bundle = arch.make_bundle(variant, batch, seed + 1000 + k)
         _, grads = fn(params, *_jax_inputs(arch, variant, bundle, jnp.float64))
@@ -85,9 +88,10 @@ def _jax_device(device: str):
 
 
 @functools.lru_cache(maxsize=64)
-def _jax_value_and_grad(arch_name: str, model_cfg, mf_cfg):
+def _jax_value_and_grad(arch_name: str, model_cfg, mf_cfg, xla_compile: str = "fast", device: str = "cpu"):
     """The jitted loss-and-gradient of one configuration, compiled once and reused
-    (the negative controls and repeated runs change only the torch side)."""
+    (the negative controls and repeated runs change only the torch side); `xla_compile`:
+    parity.precision.XLA_COMPILE."""
     from jax_meanflow.objective import meanflow_loss
 
     arch = get_arch(arch_name)
@@ -97,7 +101,8 @@ def _jax_value_and_grad(arch_name: str, model_cfg, mf_cfg):
         out = meanflow_loss(arch.jax_u_fn(module, params), x, y, noise, mf_cfg, null_y=null_y, train=False)
         return out.loss, out
 
-    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True),
+                   compiler_options=jax_compiler_options(xla_compile, device))
 
 
 def _jax_inputs(arch: Arch, variant: Variant, bundle: InputBundle, jdt):
@@ -113,11 +118,12 @@ def _jax_inputs(arch: Arch, variant: Variant, bundle: InputBundle, jdt):
     return jnp.asarray(bundle.x, jdt), arch.jax_y(bundle, jdt), noise, null_y
 
 
-def run_jax(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, dtype: str, device: str) -> SideOutputs:
+def run_jax(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, dtype: str, device: str,
+            xla_compile: str = "fast") -> SideOutputs:
     jdt = _JAX_DTYPES[dtype]
     with jax.default_device(_jax_device(device)):
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=jdt), params_np)
-        fn = _jax_value_and_grad(arch.name, variant.model_cfg, variant.mf_cfg)
+        fn = _jax_value_and_grad(arch.name, variant.model_cfg, variant.mf_cfg, xla_compile, device)
         (_, out), grads = fn(params, *_jax_inputs(arch, variant, bundle, jdt))
     terms = {k: np.asarray(getattr(out, k), np.float64) for k in TERMS}
     grads_np = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), grads)
@@ -177,10 +183,12 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict):
 
 
 def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
-                params_np: dict | None = None, control=None) -> list[CheckResult]:
+                params_np: dict | None = None, control=None, xla_compile: str = "fast") -> list[CheckResult]:
     """Compare every objective term and every gradient of one variant; one result each.
 
-    `control` (parity.controls.Control) injects a known bug into the torch side.
+    `control` (parity.controls.Control) injects a known bug into the torch side;
+    `xla_compile` ("fast" or "full", parity.precision.XLA_COMPILE) how XLA:CPU compiles
+    the JAX reference.
     """
     arch = get_arch(variant.arch)
     if params_np is None:
@@ -189,7 +197,7 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
     if control is not None and control.state is not None:
         state_dict = control.state(state_dict)
     bundle = arch.make_bundle(variant, batch, seed + 1)
-    ref = run_jax(arch, variant, params_np, bundle, dtype, device)
+    ref = run_jax(arch, variant, params_np, bundle, dtype, device, xla_compile)
     got = run_torch(arch, variant, state_dict, bundle, dtype, device, control)
     labels = dict(arch=arch.name, variant=variant.name, dtype=dtype, device=device)
     results = [

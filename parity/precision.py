@@ -4,6 +4,13 @@ True float32 on GPU needs both sides pinned (SPEC section 5): JAX matmul precisi
 "highest"; PyTorch TF32 off for matmuls AND for cuDNN convolutions (cuDNN's TF32 is on
 by default). `pinned_precision(False)` restores each framework's defaults, which the
 report uses to measure the TF32 drift on GPU.
+
+Also the XLA compile mode of the JAX reference. On CPU the parity suite compiles each
+variant's loss-and-gradient once and runs it once, so LLVM's optimisation passes cost far
+more than they save: `XLA_COMPILE["fast"]` compiles ~4x faster (14 executables: 79 s ->
+20 s on 2 cores) and changes the JAX outputs by rounding only (measured against "full",
+the optimised executable the trainer runs: float32 <= 2.8e-6, float64 <= 1.0e-14 relative;
+docs/BENCHMARKS.md). "full" is one flag away (`python -m parity --xla-compile full`).
 """
 from __future__ import annotations
 
@@ -13,6 +20,22 @@ import platform
 import jax
 import numpy as np
 import torch
+
+
+# XLA DebugOptions passed per executable (jax.jit(compiler_options=...)), CPU only:
+# LLVM -O0 and the legacy loop emitter instead of the MLIR fusion emitters.
+XLA_COMPILE = {
+    "fast": {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
+    "full": None,
+}
+
+
+def jax_compiler_options(mode: str, device: str) -> dict | None:
+    """The `compiler_options` of the JAX reference's executables for `mode` on `device`
+    (GPU always compiles in full: the options above are CPU code-generation settings)."""
+    if mode not in XLA_COMPILE:
+        raise ValueError(f"unknown XLA compile mode {mode!r}; use one of {sorted(XLA_COMPILE)}")
+    return XLA_COMPILE[mode] if device == "cpu" else None
 
 
 def precision_settings() -> dict:

@@ -70,3 +70,31 @@ def test_after_training_steps(key):
     v = VARIANTS[key]
     params = trained_params(get_arch(v.arch), v, seed=0, steps=8)
     _assert_all_pass(run_variant(v, "float64", "cpu", params_np=params))
+
+
+def test_fast_xla_compile_changes_rounding_only():
+    """The suite's default XLA:CPU "fast" compile (LLVM -O0) computes the same reference as
+    the optimised executable the trainer runs: float64 terms and gradients agree to rounding,
+    and differ (the two modes really are two executables)."""
+    import numpy as np
+
+    from parity.archs import get_arch
+    from parity.harness import random_params, run_jax
+
+    v = VARIANTS["flower:decoder rope"]
+    arch = get_arch("flower")
+    params, bundle = random_params(arch, v, 0), arch.make_bundle(v, 6, 1)
+    fast = run_jax(arch, v, params, bundle, "float64", "cpu", "fast")
+    full = run_jax(arch, v, params, bundle, "float64", "cpu", "full")
+    pairs = [(fast.terms[k], full.terms[k]) for k in fast.terms] + [(fast.grads[k], full.grads[k]) for k in fast.grads]
+    worst = max(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300) for a, b in pairs)
+    assert worst < 1e-13, worst
+    assert any(not np.array_equal(a, b) for a, b in pairs)
+
+
+def test_unknown_xla_compile_mode_is_an_error():
+    from parity.precision import jax_compiler_options
+
+    with pytest.raises(ValueError, match="unknown XLA compile mode 'quick'"):
+        jax_compiler_options("quick", "cpu")
+    assert jax_compiler_options("fast", "cuda") is None
