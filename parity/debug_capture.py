@@ -42,6 +42,7 @@ import torch.autograd.forward_ad as fwAD
 from flax import linen as nn
 
 import torch_meanflow.objective as tobj
+from torch_meanflow.jvp_rules import TangentRules
 from parity import convert
 from parity.archs import Arch, Variant, get_arch
 from parity.harness import load_state_dict_strict
@@ -316,7 +317,7 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
     """Every mapped module of the torch network, primal and tangent, in hook order.
 
     engine "rules": the tangents of the objective's default JVP engine (its tangent rules
-    for linear/conv layers and arithmetic; torch_meanflow.objective._TangentRules), so a
+    for linear/conv layers and arithmetic; torch_meanflow.jvp_rules.TangentRules), so a
     wrong rule shows up at its module; "torch.func": PyTorch's own forward-mode formulas.
     """
     if engine not in tobj.JVP_ENGINES:
@@ -346,7 +347,7 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
             zd = fwAD.make_dual(z, tz)
             td = fwAD.make_dual(t, torch.ones_like(t))
             rd = fwAD.make_dual(r, torch.zeros_like(r))
-            with tobj._TangentRules() if engine == "rules" else contextlib.nullcontext():
+            with TangentRules() if engine == "rules" else contextlib.nullcontext():
                 module(zd, td, td - rd, y, train=False)
     finally:
         for h in handles:

@@ -26,11 +26,10 @@ from typing import Callable
 
 import torch
 import torch.autograd.forward_ad as fwAD
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from meanflow_common.config import MeanFlowConfig
 from torch_meanflow.attention import has_tangent
+from torch_meanflow.jvp_rules import TangentRules
 
 __all__ = [
     "MeanFlowNoise",
@@ -248,16 +247,11 @@ def _check_inputs(x: torch.Tensor, noise: MeanFlowNoise) -> None:
 # ----------------------------------------------------------------------------------
 # The JVP
 # ----------------------------------------------------------------------------------
-# PyTorch's forward-mode formulas give every operand that has no tangent (parameters,
-# buffers, Python numbers, constant tables) an "efficient zero" tangent, and each op on
-# such a zero computes its output shape through a Python meta function (torch._refs):
-# ~0.3 ms per op on CPU with torch 2.13, most of a small DiT's JVP time (benchmarks in
-# docs/BENCHMARKS.md). The "rules" engine runs the JVP under plain forward AD with
-# `_TangentRules`, which computes those tangents directly, and also those of the common
-# nonlinearities, without autograd history (PyTorch's formulas record the tangent's graph
-# for the backward, which the MeanFlow loss never runs: du/dt is a stop-gradient target).
-# Every other op keeps PyTorch's formula. Under torch.compile, or inside another AD
-# transform, torch.func.jvp is used.
+# The "rules" engine (default) runs the JVP under plain forward AD with
+# torch_meanflow.jvp_rules.TangentRules, which computes the tangents of the layers that
+# matter directly and without autograd history (why: that module's docstring; figures:
+# docs/BENCHMARKS.md). Under torch.compile, or inside another AD transform, and with
+# jvp_engine("torch.func"), plain torch.func.jvp is used.
 
 JVP_ENGINES = ("rules", "torch.func")
 _engine = ["rules"]
@@ -275,127 +269,13 @@ def jvp_engine(name: str):
         _engine[0] = previous
 
 
-_T = torch.Tensor
-_BINARY = {
-    _T.__add__: "add", _T.__radd__: "add", _T.add: "add", torch.add: "add",
-    _T.__sub__: "sub", _T.sub: "sub", torch.sub: "sub", _T.__rsub__: "rsub",
-    _T.__mul__: "mul", _T.__rmul__: "mul", _T.mul: "mul", torch.mul: "mul",
-    _T.__truediv__: "div", _T.div: "div", torch.div: "div", _T.__rtruediv__: "rdiv",
-}
-_SKIP = object()  # a rule does not apply: PyTorch's own formula runs
-
-
-def _split(x):
-    """(primal, tangent) of a forward-AD dual; (x, None) for anything else."""
-    return fwAD.unpack_dual(x) if isinstance(x, torch.Tensor) else (x, None)
-
-
-def _binary_tangent(kind: str, a, at, b, bt, out):
-    # For the __r*__ methods `func(a, b)` computes b (op) a. One of at, bt may be None
-    # (no tangent); the products and sums are PyTorch's formulas, term for term.
-    if kind in ("add", "sub", "rsub"):  # one side has no tangent (both: PyTorch's formula)
-        t = at if bt is None else bt
-        negate = (kind == "sub" and bt is not None) or (kind == "rsub" and at is not None)
-        return -t if negate else t
-    if kind == "mul":
-        if at is None or bt is None:
-            return a * bt if at is None else at * b
-        return bt * a + at * b
-    if kind == "div":  # a / b
-        if bt is None:
-            return at / b
-        return -(bt * out) / b if at is None else (at - bt * out) / b
-    if at is None:  # rdiv: out = b / a
-        return bt / a
-    return -(at * out) / a if bt is None else (bt - at * out) / a
-
-
-def _binary(func, args, kwargs):
-    if kwargs or len(args) != 2:
-        return _SKIP
-    kind = _BINARY[func]
-    (a, at), (b, bt) = _split(args[0]), _split(args[1])
-    if (at is None and bt is None) or (at is not None and bt is not None and kind in ("add", "sub", "rsub")):
-        return _SKIP  # no tangent, or PyTorch's formula already involves tangents only
-    out = func(a, b)
-    if not isinstance(out, torch.Tensor):  # NotImplemented: Python tries the other operand
-        return out
-    with torch.no_grad():
-        tangent = _binary_tangent(kind, a, at, b, bt, out)
-    return fwAD.make_dual(out, tangent.to(out.dtype).expand(out.shape))
-
-
-def _linear(func, args, kwargs):  # F.linear(x, w, b) and F.conv2d(x, w, b, *geometry)
-    (x, xt), rest = _split(args[0]), args[1:]
-    if kwargs or xt is None or any(_split(w)[1] is not None for w in rest[:2]):
-        return _SKIP
-    out = func(x, *rest)
-    with torch.no_grad():
-        tangent = func(xt, rest[0], None, *rest[2:])
-    return fwAD.make_dual(out, tangent)
-
-
-def _activation(func, args, kwargs):  # F.gelu(x, approximate=...), F.silu(x)
-    x, xt = _split(args[0])
-    if xt is None or len(args) > 1 or kwargs.get("inplace"):
-        return _SKIP
-    approximate = kwargs.get("approximate", "none")
-    out = F.gelu(x, approximate=approximate) if func is F.gelu else F.silu(x)
-    with torch.no_grad():
-        if func is F.gelu:
-            tangent = torch.ops.aten.gelu_backward(xt, x, approximate=approximate)
-        else:
-            tangent = torch.ops.aten.silu_backward(xt, x)
-    return fwAD.make_dual(out, tangent)
-
-
-def _dropout(func, args, kwargs):
-    # The mask is drawn as ATen's F.dropout draws it (CPU: bernoulli noise / (1 - p);
-    # CUDA: native_dropout), so the same RNG state gives the same mask with or without
-    # tangents; the tangent is scaled by the same mask.
-    names = ("input", "p", "training", "inplace")
-    given = {**dict(zip(names, args)), **kwargs}
-    x, xt = _split(given["input"])
-    p, training = given.get("p", 0.5), given.get("training", True)
-    if xt is None or given.get("inplace") or not training or not 0.0 < p < 1.0 or x.device.type not in ("cpu", "cuda"):
-        return _SKIP
-    if x.device.type == "cpu":
-        noise = torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
-        out = x * noise
-    else:
-        out, mask = torch.native_dropout(x, p, True)
-        noise = mask.to(x.dtype) * (1.0 / (1.0 - p))
-    with torch.no_grad():
-        tangent = xt * noise
-    return fwAD.make_dual(out, tangent)
-
-
-_RULES = {**{f: _binary for f in _BINARY}, F.linear: _linear, F.conv2d: _linear, F.gelu: _activation,
-          F.silu: _activation, F.dropout: _dropout}
-
-
-class _TangentRules(TorchFunctionMode):
-    """Direct tangents, computed without autograd history, for linear and conv layers,
-    + - * / with an operand that has no tangent (or * / with two), GELU, SiLU and dropout;
-    everything else runs PyTorch's forward-mode formula."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        rule = _RULES.get(func)
-        if rule is not None:
-            out = rule(func, args, kwargs)
-            if out is not _SKIP:
-                return out
-        return func(*args, **kwargs)
-
-
 def _jvp(fn, primals, tangents):
     """(fn(*primals), its JVP along `tangents`) by the selected engine."""
     if _engine[0] == "torch.func" or torch.compiler.is_compiling() or has_tangent(*primals):
         return torch.func.jvp(fn, primals, tangents)
     with fwAD.dual_level():
         duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents))
-        with _TangentRules():
+        with TangentRules():
             out = fn(*duals)
         u, du_dt = fwAD.unpack_dual(out)
     return u, (torch.zeros_like(u) if du_dt is None else du_dt)
