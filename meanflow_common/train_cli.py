@@ -56,7 +56,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------
 
 RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard")
-_RESUMABLE = {"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir", "fast_compile"}
+_RESUMABLE = {"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir", "fast_compile", "torch_compile"}
 
 
 def read_run_config(run_dir: str) -> dict:

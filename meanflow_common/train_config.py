@@ -70,7 +70,9 @@ class TrainConfig:
     LowDimEncoder token count and whether sampled actions are clamped to [-1, 1] (the
     reach actions are normalised to that range). fast_compile: JAX on CPU only, compile
     the train step without XLA's backend optimisations (about half the compile time,
-    slower steps: for tests and smoke runs; the torch trainer has nothing to compile).
+    slower steps: for tests and smoke runs). torch_compile: PyTorch only, run the loss
+    (forward and MeanFlow JVP) under torch.compile: about 1.5x faster MeanFlow steps on CPU
+    after a compile of 0.5-3 minutes (docs/BENCHMARKS.md); JAX always jits.
     """
 
     task: str = "digits"
@@ -88,6 +90,7 @@ class TrainConfig:
     obs_tokens: int = 4
     clip_actions: bool = True
     fast_compile: bool = False
+    torch_compile: bool = False
     model_overrides: tuple = ()
     optim: OptimConfig = field(default_factory=OptimConfig)
     mf: MeanFlowConfig = field(default_factory=MeanFlowConfig)

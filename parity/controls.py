@@ -129,7 +129,7 @@ def _untransposed_conv(state: dict) -> dict:
 
 def _drop_flower_time_scale(module):
     """FLOWER multiplies the time frequencies by 1000; a port that forgets it."""
-    module.t_embedder.freqs = np.asarray(module.t_embedder.freqs) / 1000.0
+    module.t_embedder.set_table("freqs", module.t_embedder.table("freqs") / 1000.0)
 
 
 CONTROLS: dict[str, Control] = {

@@ -1,4 +1,6 @@
 """Test-wide settings: float64 available in JAX (derivative and parity checks need it)."""
+import os
+
 import pytest
 
 try:  # jax is optional: the torch-only tests must run without it
@@ -26,9 +28,13 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    if _has_cuda():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    # `slow` (minutes of CPU, e.g. torch.compile of FLOWER): opt-in with MEANFLOW_SLOW_TESTS=1 or -m slow.
+    run_slow = os.environ.get("MEANFLOW_SLOW_TESTS") == "1" or "slow" in (config.getoption("-m") or "")
+    skip_slow = pytest.mark.skip(reason="slow: set MEANFLOW_SLOW_TESTS=1 (or -m slow) to run")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    has_cuda = _has_cuda()
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)

@@ -21,7 +21,7 @@ from torch import nn
 from meanflow_common.config import DiTConfig
 from meanflow_common.tables import sincos_2d_pos_embed
 from torch_meanflow.attention import attention
-from torch_meanflow.layers import LayerNorm, Mlp, TimestepEmbedder, modulate
+from torch_meanflow.layers import FixedTables, LayerNorm, Mlp, TimestepEmbedder, modulate
 
 __all__ = ["DiT", "init_dit", "make_u_fn"]
 
@@ -95,7 +95,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(FixedTables):
     """MeanFlow DiT: u(x [B, C, H, W], t [B], h [B], y [B] int) -> [B, C, H, W]."""
 
     def __init__(self, config: DiTConfig):
@@ -106,18 +106,10 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(d, cfg.frequency_embedding_size)
         self.h_embedder = TimestepEmbedder(d, cfg.frequency_embedding_size)
         self.y_embedder = LabelEmbedder(cfg.num_classes, d)
-        self._pos_table = sincos_2d_pos_embed(d, cfg.input_size // cfg.patch_size)  # float64 [N, D]
-        self.register_buffer("pos_embed", torch.from_numpy(self._pos_table)[None], persistent=False)
+        self.set_table("pos_embed", sincos_2d_pos_embed(d, cfg.input_size // cfg.patch_size)[None])  # [1, N, D]
         self.blocks = nn.ModuleList([DiTBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(d, cfg.patch_size, cfg.in_channels)
         self.initialize_weights()
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        # Rebuild the fixed table from float64 after any cast/move, so that e.g.
-        # .float().double() cannot leave a float32-rounded table behind.
-        self.pos_embed = torch.from_numpy(self._pos_table)[None].to(self.pos_embed.device, self.pos_embed.dtype)
-        return self
 
     def initialize_weights(self):
         """The reference initialisation (the single place where it is defined).
@@ -173,7 +165,9 @@ class DiT(nn.Module):
                 raise ValueError(f"{name} must have shape [B] = ({b},), got {tuple(v.shape)}")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
-        if not torch._C._functorch.is_functorch_wrapped_tensor(y):
+        # Value checks need the labels' data: skipped in traced code (torch.compile, and
+        # torch.func transforms, whose wrapped tensors hide it), as in the objective.
+        if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(y):
             bad = y[(y < 0) | (y > cfg.num_classes)]
             if bad.numel():
                 raise ValueError(

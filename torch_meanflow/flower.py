@@ -24,6 +24,7 @@ from meanflow_common.checks import check_flower_inputs, check_same_dtype
 from meanflow_common.config import FlowerConfig
 from meanflow_common.tables import rope_cos_sin
 from torch_meanflow.flower_layers import (
+    FixedTables,
     FlowBlock,
     FreqEmbedder,
     MeanFlowDecoder,
@@ -68,7 +69,7 @@ def _check_inputs(cfg: FlowerConfig, z, t, h, cond: FlowerCond, dtype: torch.dty
     check_same_dtype([(n, x.dtype) for n, x in named], dtype, "the model's parameters are")
 
 
-class FlowerTransformer(nn.Module):
+class FlowerTransformer(FixedTables):
     """u(z, t, h | cond): [B, T, A] -> [B, T, A]."""
 
     def __init__(self, config: FlowerConfig):
@@ -93,6 +94,10 @@ class FlowerTransformer(nn.Module):
         self.frequency_embedder = FreqEmbedder(d, fes)
         if cfg.position_mode == "learned":
             self.positional_encoding = nn.Parameter(torch.randn(1, cfg.act_window_size, d) * 0.1)
+        else:  # RoPE over the action window (inputs are checked to be that long)
+            cos, sin = rope_cos_sin(d // cfg.n_heads, cfg.act_window_size, cfg.rope_theta)
+            self.set_table("rope_cos", cos)
+            self.set_table("rope_sin", sin)
         self.dit = nn.ModuleList(
             FlowBlock(d, cfg.n_heads, cfg.attn_pdrop, cfg.resid_pdrop, cfg.mlp_pdrop, cfg.lora_dim)
             for _ in range(cfg.n_layers)
@@ -105,9 +110,7 @@ class FlowerTransformer(nn.Module):
     def _rope(self, like: torch.Tensor):
         if self.config.position_mode != "rope":
             return None
-        cos, sin = rope_cos_sin(self.config.dit_dim // self.config.n_heads, like.shape[1], self.config.rope_theta)
-        return (torch.as_tensor(cos, dtype=like.dtype, device=like.device),
-                torch.as_tensor(sin, dtype=like.dtype, device=like.device))
+        return self.rope_cos.to(like.dtype), self.rope_sin.to(like.dtype)  # [T, d/2] each
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor, cond: FlowerCond,
                 train: bool = False) -> torch.Tensor:

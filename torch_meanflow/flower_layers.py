@@ -15,9 +15,10 @@ from torch import nn
 
 from meanflow_common.tables import flower_control_frequencies, flower_timestep_frequencies
 from torch_meanflow.attention import attention
-from torch_meanflow.layers import RmsNorm, modulate, timestep_embedding
+from torch_meanflow.layers import FixedTables, RmsNorm, modulate, timestep_embedding
 
 __all__ = [
+    "FixedTables",
     "RmsNorm",
     "stateless_norm",
     "find_multiple",
@@ -168,7 +169,7 @@ class FlowBlock(nn.Module):
         return cx + gate_mlp.unsqueeze(1) * self.mlp(x, train=train)
 
 
-class TimestepEmbedder(nn.Module):
+class TimestepEmbedder(FixedTables):
     """FLOWER's time embedder: cos/sin of t * 1000 * DiT frequencies -> Linear -> SiLU -> Linear."""
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, time_scale: float = 1000.0):
@@ -176,7 +177,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
-        self.freqs = flower_timestep_frequencies(frequency_embedding_size, scale=time_scale)
+        self.set_table("freqs", flower_timestep_frequencies(frequency_embedding_size, scale=time_scale))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t [B] -> [B, hidden_size]."""
@@ -188,7 +189,7 @@ class FreqEmbedder(TimestepEmbedder):
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__(hidden_size, frequency_embedding_size)
-        self.freqs = flower_control_frequencies(frequency_embedding_size)
+        self.set_table("freqs", flower_control_frequencies(frequency_embedding_size))
 
 
 class SharedAdaLNController(nn.Module):

@@ -4,8 +4,9 @@ Twin of `jax_meanflow.layers`. Module names follow facebookresearch/DiT and timm
 (`mlp.0`, `mlp.2`, `fc1`, `fc2`, `weight`).
 
 Dtypes: nothing here hard-codes float32. Constant tables come from
-`meanflow_common.tables` (float64 NumPy) and are cast to the working dtype at call time
-(never stored as a buffer, so `.to(dtype)` cannot round them twice).
+`meanflow_common.tables` (float64 NumPy) and live in `FixedTables` buffers, re-derived
+from the float64 table after every cast (so `.to(dtype)` cannot round them twice) and
+cast to the working dtype where they are used.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 from meanflow_common.tables import timestep_frequencies
 
 __all__ = [
+    "FixedTables",
     "modulate",
     "timestep_embedding",
     "TimestepEmbedder",
@@ -26,26 +28,58 @@ __all__ = [
 ]
 
 
+class FixedTables(nn.Module):
+    """Base of modules with fixed float64 NumPy tables (frequencies, positions).
+
+    `set_table(name, table)` stores the table and exposes it as a non-persistent buffer
+    `name` (not saved, not trained, moved with the module): tensors, not NumPy arrays, so
+    torch.compile traces the model (Dynamo cannot guard on NumPy module attributes). After
+    every cast or move the buffer is re-derived from the float64 table, so that e.g.
+    `.float().double()` cannot leave a float32-rounded table behind.
+    """
+
+    def set_table(self, name: str, table) -> None:
+        tables = self.__dict__.setdefault("_tables", {})
+        tables[name] = np.array(table, dtype=np.float64)
+        old = self._buffers.get(name)
+        like = {"device": old.device, "dtype": old.dtype} if old is not None else {"dtype": torch.float64}
+        self.register_buffer(name, torch.tensor(tables[name], **like), persistent=False)
+
+    def table(self, name: str) -> np.ndarray:
+        """A copy of the float64 table behind buffer `name`."""
+        return self.__dict__["_tables"][name].copy()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name, table in self.__dict__.get("_tables", {}).items():
+            old = self._buffers[name]
+            self._buffers[name] = torch.tensor(table, dtype=old.dtype, device=old.device)
+        return self
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [B, N, D], shift/scale [B, D] -> x * (1 + scale) + shift, broadcast over N."""
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def timestep_embedding(t: torch.Tensor, freqs: np.ndarray) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, freqs) -> torch.Tensor:
     """Sinusoidal features of t [B] -> [B, 2 * len(freqs)], concat(cos(t f), sin(t f)).
 
-    `freqs` is a float64 NumPy table (e.g. `timestep_frequencies`), cast to t's float dtype
-    (an integer t is promoted to the default float dtype).
+    `freqs` [F]: a `FixedTables` buffer or a float64 NumPy table (e.g.
+    `timestep_frequencies`), cast to t's float dtype (an integer t is promoted to the
+    default float dtype).
     """
     if t.ndim != 1:
         raise ValueError(f"times must have shape [B], got {tuple(t.shape)}")
     dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
-    f = torch.as_tensor(np.asarray(freqs, dtype=np.float64), device=t.device).to(dtype)
+    if not torch.is_tensor(freqs):
+        freqs = torch.as_tensor(np.asarray(freqs, dtype=np.float64))
+    f = freqs.to(device=t.device, dtype=dtype)
     args = t.to(dtype)[:, None] * f[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-class TimestepEmbedder(nn.Module):
+class TimestepEmbedder(FixedTables):
     """t [B] -> [B, hidden_size]: sinusoid(frequency_embedding_size) -> Linear -> SiLU -> Linear.
 
     `freq_scale` multiplies the float64 frequency table before the cast (FLOWER uses 1000;
@@ -58,7 +92,7 @@ class TimestepEmbedder(nn.Module):
                  max_period: float = 10000.0, freq_scale: float = 1.0):
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
-        self._freqs = timestep_frequencies(frequency_embedding_size, max_period) * freq_scale
+        self.set_table("freqs", timestep_frequencies(frequency_embedding_size, max_period) * freq_scale)
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size),
             nn.SiLU(),
@@ -72,7 +106,7 @@ class TimestepEmbedder(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t.to(self.mlp[0].weight.dtype), self._freqs)
+        emb = timestep_embedding(t.to(self.mlp[0].weight.dtype), self.freqs)
         if self.frequency_embedding_size % 2:  # odd size: the reference pads one zero feature
             emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
         return self.mlp(emb)

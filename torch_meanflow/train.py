@@ -42,7 +42,7 @@ from torch_meanflow.dit import init_dit
 from torch_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
 from torch_meanflow.policy import FlowerPolicy
 from torch_meanflow.solver import generate
-from torch_meanflow.train_state import TrainState, create_train_state, make_train_step
+from torch_meanflow.train_state import TrainState, compile_loss, create_train_state, make_train_step
 
 __all__ = ["BACKEND", "make_model", "make_loss_fn", "step_seed", "step_randomness", "to_batch", "make_sampler",
            "train", "load_run", "main"]
@@ -265,7 +265,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     start = state.step
     logger = MetricsLogger(run_dir, start if resumed else None, _tb_writer(run_dir))
     bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
-    loss_fn = make_loss_fn(cfg, model)
+    loss_fn = compile_loss(make_loss_fn(cfg, model)) if cfg.torch_compile else make_loss_fn(cfg, model)
     current = {"step": start}
 
     def checked_loss(net, batch, noise):

@@ -18,7 +18,8 @@ import torch
 
 from meanflow_common.config import OptimConfig
 
-__all__ = ["make_lr_schedule", "make_optimizer", "TrainState", "create_train_state", "train_step", "make_train_step"]
+__all__ = ["make_lr_schedule", "make_optimizer", "TrainState", "create_train_state", "train_step", "make_train_step",
+           "compile_loss"]
 
 LossFn = Callable[[torch.nn.Module, Any, Any], Any]
 
@@ -145,9 +146,7 @@ def make_train_step(loss_fn: LossFn, optim_cfg: OptimConfig, compile: bool = Fal
     once and the step falls back to eager mode. ValueError/TypeError (the loss's own input
     checks) are raised as they are.
     """
-    fn = loss_fn
-    if compile:
-        fn = _compiled_with_fallback(loss_fn)
+    fn = compile_loss(loss_fn) if compile else loss_fn
 
     def step(state: TrainState, batch, noise) -> dict:
         return train_step(state, fn, batch, noise, optim_cfg)
@@ -155,7 +154,9 @@ def make_train_step(loss_fn: LossFn, optim_cfg: OptimConfig, compile: bool = Fal
     return step
 
 
-def _compiled_with_fallback(loss_fn: LossFn) -> LossFn:
+def compile_loss(loss_fn: LossFn) -> LossFn:
+    """`loss_fn` under torch.compile (the MeanFlow JVP through torch.func.jvp, traced whole);
+    on a compiler failure, a warning quoting the error and eager mode from then on."""
     compiled = torch.compile(loss_fn)
     use_eager = [False]
 
