@@ -55,3 +55,14 @@ def test_sampling_and_environment_are_recorded(report):
 def test_unknown_size_is_named():
     with pytest.raises(SystemExit, match="unknown size 'dit-huge'"):
         bench.main(["--quick", "--sizes", "dit-huge"])
+
+
+def test_bench_profile_breaks_a_step_down_by_op(capsys):
+    from parity import bench_profile
+
+    assert bench_profile.main(["--size", "dit-tiny", "--batch", "4", "--runners", "fm,mf", "--steps", "1",
+                               "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "torch eager fm" in out and "torch eager mf" in out and "aten::" in out and "last - first" in out
+    with pytest.raises(SystemExit, match="unknown runner 'mf-fast'"):
+        bench_profile.main(["--size", "dit-tiny", "--runners", "mf-fast"])
