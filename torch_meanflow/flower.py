@@ -24,7 +24,6 @@ from meanflow_common.checks import check_flower_inputs, check_same_dtype
 from meanflow_common.config import FlowerConfig
 from meanflow_common.tables import rope_cos_sin
 from torch_meanflow.flower_layers import (
-    FixedTables,
     FlowBlock,
     FreqEmbedder,
     MeanFlowDecoder,
@@ -34,6 +33,7 @@ from torch_meanflow.flower_layers import (
     TimestepEmbedder,
     stateless_norm,
 )
+from torch_meanflow.layers import FixedTables
 
 __all__ = ["FlowerCond", "FlowerTransformer", "init_flower", "make_u_fn"]
 

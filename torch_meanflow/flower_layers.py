@@ -18,7 +18,6 @@ from torch_meanflow.attention import attention
 from torch_meanflow.layers import FixedTables, RmsNorm, modulate, timestep_embedding
 
 __all__ = [
-    "FixedTables",
     "RmsNorm",
     "stateless_norm",
     "find_multiple",

@@ -265,7 +265,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     start = state.step
     logger = MetricsLogger(run_dir, start if resumed else None, _tb_writer(run_dir))
     bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
-    loss_fn = compile_loss(make_loss_fn(cfg, model)) if cfg.torch_compile else make_loss_fn(cfg, model)
+    loss_fn = make_loss_fn(cfg, model)
+    if cfg.torch_compile:
+        loss_fn = compile_loss(loss_fn)
     current = {"step": start}
 
     def checked_loss(net, batch, noise):
