@@ -56,7 +56,8 @@ __all__ = [
 # ----------------------------------------------------------------------------------
 
 RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard")
-_RESUMABLE = {"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir", "fast_compile", "torch_compile"}
+_RESUMABLE = {"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir", "fast_compile", "torch_compile",
+              "devices", "sync_check_steps"}
 
 
 def read_run_config(run_dir: str) -> dict:
@@ -101,13 +102,15 @@ def _norm(v):
 
 
 def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = False, overwrite: bool = False,
-                    data_info: Optional[Mapping[str, Any]] = None) -> bool:
+                    data_info: Optional[Mapping[str, Any]] = None,
+                    world_info: Optional[Mapping[str, Any]] = None) -> bool:
     """Make `cfg.out_dir` ready; returns True when an existing run is to be resumed.
 
     A folder holding a run (config.json, metrics or checkpoints) is refused unless
     `resume` (the saved config must be compatible) or `overwrite` (the run's files are
     deleted first). A fresh run writes config.json (with `data_info`, e.g. {"obs_dim": 4},
-    the data facts a loader needs to rebuild the model).
+    the data facts a loader needs to rebuild the model, and `world_info`, e.g.
+    {"processes": 2, "devices": 2}, where it ran). Writes nothing when it refuses.
     """
     if resume and overwrite:
         raise ValueError("give either resume or overwrite, not both")
@@ -115,7 +118,7 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
     present = [n for n in RUN_FILES if os.path.exists(os.path.join(run_dir, n))]
     if present and resume:
         check_resume_compatible(read_run_config(run_dir), cfg, backend)
-        _write_config(cfg, backend, model_cfg, data_info)  # the new run length / cadence
+        _write_config(cfg, backend, model_cfg, data_info, world_info)  # the new run length / cadence
         return True
     if present and not overwrite:
         raise FileExistsError(
@@ -128,13 +131,13 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
         path = os.path.join(run_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(run_dir, exist_ok=True)
-    _write_config(cfg, backend, model_cfg, data_info)
+    _write_config(cfg, backend, model_cfg, data_info, world_info)
     return False
 
 
-def _write_config(cfg: TrainConfig, backend: str, model_cfg, data_info) -> None:
+def _write_config(cfg: TrainConfig, backend: str, model_cfg, data_info, world_info=None) -> None:
     data = {"backend": backend, "train": config_to_dict(cfg), "model": dataclasses.asdict(model_cfg),
-            "data": dict(data_info or {})}
+            "data": dict(data_info or {}), "world": dict(world_info or {"processes": 1, "devices": 1})}
     path = os.path.join(cfg.out_dir, "config.json")
     tmp = path + ".part"
     with open(tmp, "w") as f:
