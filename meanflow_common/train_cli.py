@@ -241,6 +241,8 @@ def run_cli(train_fn: Callable[..., RunResult], backend: str, argv: Optional[Seq
     except (FloatingPointError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
         print(f"error: {_message(err)}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # a torchrun rank other than 0: rank 0 reports
     last = list(result.losses.values())[-1] if result.losses else float("nan")
     print(f"done: {result.step} steps in {result.run_dir} (last loss {last:.5g}); checkpoint {result.checkpoint}")
     return 0
