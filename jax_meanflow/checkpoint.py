@@ -122,6 +122,9 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
         folder = os.path.join(path, item)
         if item != "opt_state":
             saved = _read(folder, lambda: ocp.StandardCheckpointer().metadata(folder).item_metadata)
+            if not saved:  # orbax answers None, not an error, when the tree's metadata is damaged or gone
+                raise UnreadableCheckpointError(f"{folder} is not a readable checkpoint item: its tree metadata "
+                                                "is missing or damaged")
             _check_against(saved, template[item], item)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template[item])
         tree[item] = _read(folder, lambda: ocp.StandardCheckpointer().restore(folder, abstract))
