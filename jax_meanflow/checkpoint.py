@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jax_meanflow.parallel import host_value
 from jax_meanflow.train_state import TrainState
 from meanflow_common.train_loop import UnreadableCheckpointError
 
@@ -55,21 +56,25 @@ def _flat_shapes(tree) -> dict[str, tuple]:
 
 
 def _all_finite(tree) -> bool:
-    return all(bool(np.isfinite(np.asarray(leaf)).all()) for leaf in jax.tree_util.tree_leaves(tree))
+    return all(bool(np.isfinite(host_value(leaf)).all()) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int) -> str:
     """Write `state` at step `state.step` (with the JSON `meta`); returns its folder.
 
+    With several JAX processes every process calls it (orbax coordinates them).
+
     Non-finite parameters are refused (FloatingPointError), so a diverged state can
     never replace the last good checkpoint.
     """
     if not _all_finite((state.params, state.ema_params)):
-        raise FloatingPointError(f"parameters are not finite at step {int(state.step)}; checkpoint not written")
+        raise FloatingPointError(f"parameters are not finite at step {int(host_value(state.step))}; "
+                                 "checkpoint not written")
     ckpt_dir = os.path.abspath(ckpt_dir)
-    remove_partial(ckpt_dir)
+    if jax.process_index() == 0:  # with several processes, the others may already be saving
+        remove_partial(ckpt_dir)
     mgr = _manager(ckpt_dir, keep_last)
-    step = int(state.step)
+    step = int(host_value(state.step))
     items = {k: ocp.args.StandardSave(v) for k, v in state_tree(state).items()}
     args = ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta))
     mgr.save(step, args=args, force=True)

@@ -8,11 +8,16 @@ XLA inserts the gradient all-reduce itself (the mean over the sharded batch axis
 there is no hand-written sync to forget; `check_replicas` still verifies that every
 device's copy of the parameters is identical after a step.
 
-Multi-host: call `jax.distributed.initialize()` in every process before the trainer
-touches JAX; `jax.devices()` is then every process's devices and `devices=0` uses them all.
+Multi-process (several hosts, or one process per GPU): `jax.distributed.initialize()` in
+every process before the trainer touches JAX (`python -m jax_meanflow.train` does it when
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set); `jax.devices()` then lists every process's devices, the mesh
+spans them (`devices` must be 0 or their total) and each process fills only its own
+shards of the global batch, which every process computes (it is a pure function of seed
+and step).
 """
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import jax
@@ -20,10 +25,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AXIS", "make_mesh", "batch_sharding", "replicated", "to_global", "shard_batch", "replicate",
+__all__ = ["AXIS", "share", "make_mesh", "batch_sharding", "replicated", "to_global", "shard_batch", "replicate",
            "host_value", "check_replicas"]
 
 AXIS = "batch"
+
+
+def share(value: Any) -> Any:
+    """Process 0's `value` on every process (pickled; a collective)."""
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(value), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+    buf = np.zeros(size, np.uint8)
+    buf[:data.size] = data
+    return pickle.loads(np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes())
 
 
 def make_mesh(devices: int) -> Mesh:
@@ -33,6 +49,9 @@ def make_mesh(devices: int) -> Mesh:
     """
     visible = jax.devices()
     n = len(visible) if devices == 0 else devices
+    if jax.process_count() > 1 and n != len(visible):
+        raise ValueError(f"TrainConfig.devices={devices}: with {jax.process_count()} JAX processes the mesh spans "
+                         f"all {len(visible)} devices; set devices=0 or {len(visible)}")
     if n > len(visible):
         raise ValueError(
             f"TrainConfig.devices={devices} but JAX sees {len(visible)} {jax.default_backend()} device(s); on CPU, "

@@ -260,18 +260,18 @@ def _sharded_step(loss_fn: Callable, optim_cfg, mesh):
 
 
 class JaxBackend(TrainBackend):
-    """The JAX hooks of `meanflow_common.train_loop` (single process; `devices` > 1 runs
-    the step on a `jax_meanflow.parallel` mesh)."""
+    """The JAX hooks of `meanflow_common.train_loop`; `devices` > 1 (or several processes
+    after `jax.distributed.initialize`) runs the step on a `jax_meanflow.parallel` mesh."""
 
     name = BACKEND
     rng_rule = "fold_in(PRNGKey(seed), step) per update, drawn for the global batch"
 
     def world(self, cfg: TrainConfig) -> World:
-        if jax.process_count() > 1:
-            raise ValueError("the JAX trainer runs in one process (it drives every local device through the mesh); "
-                             f"this is process {jax.process_index()} of {jax.process_count()}")
         n = len(parallel.make_mesh(cfg.devices).devices.flat)
-        return World(processes=1, rank=0, devices=n)
+        if jax.process_count() == 1:
+            return World(processes=1, rank=0, devices=n)
+        return World(processes=jax.process_count(), rank=jax.process_index(), devices=n, share=parallel.share,
+                     collective=True)
 
     def make_model(self, cfg, example=None, obs_dim=None):
         return make_model(cfg, example, obs_dim)
@@ -371,7 +371,24 @@ def _prepare(cfg: TrainConfig) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
+def _distributed_from_env() -> None:
+    """jax.distributed.initialize() when JAX_COORDINATOR_ADDRESS is set (with
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID), before anything touches a JAX backend."""
+    if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return
+    try:
+        n, pid = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"error: JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES and JAX_PROCESS_ID must be "
+                         f"integers too ({err!r})") from None
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU meshes across processes
+    jax.distributed.initialize(num_processes=n, process_id=pid)
+
+
 def main(argv=None) -> int:
+    """The CLI; several processes join one run when JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID are set in each (see `_distributed_from_env`)."""
+    _distributed_from_env()
     return run_cli(train, BACKEND, argv, prepare=_prepare)
 
 

@@ -52,12 +52,15 @@ class World:
     """Where a run executes. processes: trainer processes (torchrun ranks); rank: this
     process; devices: data-parallel devices in all (JAX: the mesh; PyTorch: one per
     process). share(value) returns rank 0's `value` on every rank (a collective: every
-    rank calls it)."""
+    rank calls it). collective: the arrays span the processes (JAX multi-process), so
+    every process takes part in checkpoint writes and evaluation; otherwise rank 0 alone
+    does them (torchrun: each rank holds a full copy)."""
 
     processes: int = 1
     rank: int = 0
     devices: int = 1
     share: Callable[[Any], Any] = field(default=_same, compare=False, repr=False)
+    collective: bool = False
 
     @property
     def writer(self) -> bool:
@@ -286,7 +289,7 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
     t_log, s_log = time.perf_counter(), start
 
     def save(k):
-        if world.writer:
+        if world.writer or world.collective:
             return backend.save_checkpoint(ckpt_dir, state, _meta(backend, cfg, k, world), cfg.keep_last)
         return backend.checkpoint_path(ckpt_dir, k)
 
@@ -307,8 +310,8 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
             bar.update(k, loss)
             if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:
                 last, saved_at = save(k), k
-            if eval_fn is not None and world.writer and ((cfg.eval_every and k % cfg.eval_every == 0)
-                                                         or k == cfg.steps):
+            if eval_fn is not None and (world.writer or world.collective) and (
+                    (cfg.eval_every and k % cfg.eval_every == 0) or k == cfg.steps):
                 eval_fn(state, k, run_dir)
     finally:
         bar.close()

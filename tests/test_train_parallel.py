@@ -2,7 +2,8 @@
 processes. Both in subprocesses: XLA reads its device count once, at start-up, and torchrun
 starts its own processes. float64 from randomised weights, the tiny DiT, 3 updates.
 
-Checked: N devices/processes reproduce the 1-device run; checkpoints move between device
+JAX multi-process (2 processes joined by jax.distributed, one CPU device each) is the
+`slow` test here (MEANFLOW_SLOW_TESTS=1). Checked: N devices/processes reproduce the 1-device run; checkpoints move between device
 counts both ways; the replica/sync checks fire on a real desync (negative controls: JAX a
 replicated array whose device copies differ, torch the run with the all-reduce removed),
 and without the check a missing all-reduce trains silently to other weights.
@@ -10,6 +11,7 @@ and without the check a missing all-reduce trains silently to other weights.
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -26,12 +28,18 @@ def _env(**extra):
     return env
 
 
-def test_jax_two_host_devices_reproduce_one_device(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(WORKERS, "mesh_train.py"), str(tmp_path)],
+@pytest.fixture(scope="module")
+def mesh_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mesh")
+    out = subprocess.run([sys.executable, os.path.join(WORKERS, "mesh_train.py"), str(root)],
                          env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return root, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_jax_two_host_devices_reproduce_one_device(mesh_runs):
+    _, r = mesh_runs
     assert r["visible"] == 2 and r["devices_0"] == 2  # devices=0: every visible device
     assert r["two_on_devices"] == 2  # the state really lives on the 2-device mesh
     assert r["world"] == {"processes": 1, "devices": 2}
@@ -40,6 +48,43 @@ def test_jax_two_host_devices_reproduce_one_device(tmp_path):
     assert r["two_to_one"] < 1e-12 and r["one_to_two"] < 1e-12, r
     np.testing.assert_allclose(list(r["losses_two"].values()), list(r["losses_one"].values()), rtol=1e-13)
     assert "the parameters differ between devices" in r["bad_replicas"], r["bad_replicas"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # 35 s on 2 cores: two JAX processes each compile the step
+def test_jax_two_processes_reproduce_one_device(mesh_runs, tmp_path):
+    import jax
+
+    from jax_meanflow.params import randomize_params
+    from jax_meanflow.train import load_run, make_model
+    from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments
+
+    root, _ = mesh_runs
+    cfg = apply_assignments(TRAIN_PRESETS["tiny"], ["dtype=float64"])
+    init = randomize_params(make_model(cfg)[1], 3)  # as mesh_train.py's
+    np.savez(tmp_path / "init.npz", **{f"a{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(init))})
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, os.path.join(WORKERS, "multiprocess_train.py"), str(tmp_path / "run"),
+                               str(tmp_path / "init.npz")],
+                              env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                       JAX_PROCESS_ID=str(i)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "process 0 of 2 done step 3 devices 2" in outs[0][0] and "process 1 of 2" in outs[1][0]
+    one, two = load_run(str(root / "one")), load_run(str(tmp_path / "run"))
+    assert two.step == 3
+    a = [np.asarray(x) for x in jax.tree.leaves((one.state.params, one.state.ema_params))]
+    b = [np.asarray(x) for x in jax.tree.leaves((two.state.params, two.state.ema_params))]
+    assert _rel(a, b) < 1e-12, _rel(a, b)
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["world"] == {"processes": 2, "devices": 2}
 
 
 def _torchrun(out_dir, steps, *flags, timeout=240):
