@@ -116,13 +116,13 @@ class ProgressBar:
 
     On a terminal it redraws in place; otherwise (logs, CI) it prints a line every
     `every` updates. enabled=False silences it. batch_size: the global batch (samples/s
-    counts it); devices: the data-parallel devices of the run.
+    counts it); devices, processes: the data-parallel devices and trainer processes.
     """
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, every: int = 50, stream=None,
-                 batch_size: int = 0, devices: int = 1):
+                 batch_size: int = 0, devices: int = 1, processes: int = 1):
         self.total, self.enabled, self.every = total, enabled, max(1, every)
-        self.batch_size, self.devices = batch_size, devices
+        self.batch_size, self.devices, self.processes = batch_size, devices, processes
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._t0, self._s0 = time.perf_counter(), start
@@ -139,7 +139,8 @@ class ProgressBar:
         text = f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} loss {loss:.4g} {rate:.2f} steps/s"
         if self.batch_size:
             text += f" {rate * self.batch_size:.1f} samples/s"
-        text += f" ({self.devices} device{'s' if self.devices != 1 else ''})"
+        text += f" ({self.devices} device{'s' if self.devices != 1 else ''}"
+        text += f", {self.processes} processes)" if self.processes > 1 else ")"
         self.stream.write(("\r" + text) if self.tty else (text + "\n"))
         self.stream.flush()
 

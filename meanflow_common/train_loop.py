@@ -284,7 +284,7 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
     logger = MetricsLogger(run_dir, start if resumed else None, backend.tb_writer(run_dir)) if world.writer \
         else _NoLogger()
     bar = ProgressBar(cfg.steps, start, enabled=progress and world.writer, every=cfg.log_every or 50,
-                      batch_size=cfg.batch_size, devices=world.devices)
+                      batch_size=cfg.batch_size, devices=world.devices, processes=world.processes)
     losses, saved_at = {}, start if last is not None else -1
     t_log, s_log = time.perf_counter(), start
 

@@ -366,3 +366,19 @@ def test_config_fields_files_and_errors(tmp_path, capsys, B):
     assert B.T.main(["--preset", "tiny", "--print-config"]) == 0
     assert '"in_channels": 1' in capsys.readouterr().out
     assert config_to_dict(cfg)["model_overrides"] == {"in_channels": 1, "depth": 1}
+
+
+def test_progress_bar_counts_the_global_batch_and_the_devices():
+    import io
+    import re
+
+    from meanflow_common.metrics import ProgressBar
+
+    buf = io.StringIO()
+    bar = ProgressBar(4, 0, every=2, stream=buf, batch_size=16, devices=2, processes=2)
+    bar.update(1, 0.5)  # not a multiple of `every`: no line off a terminal
+    bar.update(2, 0.5)
+    m = re.fullmatch(r"\[#+\.+\] 2/4 loss 0\.5 ([\d.]+) steps/s ([\d.]+) samples/s \(2 devices, 2 processes\)\n",
+                     buf.getvalue())
+    assert m, buf.getvalue()
+    assert float(m.group(2)) == pytest.approx(16 * float(m.group(1)), rel=1e-2)
