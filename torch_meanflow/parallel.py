@@ -13,7 +13,7 @@ tensor and rank, not the tensors).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -111,11 +111,13 @@ def checksums(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(rows) if rows else torch.zeros((0, 2), dtype=torch.float64)
 
 
-def check_in_sync(model: torch.nn.Module, step: int) -> None:
-    """RuntimeError on every rank, naming the tensor and ranks, when some rank's gradients
-    or parameters differ from rank 0's after update `step`."""
+def check_in_sync(model: torch.nn.Module, step: int, ema_model: Optional[torch.nn.Module] = None) -> None:
+    """RuntimeError on every rank, naming the tensor and ranks, when some rank's gradients,
+    parameters (or EMA parameters) differ from rank 0's after update `step`."""
     named = [(f"grad of {n}", p.grad) for n, p in model.named_parameters() if p.grad is not None]
     named += [(n, p) for n, p in model.named_parameters()]
+    if ema_model is not None:
+        named += [(f"EMA {n}", p) for n, p in ema_model.named_parameters()]
     local = checksums([t for _, t in named])
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)

@@ -220,7 +220,7 @@ def _slice(batch: dict, noise: MeanFlowNoise, world: World):
         return batch, noise
     b = noise.e.shape[0] // world.processes
     part = slice(world.rank * b, (world.rank + 1) * b)
-    return ({k: v[part] for k, v in batch.items()},
+    return ({k: v[part] for k, v in batch.items() if k in ("x", "y", "obs", "actions")},
             MeanFlowNoise(noise.e[part], noise.t[part], noise.r[part], noise.drop_mask[part]))
 
 
@@ -265,10 +265,15 @@ class TorchBackend(TrainBackend):
         devices = [_device()] if _device().type == "cuda" else []
 
         def step(state, s, np_batch, noise_fn, check_loss):
-            batch = to_batch(cfg, np_batch)
-            shape = batch["x"].shape if cfg.task == "digits" else batch["actions"].shape
-            noise = noise_fn(s, batch) if noise_fn is not None else step_randomness(cfg, s, shape)
-            batch, noise = _slice(batch, noise, world)
+            if noise_fn is None:  # only this rank's slice of the data goes to its device
+                shape = np.shape(np_batch["x"] if cfg.task == "digits" else np_batch["actions"])
+                if cfg.task == "digits":  # the DiT's NCHW, as to_batch transposes the NHWC images
+                    shape = (shape[0], shape[3], shape[1], shape[2])
+                batch, noise = _slice(np_batch, step_randomness(cfg, s, shape), world)
+                batch = to_batch(cfg, batch)
+            else:
+                batch = to_batch(cfg, np_batch)
+                batch, noise = _slice(batch, noise_fn(s, batch), world)
             seen = {}
 
             def checked_loss(net, b, n):
@@ -284,7 +289,7 @@ class TorchBackend(TrainBackend):
             if multi:
                 metrics = {**metrics, "loss": seen["loss"], "v_loss": parallel.mean_over_ranks(metrics["v_loss"])}
                 if s < cfg.sync_check_steps:
-                    parallel.check_in_sync(state.model, s + 1)
+                    parallel.check_in_sync(state.model, s + 1, state.ema_model)
             return state, metrics
 
         return step
