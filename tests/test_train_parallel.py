@@ -48,6 +48,7 @@ def test_jax_two_host_devices_reproduce_one_device(mesh_runs):
     assert r["two_to_one"] < 1e-12 and r["one_to_two"] < 1e-12, r
     np.testing.assert_allclose(list(r["losses_two"].values()), list(r["losses_one"].values()), rtol=1e-13)
     assert "the parameters differ between devices" in r["bad_replicas"], r["bad_replicas"]
+    assert r["odd_batch"] == "TrainConfig.batch_size=7 (the global batch) does not split evenly over 2 devices"
 
 
 def _free_port() -> int:

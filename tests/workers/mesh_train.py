@@ -61,6 +61,11 @@ def main(root: str) -> int:
         caught = ""
     except RuntimeError as err:
         caught = str(err)
+    try:
+        train(dataclasses.replace(cfg, out_dir=f"{root}/odd", devices=2, batch_size=7), progress=False)
+        odd = ""
+    except ValueError as err:
+        odd = str(err) + (" (folder written)" if os.path.exists(f"{root}/odd") else "")
     with open(f"{root}/two/config.json") as f:
         world = json.load(f)["world"]
     print(json.dumps({
@@ -74,6 +79,7 @@ def main(root: str) -> int:
         "losses_one": one.losses, "losses_two": two.losses,
         "world": world,
         "bad_replicas": caught,
+        "odd_batch": odd,
     }))
     return 0
 
