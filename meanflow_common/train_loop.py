@@ -322,6 +322,9 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
     step = backend.state_step(state)
     if saved_at != step:
         last = save(step)
+    # every rank returns once rank 0 has written the last checkpoint (and a process group
+    # is never torn down under a rank that still writes)
+    world.share(None)
     return RunResult(run_dir=run_dir, step=step, losses=losses, checkpoint=last, state=state, model=model)
 
 

@@ -382,3 +382,20 @@ def test_progress_bar_counts_the_global_batch_and_the_devices():
                      buf.getvalue())
     assert m, buf.getvalue()
     assert float(m.group(2)) == pytest.approx(16 * float(m.group(1)), rel=1e-2)
+
+
+def test_a_lock_of_another_host_or_unreadable_is_refused_not_broken(tmp_path):
+    from meanflow_common.run_lock import RunLock
+
+    path = tmp_path / LOCK_NAME
+    path.write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(RunLockedError, match=r"pid 1 on elsewhere; lock file .*\.lock"):
+        RunLock(str(tmp_path)).acquire()
+    path.write_text("{not json")
+    with pytest.raises(RunLockedError, match="an unknown trainer"):
+        RunLock(str(tmp_path)).acquire()
+    assert path.read_text() == "{not json"  # left for a person to judge
+    path.unlink()
+    with RunLock(str(tmp_path)):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()

@@ -50,9 +50,12 @@ def init_world(devices: int) -> World:
     return World(processes=n, rank=rank, devices=n, share=share)
 
 
-def finish() -> None:
-    """Close the process group, if one runs."""
-    if dist.is_initialized():
+def finish(ok: bool = True) -> None:
+    """Close the process group, if one runs, after every rank got here (ok: this rank
+    ended normally). After a failure it is left to the process exit: a rank that fails
+    alone would wait forever for the others in the barrier or in the group's teardown."""
+    if dist.is_initialized() and ok:
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -346,10 +346,13 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = Tru
 
 
 def main(argv=None) -> int:
+    ok = False
     try:
-        return run_cli(train, BACKEND, argv)
+        status = run_cli(train, BACKEND, argv)
+        ok = status == 0
+        return status
     finally:
-        parallel.finish()
+        parallel.finish(ok)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = recipe(args.out_dir, args.steps, args.sets)
-    try:
-        result = run_training(TorchBackend(sync=not args.no_sync), cfg, resume=args.resume, progress=False,
-                              init_params=None if args.resume else random_init(cfg))
-        print(f"rank done step {result.step} losses {result.losses}")
-    finally:
-        parallel.finish()
+    result = run_training(TorchBackend(sync=not args.no_sync), cfg, resume=args.resume, progress=False,
+                          init_params=None if args.resume else random_init(cfg))
+    print(f"rank done step {result.step} losses {result.losses}", flush=True)
+    parallel.finish()
     return 0
 
 
