@@ -174,8 +174,6 @@ def guidance_velocity(u_fn: UFn, v, z_t, t, y, cfg: MeanFlowConfig, null_y) -> j
         return v
     if null_y is None:
         raise ValueError("guidance_eq='cfg' needs null_y (the null conditioning); got None")
-    if cfg.kappa < 0:
-        raise ValueError(f"kappa must be >= 0, got {cfg.kappa}")
     y = _label_array(y, "guidance")
     null_y = _null_like(y, null_y)
     h0 = jnp.zeros_like(t)

@@ -179,8 +179,6 @@ def guidance_velocity(u_fn: UFn, v, z_t, t, y, cfg: MeanFlowConfig, null_y) -> t
         return v
     if null_y is None:
         raise ValueError("guidance_eq='cfg' needs null_y (the null-class label); got None")
-    if cfg.kappa < 0:
-        raise ValueError(f"kappa must be >= 0, got {cfg.kappa}")
     if not torch.is_tensor(y):
         raise TypeError(f"guidance needs tensor labels y, got {type(y).__name__}")
     with torch.no_grad():
