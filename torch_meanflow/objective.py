@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from meanflow_common.checks import check_times
 from meanflow_common.config import MeanFlowConfig
 from torch_meanflow.attention import has_tangent
 from torch_meanflow.jvp_rules import TangentRules
@@ -235,11 +236,7 @@ def _check_inputs(x: torch.Tensor, noise: MeanFlowNoise) -> None:
         raise TypeError(f"noise.drop_mask must be bool, got {noise.drop_mask.dtype}")
     if torch.compiler.is_compiling():
         return  # value checks need the data on the host: skipped in traced code, as in JAX
-    if bool(((noise.t < noise.r) | (noise.r < 0) | (noise.t > 1)).any()):
-        bad = torch.nonzero(noise.t < noise.r).flatten()
-        if bad.numel():
-            raise ValueError(f"t < r at indices {bad[:10].tolist()}: MeanFlow needs 0 <= r <= t <= 1")
-        raise ValueError("times t and r must lie in [0, 1]")
+    check_times(noise.t.detach().double().cpu().numpy(), noise.r.detach().double().cpu().numpy())
 
 
 # ----------------------------------------------------------------------------------
