@@ -31,6 +31,7 @@ from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_
 from jax_meanflow.policy import FlowerPolicy
 from jax_meanflow.solver import generate
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
+from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
 from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
@@ -291,7 +292,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     state = create_train_state(params, cfg.optim)
     last = latest_checkpoint(ckpt_dir) if resumed else None
     if last is not None:
-        state, _ = restore_checkpoint(last, state)
+        state, meta = restore_checkpoint(last, state)
+        check_checkpoint_config(meta, cfg, last)
     start = int(state.step)
     tb_writer = tensorboardx_writer(os.path.join(run_dir, "tensorboard"))
     logger = MetricsLogger(run_dir, start if resumed else None, tb_writer)
@@ -347,6 +349,7 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = Tru
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
     model, params = make_model(cfg, obs_dim=saved.get("data", {}).get("obs_dim"))
     state, meta = restore_checkpoint(path, create_train_state(params, cfg.optim))
+    check_checkpoint_config(meta, cfg, path)
     return LoadedRun(cfg=cfg, model=model, state=state, step=int(meta["step"]), checkpoint=path,
                      sample=make_sampler(cfg, model, state, use_ema))
 

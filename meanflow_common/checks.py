@@ -117,3 +117,16 @@ def check_float_arrays(named: Any, source: str) -> None:
         dtype = np.asarray(a).dtype if dtype is None else dtype
         if not str(dtype).replace("torch.", "").startswith(("float", "bfloat")):  # NumPy, ml_dtypes, torch
             raise TypeError(f"{source}: parameter {name!r} has dtype {dtype}, not a floating point type")
+
+
+def unreadable_checkpoint(path: str, err: BaseException) -> ValueError:
+    """The error for a checkpoint file a library could not parse (truncated, garbage, empty):
+    it names the file and says so, with the library's first line as the detail."""
+    import os
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        detail = "the file is empty"
+    else:
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        detail = f"{type(err).__name__}: {first}"
+    return ValueError(f"{path} is not a readable checkpoint ({detail}); it may be truncated or corrupt")

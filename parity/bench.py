@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
 
+from meanflow_common.json_io import write_json
 from parity.bench_cases import DEFAULT_SIZES, QUICK_SIZES, SIZES, make_case, rel_diff, timed
 from parity.bench_measure import environment, load_average, peak_step_memory, time_interleaved
 from parity.bench_report import TARGETS, format_case, format_targets, markdown, targets
@@ -226,8 +226,7 @@ def main(argv=None) -> int:
     report["load_average_end"] = load_average()
     print(f"\nbenchmark done in {report['elapsed_s']:.0f} s (load {report['load_average_end']})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        write_json(args.json, report)  # non-finite numbers as "inf" / "nan"
         print(f"wrote {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:

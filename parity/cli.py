@@ -25,6 +25,9 @@ from parity.precision import XLA_COMPILE, pinned_precision, precision_settings, 
 from parity.report import format_table, format_tolerances, write_json  # noqa: E402
 
 
+SUPPORTED_DTYPES = ("float32", "float64")
+
+
 def _devices(arg: str) -> list[str]:
     import torch
 
@@ -47,6 +50,7 @@ def _variants(args) -> list[Variant]:
     dit_p = args.preset if args.preset and archs == ["dit"] else args.dit_preset
     flower_p = args.preset if args.preset and archs == ["flower"] else args.flower_preset
     variants = [v for v in default_variants(dit_p, flower_p) if v.arch in archs]
+    check_sets(args.set, [v.model_cfg for v in variants])
     if args.set:
         variants = [dataclasses.replace(v, model_cfg=_override_model(v, args.set)) for v in variants]
     if args.variant:
@@ -79,11 +83,40 @@ def _trained_checks(args, variants, dtype, device):
     return out
 
 
+def check_sets(sets, model_cfgs) -> None:
+    """Every --set names a field of at least one compared model config (a typo is an error,
+    not a silently unmodified model)."""
+    known = set().union(*({f.name for f in dataclasses.fields(c)} for c in model_cfgs))
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is not of the form FIELD=VALUE")
+        name = item.split("=", 1)[0].strip()
+        if name not in known:
+            kinds = "/".join(sorted({type(c).__name__ for c in model_cfgs}))
+            raise KeyError(f"--set {item!r}: unknown field {name!r} of {kinds}; valid: {', '.join(sorted(known))}")
+
+
+def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
+    """The --batch, --seed and --dtype of a parity run, checked; returns the dtypes."""
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    chosen = [d.strip() for d in args.dtype.split(",")]
+    bad = [d for d in chosen if d not in dtypes]
+    if bad:
+        raise ValueError(f"--dtype {bad[0]!r} is not supported; the parity checks compare {', '.join(dtypes)} "
+                         "(comma-separated)")
+    return chosen
+
+
 def cmd_report(args) -> int:
     start = time.time()
+    dtypes = check_run_args(args)
+    if args.trained_steps < 0:
+        raise ValueError(f"--trained-steps must be >= 0, got {args.trained_steps}")
     variants = _variants(args)
     devices = _devices(args.device)
-    dtypes = args.dtype.split(",")
     results, meta_runs = [], []
     print(format_tolerances())
     for device in devices:
@@ -180,8 +213,8 @@ def main(argv=None) -> int:
         if args.command == "debug":
             return debug_report.cmd_debug(args)
         return cmd_report(args)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
 
 

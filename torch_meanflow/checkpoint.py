@@ -14,12 +14,14 @@ The "model" entry is what `parity.checkpoints` reads, so any checkpoint converts
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from typing import Optional
 
 import torch
 
+from meanflow_common.checks import check_float_arrays, unreadable_checkpoint
 from torch_meanflow.train_state import TrainState
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints"]
@@ -87,6 +89,7 @@ def _check_state_dict(saved: dict, module: torch.nn.Module, what: str) -> None:
     if extra:
         raise KeyError(f"checkpoint {what} has unexpected {extra[0]!r} ({len(extra)} unexpected): "
                        "it was written for another architecture")
+    check_float_arrays({k: v for k, v in saved.items() if want[k].is_floating_point()}, f"checkpoint {what}")
     for k, v in want.items():
         if tuple(saved[k].shape) != tuple(v.shape):
             raise ValueError(f"checkpoint {what} {k!r} has shape {tuple(saved[k].shape)}, "
@@ -103,7 +106,10 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     device = next(state.model.parameters()).device
-    payload = torch.load(path, map_location=device, weights_only=True)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise unreadable_checkpoint(path, err) from err
     if not isinstance(payload, dict) or not {"model", "ema", "optimizer", "step"} <= set(payload):
         raise ValueError(f"{path} is not a checkpoint of the PyTorch trainer")
     _check_state_dict(payload["model"], state.model, "model")

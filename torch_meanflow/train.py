@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
 from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
@@ -257,7 +258,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     state = create_train_state(model, cfg.optim)
     last = latest_checkpoint(ckpt_dir) if resumed else None
     if last is not None:
-        restore_checkpoint(last, state)
+        check_checkpoint_config(restore_checkpoint(last, state)[1], cfg, last)
     start = state.step
     logger = MetricsLogger(run_dir, start if resumed else None, _tb_writer(run_dir))
     bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
@@ -319,6 +320,7 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = Tru
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
     model = make_model(cfg, obs_dim=saved.get("data", {}).get("obs_dim"))
     state, meta = restore_checkpoint(path, create_train_state(model, cfg.optim))
+    check_checkpoint_config(meta, cfg, path)
     return LoadedRun(cfg=cfg, model=model, state=state, step=int(meta["step"]), checkpoint=path,
                      sample=make_sampler(cfg, model, state, use_ema))
 

@@ -23,7 +23,6 @@ loop: a policy averaging the two modes goes "between"). Figures go to <run>/eval
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from meanflow_common.json_io import write_json
 from meanflow_common.evaluate.digits_eval import digit_eval_inputs, score_digits
 from meanflow_common.evaluate.rollout import first_chunk_modes, rollout, rollout_metrics
 
@@ -154,6 +154,5 @@ def run_eval_cli(load_run: Callable, backend: str, argv: Optional[Sequence[str]]
         return 1
     print(format_table(records))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
+        write_json(args.json, records, indent=2)  # non-finite metrics as "inf" / "nan"
     return 0
