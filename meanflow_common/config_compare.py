@@ -41,7 +41,11 @@ def config_diffs(recorded: Mapping, current: Mapping, ignore: Iterable[str] = ()
     """["field: recorded X, now Y", ...] over the flattened dicts (nested keys joined by "."),
     skipping keys whose first part is in `ignore`. Ints and floats compare by value."""
     old, new, skip = _flat(recorded), _flat(current), set(ignore)
-    return [f"{k}: recorded {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}"
+
+    def show(d, k):
+        return repr(d[k]) if k in d else "<absent>"
+
+    return [f"{k}: recorded {show(old, k)}, now {show(new, k)}"
             for k in sorted(set(old) | set(new)) if k.split(".")[0] not in skip and old.get(k) != new.get(k)]
 
 
@@ -75,13 +79,24 @@ def check_model_config(recorded: Optional[Mapping], model_cfg, source: str) -> N
 def check_checkpoint_config(meta: Mapping, cfg, path: str) -> None:
     """A trainer checkpoint's `meta["config"]` against the TrainConfig `cfg` it is restored
     under; only the RESUMABLE fields (run length, cadence, out_dir, compile flags) may differ."""
-    from meanflow_common.train_config import config_from_dict, config_to_dict
+    from meanflow_common.train_config import config_from_dict
 
     recorded = meta.get("config") if isinstance(meta, Mapping) else None
     if not isinstance(recorded, Mapping):
         return
     # through config_from_dict: fields added since the checkpoint was written take their defaults
-    diffs = config_diffs(config_to_dict(config_from_dict(recorded)), config_to_dict(cfg), ignore=RESUMABLE)
+    diffs = config_diffs(_resolved(config_from_dict(recorded)), _resolved(cfg), ignore=RESUMABLE)
     if diffs:
         raise ValueError(f"checkpoint {path} was trained with another config than the run it is loaded for: "
                          f"{'; '.join(diffs)}")
+
+
+def _resolved(cfg) -> dict:
+    """A TrainConfig as {its fields but the model overrides, "model": the resolved model config},
+    so that a difference is named by the model field (model.num_heads), however it was set."""
+    from meanflow_common.train_config import config_to_dict, model_config
+
+    out = config_to_dict(cfg)
+    del out["model_overrides"]
+    out["model"] = {"preset": cfg.model, **dataclasses.asdict(model_config(cfg))}
+    return out

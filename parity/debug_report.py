@@ -210,6 +210,9 @@ def cmd_debug(args) -> int:
     from parity.debug_modes import compare_modes, precision_matrix
     from parity.precision import pinned_precision, versions
 
+    for name in ("batch", "seed"):
+        if getattr(args, name) < (1 if name == "batch" else 0):
+            raise ValueError(f"--{name} must be >= {1 if name == 'batch' else 0}, got {getattr(args, name)}")
     variant = pick_variant(args.arch, args.preset, args.variant, args.set)
     control = get_control(args.control) if args.control else None
     params = None
