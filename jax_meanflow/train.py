@@ -31,6 +31,7 @@ from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_
 from jax_meanflow.policy import FlowerPolicy
 from jax_meanflow.solver import generate
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
+from meanflow_common.checks import check_float_arrays
 from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
@@ -249,6 +250,7 @@ def _data(cfg: TrainConfig, dataset, batch_fn):
 def _checked_params(given, template):
     want = jax.tree_util.tree_flatten_with_path(template)[0]
     got = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(given)[0])
+    check_float_arrays(got, "init_params")
     out = []
     for path, leaf in want:
         key = jax.tree_util.keystr(path)

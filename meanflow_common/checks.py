@@ -6,6 +6,7 @@ the same bad input.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -122,8 +123,6 @@ def check_float_arrays(named: Any, source: str) -> None:
 def unreadable_checkpoint(path: str, err: BaseException) -> ValueError:
     """The error for a checkpoint file a library could not parse (truncated, garbage, empty):
     it names the file and says so, with the library's first line as the detail."""
-    import os
-
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         detail = "the file is empty"
     else:

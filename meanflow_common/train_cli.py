@@ -65,7 +65,13 @@ def read_run_config(run_dir: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} holds no run (no config.json)")
     with open(path) as f:
-        return json.load(f)
+        try:
+            data = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); the run folder's config is damaged") from err
+    if not isinstance(data, Mapping) or not isinstance(data.get("train"), Mapping):
+        raise ValueError(f"{path} is not a run config (a JSON object with a 'train' object)")
+    return data
 
 
 def check_resume_compatible(saved: Mapping, cfg: TrainConfig, backend: str) -> None:

@@ -17,6 +17,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 arrays stay float32
 
+from meanflow_common.cli_args import non_negative_int, positive_int  # noqa: E402
 from meanflow_common.config import get_preset, override  # noqa: E402
 from parity import checkpoints, debug_report  # noqa: E402
 from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
@@ -97,11 +98,7 @@ def check_sets(sets, model_cfgs) -> None:
 
 
 def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
-    """The --batch, --seed and --dtype of a parity run, checked; returns the dtypes."""
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    """The --dtype list of a parity run, checked (--batch and --seed are checked by argparse)."""
     chosen = [d.strip() for d in args.dtype.split(",")]
     bad = [d for d in chosen if d not in dtypes]
     if bad:
@@ -113,8 +110,6 @@ def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
 def cmd_report(args) -> int:
     start = time.time()
     dtypes = check_run_args(args)
-    if args.trained_steps < 0:
-        raise ValueError(f"--trained-steps must be >= 0, got {args.trained_steps}")
     variants = _variants(args)
     devices = _devices(args.device)
     results, meta_runs = [], []
@@ -180,11 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a model config field by name (repeatable)")
     p.add_argument("--dtype", default="float32,float64")
     p.add_argument("--device", default="auto", help="cpu, cuda, cpu,cuda or auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=6, help="batch size (default 6: not a power of two)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=6, help="batch size (default 6: not a power of two)")
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: compare these weights")
     p.add_argument("--checkpoint-key", default=None, help="entry of the checkpoint holding the params (e.g. ema_params)")
-    p.add_argument("--trained-steps", type=int, default=8,
+    p.add_argument("--trained-steps", type=non_negative_int, default=8,
                    help="also compare each architecture after N AdamW steps from the standard init (0: off)")
     p.add_argument("--xla-compile", default="fast", choices=sorted(XLA_COMPILE),
                    help="XLA:CPU compile of the JAX reference: fast (default; LLVM -O0, ~4x quicker to compile, "

@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import replace
 
+from meanflow_common.cli_args import non_negative_int, positive_int
 from meanflow_common.json_io import write_json as write_json_file
 
 from parity.archs import Variant, get_arch
@@ -173,8 +174,8 @@ def add_arguments(p):
                    help="override a model config field by name (repeatable)")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=6)
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
     p.add_argument("--checkpoint-key", default=None)
     p.add_argument("--control", default=None, help="inject a negative control (parity/controls.py) into torch")
@@ -210,9 +211,6 @@ def cmd_debug(args) -> int:
     from parity.debug_modes import compare_modes, precision_matrix
     from parity.precision import pinned_precision, versions
 
-    for name in ("batch", "seed"):
-        if getattr(args, name) < (1 if name == "batch" else 0):
-            raise ValueError(f"--{name} must be >= {1 if name == 'batch' else 0}, got {getattr(args, name)}")
     variant = pick_variant(args.arch, args.preset, args.variant, args.set)
     control = get_control(args.control) if args.control else None
     params = None

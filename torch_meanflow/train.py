@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from meanflow_common.checks import check_float_arrays
 from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
@@ -211,6 +212,7 @@ def _data(cfg: TrainConfig, dataset, batch_fn):
 
 def _load_init(model: nn.Module, init_params) -> None:
     want = model.state_dict()
+    check_float_arrays(init_params, "init_params")
     missing, extra = sorted(set(want) - set(init_params)), sorted(set(init_params) - set(want))
     if missing or extra:
         raise KeyError(f"init_params: missing {missing[:3]}, unexpected {extra[:3]}")
