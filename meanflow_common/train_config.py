@@ -231,7 +231,9 @@ def apply_assignments(cfg: TrainConfig, assignments: Sequence[str] | Mapping[str
     """A copy of `cfg` with each "field=value" (or {field: value}) applied, in order.
 
     Top-level fields go first (so `task=reach` decides which model fields exist); an
-    unknown field or section raises KeyError naming it and listing the valid ones.
+    unknown field or section raises KeyError naming it and listing the valid ones. The text
+    of a "field=value" string is parsed as the field's type (`fields.parse_value`); the
+    values of a mapping must already have it ({"steps": "4"} is refused, as in a JSON file).
     """
     if isinstance(assignments, Mapping):
         items = [(k, v, False) for k, v in assignments.items()]

@@ -114,3 +114,15 @@ def test_samplers_check_the_request_on_the_host(samplers, backend, kw, exc, word
 def test_the_null_class_is_sampled_only_when_asked(samplers):
     out = samplers["torch"](np.array([10, 3]), allow_null=True)
     assert out.shape == (2, 8, 8, 1) and np.all(np.isfinite(out))
+
+
+def test_metrics_csv_with_a_cut_last_row_or_a_damaged_row(tmp_path):
+    from meanflow_common.metrics import COLUMNS, read_metrics
+
+    path = tmp_path / "metrics.csv"
+    good = ",".join(["1"] + ["0.5"] * (len(COLUMNS) - 1))
+    path.write_text(",".join(COLUMNS) + "\n" + good + "\n" + "2,0.4")  # killed while writing row 2
+    assert [r["step"] for r in read_metrics(str(path))] == [1]
+    path.write_text(",".join(COLUMNS) + "\n" + "x" + good[1:] + "\n" + good + "\n")
+    with pytest.raises(ValueError, match=r"metrics.csv: line 2 is not a metrics row"):
+        read_metrics(str(path))
