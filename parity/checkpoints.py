@@ -145,12 +145,19 @@ def torch_template(arch_name: str, model_cfg) -> dict:
 def load_params(path: str, arch_name: str, model_cfg, key: str | None = None) -> dict:
     """Any checkpoint -> JAX-layout numpy params tree, validated against `model_cfg`.
 
+    `path`: an orbax params directory, a JAX trainer step folder (its `params`, or the item
+    `key` names, e.g. "ema_params"), or a .pt/.safetensors file (`key`: its entry, e.g. "ema").
+
     Both directions are checked against the torch model's parameter shapes: the table is a
     bijection, so a tree that converts onto exactly those keys and shapes fits the JAX model.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     tmpl = torch_template(arch_name, model_cfg)
+    if all(os.path.isdir(os.path.join(path, k)) for k in ("params", "ema_params", "meta")):
+        path, key = os.path.join(path, key or "params"), None  # a JAX trainer step: its params item
+        if not os.path.isdir(path):
+            raise KeyError(f"{os.path.dirname(path)} has no {os.path.basename(path)!r} item; use params or ema_params")
     if os.path.isfile(path) and path.endswith(_TORCH_SUFFIXES):
         sd, recorded = _read_torch(path, key)
         check_float_arrays(sd, path)

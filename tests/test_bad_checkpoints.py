@@ -138,6 +138,9 @@ def test_a_jax_checkpoint_of_another_config_and_one_without_manifest(tmp_path):
     four_cfg = dataclasses.replace(model_config(cfg), num_heads=4)
     with pytest.raises(ValueError, match="num_heads: recorded 2, now 4"):
         checkpoints.load_params(os.path.join(step, "params"), "dit", four_cfg)
+    with pytest.raises(ValueError, match="num_heads: recorded 2, now 4"):
+        checkpoints.load_params(step, "dit", four_cfg, key="ema_params")  # the step folder itself
+    assert checkpoints.load_params(step, "dit", model_config(cfg), key="ema_params")
     os.remove(os.path.join(step, "params", "manifest.ocdbt"))
     with pytest.raises(FileNotFoundError, match=r"params is an incomplete checkpoint item: manifest.ocdbt missing"):
         restore_checkpoint(step, state)
