@@ -70,7 +70,13 @@ def check_model_config(recorded: Optional[Mapping], model_cfg, source: str) -> N
     (a dataclass); nothing to check when `recorded` is None."""
     if recorded is None:
         return
-    diffs = config_diffs(recorded, dataclasses.asdict(model_cfg))
+    mine = dataclasses.asdict(model_cfg)
+    foreign = sorted(set(recorded) - set(mine))
+    if foreign:
+        raise ValueError(f"{source} records a model config with fields {foreign[:6]} that "
+                         f"{type(model_cfg).__name__} lacks: it holds another architecture")
+    # a field added after the file was written has the default that keeps the old behaviour
+    diffs = config_diffs({**dataclasses.asdict(type(model_cfg)()), **recorded}, mine)
     if diffs:
         raise ValueError(f"{source} was written for another {type(model_cfg).__name__} than it is loaded as: "
                          f"{'; '.join(diffs)} (pick the preset and --set fields it was trained with)")
