@@ -10,7 +10,6 @@ defaults keep the JAX semantics.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
