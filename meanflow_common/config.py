@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
@@ -23,6 +25,7 @@ NOISE_DISTS = ("logit_normal", "uniform")
 GUIDANCE_EQS = ("cfg", "")
 RT_MASKS = ("first", "random")  # which samples get r = t
 TR_SAMPLERS = ("v0", "v1")  # py-meanflow: v0 order then mask, v1 mask then r = min(t, r)
+TIME_PARAMS = ("P_mean_t", "P_std_t", "P_mean_r", "P_std_r")
 TANGENTS = ("guided", "v")  # tangent of z in the JVP: v_g (JAX) or plain v (py-meanflow)
 JVP_PATHS = ("jvp", "memory_saving")
 
@@ -37,6 +40,13 @@ class MeanFlowConfig:
     noise_dist: str = "logit_normal"
     P_mean: float = -0.4
     P_std: float = 1.0
+    # t and r each from their own logit-normal (py-meanflow: t (-0.6, 1.6), r (-4.0, 1.6)).
+    # None means "the same as P_mean / P_std" (the JAX reference: one distribution for
+    # both); read them through `time_dist_params`, the one place None is resolved.
+    P_mean_t: float | None = None
+    P_std_t: float | None = None
+    P_mean_r: float | None = None
+    P_std_r: float | None = None
     data_proportion: float = 0.75
     guidance_eq: str = "cfg"
     omega: float = 1.0
@@ -68,6 +78,27 @@ class MeanFlowConfig:
             raise ValueError(f"class_dropout_prob must lie in [0, 1], got {self.class_dropout_prob}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        self._check_time_params()
+
+    def _check_time_params(self):
+        for name in ("P_mean", "P_std") + TIME_PARAMS:
+            value = getattr(self, name)
+            if value is None and name in TIME_PARAMS:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"MeanFlowConfig.{name} must be a finite number, got {value!r}")
+            if name.startswith("P_std") and value <= 0:
+                raise ValueError(f"MeanFlowConfig.{name} must be > 0, got {value!r}")
+
+    def time_dist_params(self, which: str) -> tuple[float, float]:
+        """(mean, std) of the logit-normal that draws `which` ("t" or "r").
+
+        P_mean_t / P_std_t / P_mean_r / P_std_r when set, else P_mean / P_std.
+        """
+        if which not in ("t", "r"):
+            raise ValueError(f"time_dist_params: which must be 't' or 'r', got {which!r}")
+        mean, std = getattr(self, f"P_mean_{which}"), getattr(self, f"P_std_{which}")
+        return (float(self.P_mean if mean is None else mean), float(self.P_std if std is None else std))
 
 
 # ----------------------------------------------------------------------------------
@@ -173,6 +204,11 @@ def _parse_value(text: str, typ: Any, key: str):
             return False
         raise ValueError(f"{key}: cannot read {text!r} as a bool")
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # "float | None": "none"/"null" is None
+        if text.lower() in ("none", "null") and type(None) in typing.get_args(typ):
+            return None
+        (inner,) = [a for a in typing.get_args(typ) if a is not type(None)]
+        return _parse_value(text, inner, key)
     if origin in (tuple, list):
         parsed = json.loads(text) if text.startswith("[") else text.split(",")
         return tuple(parsed)

@@ -147,6 +147,9 @@ def test_sample_tr_random_mask_samplers(sampler, expect):
     assert t.shape == (20000,) and torch.all(t >= r)
     assert abs((t == r).double().mean().item() - expect) < 0.015
     assert not torch.all((t == r)[:100])  # a random subset, not the first fraction
+    # v0: t is the max of two draws; v1: t keeps its own draw (logit mean P_mean = -0.4)
+    logit_mean = torch.logit(t).mean().item()
+    assert abs(logit_mean - (-0.4 + 1 / math.sqrt(math.pi) if sampler == "v0" else -0.4)) < 0.03
 
 
 def test_sample_noise_drop_counts():
