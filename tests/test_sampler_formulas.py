@@ -161,3 +161,25 @@ def _shared_r_params(cfg, n, seed):
 def test_report_sampler_checks_catch_a_broken_port(inject, expect):
     failed = {(r.variant, r.quantity) for r in sampler_check.sampler_checks(n=N, **inject) if not r.passed}
     assert failed == expect
+
+
+@pytest.mark.parametrize("prob", [0.1, 0.3, 0.9])
+def test_drop_mask_is_the_first_num_drop_of_the_same_coins(prob):
+    """num_drop = number of Bernoulli(prob) coins; the FIRST num_drop samples drop (not the
+    samples whose own coin came up, not the last ones), on the coins each backend drew."""
+    n, cfg = 200, MeanFlowConfig(class_dropout_prob=prob)
+    g = torch.Generator().manual_seed(11)
+    noise = tobj.sample_noise((n, 3), cfg, generator=g, dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    for _ in range(2):  # t and r normals, then e, then the coins (first mode: no r = t coins)
+        torch.randn(n, generator=g, dtype=torch.float64)
+    torch.randn((n, 3), generator=g, dtype=torch.float64)
+    coins = torch.rand(n, generator=g, dtype=torch.float64).numpy()
+    want = oracle.drop_prefix(coins, prob)
+    np.testing.assert_array_equal(noise.drop_mask.numpy(), want)
+    assert not np.array_equal(want, coins < prob)  # the per-coin mask is another mask
+
+    jnoise = jobj.sample_noise(jax.random.PRNGKey(11), (n, 3), cfg, jnp.float64)
+    k_d = jax.random.split(jax.random.PRNGKey(11), 3)[2]
+    jcoins = np.asarray(jax.random.uniform(k_d, (n,)))
+    np.testing.assert_array_equal(np.asarray(jnoise.drop_mask), oracle.drop_prefix(jcoins, prob))

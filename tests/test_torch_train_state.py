@@ -98,6 +98,44 @@ def test_ema_formula_and_buffers():
     assert state.ema_model.calls.item() == 5.0 and not state.ema_model.training
 
 
+def _ema_after_steps(steps=3, decay=0.8):
+    torch.manual_seed(0)
+    model = Net().double()
+    ocfg = OptimConfig(lr=5e-2, ema_decay=decay)
+    state = create_train_state(model, ocfg)
+    x = _data(8).double()
+    expect = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for k in range(steps):
+        noise = sample_noise(x.shape, CFG, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        train_step(state, loss_fn, x, noise, ocfg)
+        expect = {n: decay * expect[n] + (1 - decay) * p.detach() for n, p in model.named_parameters()}
+    return state, expect
+
+
+def test_ema_formula_over_several_steps():
+    """ema_k = d ema_{k-1} + (1 - d) params_k, checked in float64 after 3 steps (one step
+    from ema_0 = params_0 cannot tell the EMA from an average of the last two parameter sets)."""
+    state, expect = _ema_after_steps()
+    for n, e in state.ema_model.named_parameters():
+        assert torch.allclose(e, expect[n], rtol=1e-13, atol=1e-15), n
+
+
+def test_ema_formula_check_can_fail(monkeypatch):
+    """A wrong EMA (d * previous params + (1 - d) * params) passes one step but not three."""
+    import torch_meanflow.train_state as ts
+
+    previous = {}
+
+    def wrong(ema_model, model, decay):
+        for (n, e), p in zip(ema_model.named_parameters(), model.parameters()):
+            e.copy_(decay * previous.get(n, e) + (1 - decay) * p.detach())
+            previous[n] = p.detach().clone()
+
+    monkeypatch.setattr(ts, "_update_ema", wrong)
+    state, expect = _ema_after_steps()
+    assert any(not torch.allclose(e, expect[n], rtol=1e-6) for n, e in state.ema_model.named_parameters())
+
+
 def test_grad_clip_and_reported_norm():
     torch.manual_seed(0)
     model = Net()
