@@ -20,6 +20,7 @@ import numpy as np
 
 from meanflow_common.config import MeanFlowConfig
 from parity import sampler_oracle as oracle
+from parity.archs import DIT_MEANFLOW, FLOWER_MEANFLOW
 from parity.compare import CheckResult
 
 N = 20000
@@ -33,8 +34,6 @@ def sampler_configs() -> dict[str, MeanFlowConfig]:
     """The objective configs of the default parity variants, and py-meanflow's two samplers
     (with its own t and r distributions, and v1 with one shared distribution, where t's
     marginal tells v1's "t keeps its own draw" from t = max(t, r))."""
-    from parity.archs import DIT_MEANFLOW, FLOWER_MEANFLOW
-
     pym = MeanFlowConfig(rt_mask="random", data_proportion=0.75, **PY_MEANFLOW_TIMES)
     return {
         "dit default": DIT_MEANFLOW,
