@@ -6,7 +6,7 @@ The network is a small MLP whose total derivative along (v_g, 1, 0) has a closed
 (dh/dt = 1 along the tangent since r is held). The oracle forms z_t, v, the guidance
 (window, kappa = 0 and kappa > 0), class dropout of the first samples, u_tgt with or
 without the clip, the adaptive weight and the loss, and the loss's gradient w.r.t. W2, all
-from SPEC section 1 alone; each backend's objective must agree to 1e-12.
+from the objective's definition alone; each backend's objective must agree to 1e-12.
 """
 import contextlib
 import dataclasses

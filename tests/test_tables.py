@@ -1,7 +1,7 @@
 """meanflow_common/tables.py against the defining formulas, computed here element by element
 with Python's math module, and the tables the models actually hold.
 
-Definitions (SPEC sections 2 and 3 and the references):
+Definitions (the DiT and FLOWER references):
 - DiT time embedding: f_k = exp(-ln(10000) k / half), k < half = dim / 2;
 - MAE 2-D sin-cos positions: token i * G + j (row i, column j); channels [0, D/2) encode the
   column j and [D/2, D) the row i, each as sin(p w_d) then cos(p w_d), w_d = 10000^(-d / (D/4));
