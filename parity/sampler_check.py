@@ -38,6 +38,7 @@ def sampler_configs() -> dict[str, MeanFlowConfig]:
     return {
         "dit default": DIT_MEANFLOW,
         "flower default": FLOWER_MEANFLOW,
+        "first, own t/r dists": replace(DIT_MEANFLOW, **PY_MEANFLOW_TIMES),
         "py-meanflow v0": replace(pym, tr_sampler="v0"),
         "py-meanflow v1": replace(pym, tr_sampler="v1"),
         "random v1 one dist": MeanFlowConfig(rt_mask="random", tr_sampler="v1", data_proportion=0.75),

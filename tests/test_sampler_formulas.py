@@ -152,9 +152,10 @@ def _shared_r_params(cfg, n, seed):
 @pytest.mark.parametrize("inject, expect", [
     (dict(draw_torch=_broken_torch_v1), {("random v1 one dist", "torch t,r KS"),
                                          ("random v1 one dist", "t,r KS cross")}),
-    (dict(draw_jax=_no_prefix_drop), {("dit default", "jax drop mask"), ("py-meanflow v0", "jax drop mask"),
+    (dict(draw_jax=_no_prefix_drop), {("dit default", "jax drop mask"), ("first, own t/r dists", "jax drop mask"),
+                                      ("py-meanflow v0", "jax drop mask"),
                                       ("py-meanflow v1", "jax drop mask"), ("random v1 one dist", "jax drop mask")}),
-    (dict(draw_torch=_shared_r_params), {(c, q) for c in ("py-meanflow v0", "py-meanflow v1")
+    (dict(draw_torch=_shared_r_params), {(c, q) for c in ("first, own t/r dists", "py-meanflow v0", "py-meanflow v1")
                                          for q in ("torch t,r KS", "t,r KS cross")}
      | {("py-meanflow v1", "torch r = t")}),  # v0's tie fraction is p whatever the distributions
 ], ids=["old v1", "drop not a prefix", "r ignores P_*_r"])
