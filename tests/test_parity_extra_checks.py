@@ -93,3 +93,36 @@ def test_check_groups_parse():
     assert parse_groups("none") == () and parse_groups("samplers") == ("samplers",)
     with pytest.raises(ValueError, match=r"--checks: unknown group\(s\) \['bogus'\]"):
         parse_groups("samplers,bogus")
+
+
+def test_a_sampler_bug_in_one_port_fails_python_m_parity(monkeypatch, capsys):
+    """End to end: a torch v1 sampler whose t is not its own draw (here: pushed up on the
+    r < t samples, as the old t = max(t, r) order did) makes the report exit 1."""
+    import torch
+
+    import torch_meanflow.objective as tobj
+    from parity.cli import main
+
+    args = ["--arch", "dit", "--variant", "no cfg", "--dtype", "float64", "--trained-steps", "0",
+            "--checks", "samplers"]
+    assert main(args) == 0
+    real = tobj.sample_tr
+
+    def inflated_t(batch_size, cfg, generator=None, device=None, dtype=torch.float32):
+        t, r = real(batch_size, cfg, generator=generator, device=device, dtype=dtype)
+        if cfg.rt_mask == "random" and cfg.tr_sampler == "v1":
+            g = torch.Generator().manual_seed(0)
+            a, b = torch.rand(batch_size, generator=g, dtype=dtype), torch.rand(batch_size, generator=g, dtype=dtype)
+            t = torch.where(t == r, t, torch.maximum(t, torch.maximum(a, b)))
+        return t, r
+
+    monkeypatch.setattr(tobj, "sample_tr", inflated_t)
+    assert main(args) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_unknown_check_group_is_exit_2(capsys):
+    from parity.cli import main
+
+    assert main(["--arch", "dit", "--checks", "bogus"]) == 2
+    assert "--checks: unknown group(s) ['bogus']" in capsys.readouterr().err
