@@ -5,7 +5,8 @@ The network is a small MLP whose total derivative along (v_g, 1, 0) has a closed
     du/dt = unflat(W2 ((1 - tanh(pre)^2) (W1 flat(v_g) + a + b))) + s (cos(t) h + sin(t))
 (dh/dt = 1 along the tangent since r is held). The oracle forms z_t, v, the guidance
 (window, kappa = 0 and kappa > 0), class dropout of the first samples, u_tgt with or
-without the clip, the adaptive weight and the loss, and the loss's gradient w.r.t. W2, all
+without the clip, the adaptive weight, the loss, v_loss, and the loss's gradient w.r.t. W2
+(and the flow-matching baseline), all
 from the objective's definition alone; each backend's objective must agree to 1e-12.
 """
 import contextlib
@@ -27,7 +28,7 @@ jax.config.update("jax_enable_x64", True)
 B, SHAPE, HID, K = 8, (2, 3), 5, 4  # batch, data shape, hidden width, classes (+1 null)
 D = SHAPE[0] * SHAPE[1]
 NULL = K
-TERMS = ("u", "du_dt", "v_g", "u_tgt", "loss_per_sample", "loss")
+TERMS = ("u", "du_dt", "v_g", "u_tgt", "loss_per_sample", "loss", "weight", "v_loss")
 
 
 def _params(seed=0):
@@ -89,7 +90,14 @@ def oracle(p, x, y, e, t, r, drop, cfg: MeanFlowConfig) -> dict:
     coef = (2 * (u - u_tgt) / w.reshape(-1, 1, 1) / len(x)).reshape(len(x), D)
     grad_w2 = coef.T @ np.tanh(_np_pre(p, z, t, h, y_in))
     return {"u": u, "du_dt": du, "v_g": v_g, "u_tgt": u_tgt, "loss_per_sample": lps,
-            "loss": np.mean(lps / w), "grad_W2": grad_w2}
+            "loss": np.mean(lps / w), "weight": w, "v_loss": np.sum((u - v) ** 2, axis=(1, 2)),
+            "grad_W2": grad_w2}
+
+
+def oracle_flow_matching(p, x, y, e, t, r, drop, cfg: MeanFlowConfig) -> dict:
+    """The flow-matching baseline: u(z_t, t, h = 0) regressed on v_g; r is ignored."""
+    ref = oracle(p, x, y, e, t, t, drop, cfg)  # r = t: h = 0 and u_tgt = v_g exactly
+    return {k: ref[k] for k in ("u", "v_g", "loss_per_sample", "loss", "weight", "v_loss", "grad_W2")}
 
 
 # ----------------------------------------------------------------------------------
@@ -136,28 +144,29 @@ CONFIGS = {
 }
 
 
-def run_jax(p, inputs, cfg):
+def run_jax(p, inputs, cfg, loss_fn=jobj.meanflow_loss):
     x, y, e, t, r, drop = inputs
     noise = jobj.MeanFlowNoise(e=jnp.asarray(e), t=jnp.asarray(t), r=jnp.asarray(r), drop_mask=jnp.asarray(drop))
     jp = {k: jnp.asarray(a) for k, a in p.items()}
 
     def loss(w2):
-        out = jobj.meanflow_loss(jax_u_fn({**jp, "W2": w2}), jnp.asarray(x), jnp.asarray(y), noise, cfg,
-                                 null_y=jnp.full((B,), NULL))
+        out = loss_fn(jax_u_fn({**jp, "W2": w2}), jnp.asarray(x), jnp.asarray(y), noise, cfg,
+                      null_y=jnp.full((B,), NULL))
         return out.loss, out
 
     (_, out), g = jax.value_and_grad(loss, has_aux=True)(jp["W2"])
     return {**{k: np.asarray(getattr(out, k)) for k in TERMS}, "grad_W2": np.asarray(g)}
 
 
-def run_torch(p, inputs, cfg, engine="rules"):
+def run_torch(p, inputs, cfg, engine="rules", loss_fn=None):
     x, y, e, t, r, drop = inputs
     tp = {k: torch.tensor(a) for k, a in p.items()}
     tp["W2"].requires_grad_(True)
     T = torch.tensor  # noqa: N806
     noise = tobj.MeanFlowNoise(e=T(e), t=T(t), r=T(r), drop_mask=T(drop))
+    loss_fn = loss_fn or tobj.meanflow_loss  # looked up at call time: the controls patch the module
     with tobj.jvp_engine(engine):
-        out = tobj.meanflow_loss(torch_u_fn(tp), T(x), T(y), noise, cfg, null_y=torch.full((B,), NULL))
+        out = loss_fn(torch_u_fn(tp), T(x), T(y), noise, cfg, null_y=torch.full((B,), NULL))
     out.loss.backward()
     return {**{k: getattr(out, k).detach().numpy() for k in TERMS}, "grad_W2": tp["W2"].grad.numpy()}
 
@@ -178,6 +187,16 @@ def test_jax_objective_matches_numpy_oracle(name):
 def test_torch_objective_matches_numpy_oracle(name, engine):
     p, inputs = _params(), _inputs()
     _assert_match(run_torch(p, inputs, CONFIGS[name], engine), oracle(p, *inputs, CONFIGS[name]))
+
+
+@pytest.mark.parametrize("name", ["cfg kappa>0 window", "no guidance"])
+def test_flow_matching_baseline_matches_numpy_oracle(name):
+    p, inputs = _params(), _inputs()
+    ref = oracle_flow_matching(p, *inputs, CONFIGS[name])
+    for got in (run_jax(p, inputs, CONFIGS[name], jobj.flow_matching_loss),
+                run_torch(p, inputs, CONFIGS[name], loss_fn=tobj.flow_matching_loss)):
+        _assert_match({k: got[k] for k in ref}, ref)
+        assert not np.any(got["du_dt"])
 
 
 def test_torch_memory_saving_path_matches_numpy_oracle():
@@ -226,10 +245,10 @@ def _wrong(name):
 
 
 @pytest.mark.parametrize("name, fails", [
-    ("zero_z_tangent", {"du_dt", "u_tgt", "loss_per_sample", "loss", "grad_W2"}),
-    ("autograd_wrt_t", {"du_dt", "u_tgt", "loss_per_sample", "loss", "grad_W2"}),
+    ("zero_z_tangent", {"du_dt", "u_tgt", "loss_per_sample", "loss", "weight", "grad_W2"}),
+    ("autograd_wrt_t", {"du_dt", "u_tgt", "loss_per_sample", "loss", "weight", "grad_W2"}),
     ("no_stop_gradient", {"grad_W2"}),
-    ("guidance_window_ignored", {"du_dt", "v_g", "u_tgt", "loss_per_sample", "loss", "grad_W2"}),
+    ("guidance_window_ignored", {"du_dt", "v_g", "u_tgt", "loss_per_sample", "loss", "weight", "grad_W2"}),
     ("drop_last", set(TERMS) | {"grad_W2"}),
 ])
 def test_oracle_catches_wrong_formulas(name, fails):

@@ -33,6 +33,7 @@ CONFIGS = {
     "v0 py-meanflow": MeanFlowConfig(rt_mask="random", tr_sampler="v0", **PYM),
     "v1 py-meanflow": MeanFlowConfig(rt_mask="random", tr_sampler="v1", **PYM),
     "v1 uniform": MeanFlowConfig(rt_mask="random", tr_sampler="v1", noise_dist="uniform"),
+    "first uniform": MeanFlowConfig(noise_dist="uniform", data_proportion=0.3),
 }
 N = 10000
 
