@@ -1,6 +1,6 @@
 """Both backends' (t, r) samplers reproduce the references' formulas on the very draws they made.
 
-The formulas (parity.sampler_oracle, NumPy float64), from the references' definitions:
+The formulas (written out in `_expected`, NumPy float64), from the references' definitions:
 JAX "first": t, r = max, min, the first floor(B p) get r = t; py-meanflow v0: max/min then
 r = t on the masked samples; v1: r = t on the masked samples, then r = min(t, r), t keeping
 its own draw; t and r from logit-normal(P_mean_t, P_std_t) and (P_mean_r, P_std_r).
@@ -55,8 +55,27 @@ def _jax_raw(cfg, seed):
 
 
 def _expected(cfg, a, b, coins):
-    t_raw, r_raw = oracle.raw_times(a, b, cfg) if cfg.noise_dist == "logit_normal" else (a, b)
-    return oracle.order_tr(t_raw, r_raw, coins, cfg)
+    """The formulas, written out here from the references' definitions."""
+    if cfg.noise_dist == "logit_normal":
+        (mt, st), (mr, sr) = cfg.time_dist_params("t"), cfg.time_dist_params("r")
+        t_raw, r_raw = 1 / (1 + np.exp(-(a * st + mt))), 1 / (1 + np.exp(-(b * sr + mr)))
+    else:
+        t_raw, r_raw = a, b
+    if cfg.rt_mask == "first":  # JAX: max / min, then the first floor(B p) get r = t
+        t, r = np.maximum(t_raw, r_raw), np.minimum(t_raw, r_raw)
+        first = np.arange(len(t)) < np.floor(len(t) * cfg.data_proportion)
+        want = t, np.where(first, t, r)
+    elif cfg.tr_sampler == "v0":  # py-meanflow v0: max / min, then r = t on the masked samples
+        t, r = np.maximum(t_raw, r_raw), np.minimum(t_raw, r_raw)
+        want = t, np.where(coins < cfg.data_proportion, t, r)
+    else:  # py-meanflow v1: r = t on the masked samples, then r = min(t, r); t keeps its draw
+        want = t_raw, np.minimum(t_raw, np.where(coins < cfg.data_proportion, t_raw, r_raw))
+    # the report's NumPy oracle (parity.sampler_oracle) is these formulas too
+    t_o, r_o = oracle.order_tr(*(oracle.raw_times(a, b, cfg) if cfg.noise_dist == "logit_normal" else (a, b)),
+                               coins, cfg)
+    np.testing.assert_allclose(t_o, want[0], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(r_o, want[1], rtol=1e-15, atol=0)
+    return want
 
 
 def _assert_formula(t, r, t_ref, r_ref):
