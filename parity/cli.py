@@ -21,6 +21,7 @@ from meanflow_common.cli_args import non_negative_int, positive_int  # noqa: E40
 from meanflow_common.config import get_preset, override  # noqa: E402
 from parity import checkpoints, debug_report  # noqa: E402
 from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
+from parity.extra_checks import CHECK_GROUPS, once_checks, parse_groups, run_checks  # noqa: E402
 from parity.harness import run_variant, trained_params  # noqa: E402
 from parity.precision import XLA_COMPILE, pinned_precision, precision_settings, versions  # noqa: E402
 from parity.report import format_table, format_tolerances, write_json  # noqa: E402
@@ -112,6 +113,8 @@ def cmd_report(args) -> int:
     dtypes = check_run_args(args)
     variants = _variants(args)
     devices = _devices(args.device)
+    groups = parse_groups(args.checks)
+    extra = dict(seed=args.seed, batch=args.batch, xla_compile=args.xla_compile, random_weights=not args.checkpoint)
     results, meta_runs = [], []
     print(format_tolerances())
     for device in devices:
@@ -124,6 +127,7 @@ def cmd_report(args) -> int:
                     results += run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params,
                                            xla_compile=args.xla_compile)
                 results += _trained_checks(args, variants, dtype, device)
+                results += run_checks(groups, variants, dtype, device, **extra)
             if device == "cuda" and dtype == "float32":
                 # The frameworks' default precision (TF32 GEMMs/convs): measured, never failing.
                 with pinned_precision(False) as settings:
@@ -136,6 +140,8 @@ def cmd_report(args) -> int:
                             r.passed = True
                         results += drift
                 meta_runs.append({"default_precision_settings": settings})
+    with pinned_precision(True):
+        results += once_checks(groups, variants, dtypes=dtypes, devices=devices, **extra)
     elapsed = time.time() - start
     print(format_table(results))
     print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s"
@@ -184,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xla-compile", default="fast", choices=sorted(XLA_COMPILE),
                    help="XLA:CPU compile of the JAX reference: fast (default; LLVM -O0, ~4x quicker to compile, "
                    "outputs differ from full by rounding only) or full (the optimised executable the trainer runs)")
+    p.add_argument("--checks", default="all", metavar="GROUPS",
+                   help=f"checks beyond the objective comparison: all (default), none, or a comma list of "
+                   f"{', '.join(CHECK_GROUPS)} (see parity/extra_checks.py)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")

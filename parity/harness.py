@@ -132,7 +132,9 @@ def run_jax(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, 
 
 
 def run_torch(arch: Arch, variant: Variant, state_dict: dict, bundle: InputBundle, dtype: str, device: str,
-              control=None) -> SideOutputs:
+              control=None, module_train: bool = False) -> SideOutputs:
+    """The torch side; the objective runs with train=False. module_train=True leaves the module
+    in training mode, to show that dropout follows `train`, not `module.training`."""
     import torch_meanflow.objective as tobj
 
     tdt = _TORCH_DTYPES[dtype]
@@ -140,7 +142,7 @@ def run_torch(arch: Arch, variant: Variant, state_dict: dict, bundle: InputBundl
     load_state_dict_strict(module, state_dict)
     if control is not None and control.model is not None:
         control.model(module)
-    module.eval()  # dropout off: masks cannot match across frameworks
+    module.train(module_train)  # dropout off (train=False below): masks cannot match across frameworks
 
     def t_(a):
         return torch.as_tensor(np.asarray(a), dtype=tdt, device=device)

@@ -10,11 +10,11 @@ from parity.tolerances import ARCH_OVERRIDES, OVERRIDE_REASONS, TOLERANCES
 
 
 def format_table(results: Sequence[CheckResult]) -> str:
-    head = f"{'arch':7} {'variant':16} {'dtype':8} {'dev':5} {'quantity':16} {'max_abs':>10} {'max_rel':>10} {'tol':>8}  {'ok':4} where"
+    head = f"{'arch':7} {'variant':22} {'dtype':8} {'dev':5} {'quantity':16} {'max_abs':>10} {'max_rel':>10} {'tol':>8}  {'ok':4} where"
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r.arch:7} {r.variant[:16]:16} {r.dtype:8} {r.device:5} {r.quantity[:16]:16} "
+            f"{r.arch:7} {r.variant[:22]:22} {r.dtype:8} {r.device:5} {r.quantity[:16]:16} "
             f"{r.max_abs:10.3e} {r.max_rel:10.3e} {r.tol:8.1e}  {'PASS' if r.passed else 'FAIL':4} {r.where}"
         )
     n_fail = sum(not r.passed for r in results)
