@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from jax_meanflow.parallel import host_value
 from jax_meanflow.train_state import TrainState
-from meanflow_common.train_loop import UnreadableCheckpointError
+from meanflow_common.checks import UnreadableCheckpointError, check_float_arrays, unreadable_checkpoint
 
 __all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "restore_checkpoint", "remove_partial",
            "state_tree"]
@@ -125,6 +125,7 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     tree = {}
     for item in _ITEMS:
         folder = os.path.join(path, item)
+        _check_item_files(folder)
         if item != "opt_state":
             saved = _read(folder, lambda: ocp.StandardCheckpointer().metadata(folder).item_metadata)
             if not saved:  # orbax answers None, not an error, when the tree's metadata is damaged or gone
@@ -146,8 +147,16 @@ def _read(folder: str, fn):
     try:
         return fn()
     except Exception as err:  # noqa: BLE001 - reraised with the folder named
-        raise UnreadableCheckpointError(f"{folder} is not a readable checkpoint item "
-                                        f"({type(err).__name__}: {str(err)[:200]})") from err
+        raise unreadable_checkpoint(folder, err) from err
+
+
+def _check_item_files(folder: str) -> None:
+    """The files orbax reads an item's tree from: without them it finds an empty tree, which
+    would read as a checkpoint of another architecture."""
+    missing = [n for n in ("_METADATA", "manifest.ocdbt") if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise UnreadableCheckpointError(f"{folder} is an incomplete checkpoint item: {', '.join(missing)} missing "
+                                        "(deleted or never written)")
 
 
 def _check_against(saved: Any, template: Any, part: str) -> None:
@@ -163,3 +172,6 @@ def _check_against(saved: Any, template: Any, part: str) -> None:
     for k in sorted(want):
         if got[k] != want[k]:
             raise ValueError(f"checkpoint {part}{k} has shape {got[k]}, the model expects {want[k]}")
+    leaves = jax.tree_util.tree_flatten_with_path(saved)[0]
+    check_float_arrays([(jax.tree_util.keystr(p), leaf) for p, leaf in leaves if hasattr(leaf, "dtype")],
+                       f"checkpoint {part}")

@@ -33,9 +33,11 @@ from jax_meanflow.policy import FlowerPolicy
 from jax_meanflow.solver import generate
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
 from meanflow_common import train_loop
+from meanflow_common.checks import check_float_arrays
 from meanflow_common.metrics import tensorboardx_writer
+from meanflow_common.sampling import sample_inputs
 from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
-from meanflow_common.train_config import TrainConfig, data_shape, model_config, objective_config
+from meanflow_common.train_config import TrainConfig, model_config, objective_config
 from meanflow_common.train_loop import TrainBackend, World, run_training
 
 __all__ = ["BACKEND", "JaxBackend", "make_model", "make_loss_fn", "step_randomness", "to_batch", "make_sampler", "train",
@@ -152,7 +154,10 @@ def to_batch(cfg: TrainConfig, batch: dict) -> dict:
 
 
 def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = True) -> Callable:
-    """sample(cond, noise=None, num_steps=None, seed=0) -> NumPy samples.
+    """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False) -> NumPy samples.
+
+    The request is checked on the host first (`meanflow_common.sampling.sample_inputs`:
+    integer labels in [0, num_classes), the null class only with allow_null, num_steps >= 1).
 
     cond: labels int [B] (digits) or observations [B, obs_dim] (reach). noise: e in the
     data's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn from
@@ -163,15 +168,12 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
     master, _ = _dtypes(cfg)
     params = state.ema_params if use_ema else state.params
     mc = model_config(cfg)
-    shape = data_shape(cfg)
     obs = (model.obs_dim, model.num_tokens) if isinstance(model, FlowerPolicy) else None
 
-    def sample(cond, noise=None, num_steps=None, seed=0):
-        cond = np.asarray(cond)
-        if noise is None:
-            noise = np.random.default_rng(seed).standard_normal((cond.shape[0], *shape))
-        steps = 1 if cfg.method == "regression" else (num_steps or cfg.mf.num_steps)
-        run = _sampler(cfg.task, cfg.method, mc, obs, cfg.clip_actions, int(steps))
+    def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
+        # checked on the host: under jit a bad label would silently index the wrong row
+        cond, noise, steps = sample_inputs(cfg, cond, noise, num_steps, seed, allow_null)
+        run = _sampler(cfg.task, cfg.method, mc, obs, cfg.clip_actions, steps)
         cond = jnp.asarray(cond.astype(np.int32)) if cfg.task == "digits" else jnp.asarray(cond, master)
         args = (params, jnp.asarray(noise, master), cond)
         if _fast(cfg):
@@ -234,6 +236,7 @@ def _fast_step(loss_fn: Callable, optim_cfg) -> Callable:
 def _checked_params(given, template):
     want = jax.tree_util.tree_flatten_with_path(template)[0]
     got = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(given)[0])
+    check_float_arrays(got, "init_params")
     out = []
     for path, leaf in want:
         key = jax.tree_util.keystr(path)

@@ -35,6 +35,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from meanflow_common.checks import UnreadableCheckpointError
+from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses
 from meanflow_common.run_lock import RunLock
 from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config
@@ -69,10 +71,6 @@ class World:
 
     def describe(self) -> dict:
         return {"processes": self.processes, "devices": self.devices}
-
-
-class UnreadableCheckpointError(ValueError):
-    """A checkpoint file or folder exists but cannot be read (truncated, garbage, empty)."""
 
 
 class TrainBackend(abc.ABC):
@@ -255,7 +253,7 @@ def run_training(backend: TrainBackend, cfg: TrainConfig, *, resume: bool = Fals
         lock.release()
 
 
-def _resume_state(backend, world, state, ckpt_dir):
+def _resume_state(backend, cfg, world, state, ckpt_dir):
     kept = {}
 
     def pick():
@@ -263,7 +261,9 @@ def _resume_state(backend, world, state, ckpt_dir):
         if removed:
             warnings.warn(f"removed leftovers of interrupted saves: {', '.join(removed)}", RuntimeWarning,
                           stacklevel=3)
-        kept["state"], _, path = restore_newest(backend, ckpt_dir, state, set_aside=True)
+        kept["state"], meta, path = restore_newest(backend, ckpt_dir, state, set_aside=True)
+        if path is not None:
+            check_checkpoint_config(meta, cfg, path)
         return path
 
     path = _on_writer(world, pick)
@@ -278,7 +278,7 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
           on_step, run_dir, ckpt_dir) -> RunResult:
     last = None
     if resumed:
-        state, last = _resume_state(backend, world, state, ckpt_dir)
+        state, last = _resume_state(backend, cfg, world, state, ckpt_dir)
     state = backend.place(state, world)
     start = backend.state_step(state)
     logger = MetricsLogger(run_dir, start if resumed else None, backend.tb_writer(run_dir)) if world.writer \
@@ -345,5 +345,6 @@ def load_run(backend: TrainBackend, run_dir: str, checkpoint: Optional[str] = No
         state, meta, path = restore_newest(backend, os.path.join(run_dir, "checkpoints"), state)
         if path is None:
             raise FileNotFoundError(f"{run_dir} has no checkpoint")
+    check_checkpoint_config(meta, cfg, path)
     return LoadedRun(cfg=cfg, model=model, state=state, step=int(meta["step"]), checkpoint=path,
                      sample=backend.make_sampler(cfg, model, state, use_ema))

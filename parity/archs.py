@@ -197,7 +197,7 @@ def default_variants(dit_preset: str = "tiny", flower_preset: str = "tiny") -> l
         attn_pdrop=0.0, resid_pdrop=0.0, mlp_pdrop=0.0, proprio_pdrop=0.0,
     )
     out = [
-        Variant("dit", "cfg kappa>0", dit, DIT_MEANFLOW),
+        Variant("dit", "cfg kappa>0", dit, replace(DIT_MEANFLOW, t_start=0.5)),
         Variant("dit", "cfg kappa=0", dit, replace(DIT_MEANFLOW, kappa=0.0, omega=2.0, t_end=0.8)),
         Variant("dit", "no cfg", dit, replace(DIT_MEANFLOW, guidance_eq="", class_dropout_prob=0.0)),
     ]

@@ -17,12 +17,17 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 arrays stay float32
 
+from meanflow_common.cli_args import non_negative_int, positive_int  # noqa: E402
 from meanflow_common.config import get_preset, override  # noqa: E402
 from parity import checkpoints, debug_report  # noqa: E402
 from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
+from parity.extra_checks import CHECK_GROUPS, once_checks, parse_groups, run_checks  # noqa: E402
 from parity.harness import run_variant, trained_params  # noqa: E402
 from parity.precision import XLA_COMPILE, pinned_precision, precision_settings, versions  # noqa: E402
 from parity.report import format_table, format_tolerances, write_json  # noqa: E402
+
+
+SUPPORTED_DTYPES = ("float32", "float64")
 
 
 def _devices(arg: str) -> list[str]:
@@ -47,6 +52,7 @@ def _variants(args) -> list[Variant]:
     dit_p = args.preset if args.preset and archs == ["dit"] else args.dit_preset
     flower_p = args.preset if args.preset and archs == ["flower"] else args.flower_preset
     variants = [v for v in default_variants(dit_p, flower_p) if v.arch in archs]
+    check_sets(args.set, [v.model_cfg for v in variants])
     if args.set:
         variants = [dataclasses.replace(v, model_cfg=_override_model(v, args.set)) for v in variants]
     if args.variant:
@@ -79,11 +85,36 @@ def _trained_checks(args, variants, dtype, device):
     return out
 
 
+def check_sets(sets, model_cfgs) -> None:
+    """Every --set names a field of at least one compared model config (a typo is an error,
+    not a silently unmodified model)."""
+    known = set().union(*({f.name for f in dataclasses.fields(c)} for c in model_cfgs))
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is not of the form FIELD=VALUE")
+        name = item.split("=", 1)[0].strip()
+        if name not in known:
+            kinds = "/".join(sorted({type(c).__name__ for c in model_cfgs}))
+            raise KeyError(f"--set {item!r}: unknown field {name!r} of {kinds}; valid: {', '.join(sorted(known))}")
+
+
+def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
+    """The --dtype list of a parity run, checked (--batch and --seed are checked by argparse)."""
+    chosen = [d.strip() for d in args.dtype.split(",")]
+    bad = [d for d in chosen if d not in dtypes]
+    if bad:
+        raise ValueError(f"--dtype {bad[0]!r} is not supported; the parity checks compare {', '.join(dtypes)} "
+                         "(comma-separated)")
+    return chosen
+
+
 def cmd_report(args) -> int:
     start = time.time()
+    dtypes = check_run_args(args)
     variants = _variants(args)
     devices = _devices(args.device)
-    dtypes = args.dtype.split(",")
+    groups = parse_groups(args.checks)
+    extra = dict(seed=args.seed, batch=args.batch, xla_compile=args.xla_compile, random_weights=not args.checkpoint)
     results, meta_runs = [], []
     print(format_tolerances())
     for device in devices:
@@ -96,6 +127,7 @@ def cmd_report(args) -> int:
                     results += run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params,
                                            xla_compile=args.xla_compile)
                 results += _trained_checks(args, variants, dtype, device)
+                results += run_checks(groups, variants, dtype, device, **extra)
             if device == "cuda" and dtype == "float32":
                 # The frameworks' default precision (TF32 GEMMs/convs): measured, never failing.
                 with pinned_precision(False) as settings:
@@ -108,6 +140,8 @@ def cmd_report(args) -> int:
                             r.passed = True
                         results += drift
                 meta_runs.append({"default_precision_settings": settings})
+    with pinned_precision(True):
+        results += once_checks(groups, variants, dtypes=dtypes, devices=devices, **extra)
     elapsed = time.time() - start
     print(format_table(results))
     print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s"
@@ -147,15 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a model config field by name (repeatable)")
     p.add_argument("--dtype", default="float32,float64")
     p.add_argument("--device", default="auto", help="cpu, cuda, cpu,cuda or auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=6, help="batch size (default 6: not a power of two)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=6, help="batch size (default 6: not a power of two)")
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: compare these weights")
     p.add_argument("--checkpoint-key", default=None, help="entry of the checkpoint holding the params (e.g. ema_params)")
-    p.add_argument("--trained-steps", type=int, default=8,
+    p.add_argument("--trained-steps", type=non_negative_int, default=8,
                    help="also compare each architecture after N AdamW steps from the standard init (0: off)")
     p.add_argument("--xla-compile", default="fast", choices=sorted(XLA_COMPILE),
                    help="XLA:CPU compile of the JAX reference: fast (default; LLVM -O0, ~4x quicker to compile, "
                    "outputs differ from full by rounding only) or full (the optimised executable the trainer runs)")
+    p.add_argument("--checks", default="all", metavar="GROUPS",
+                   help=f"checks beyond the objective comparison: all (default), none, or a comma list of "
+                   f"{', '.join(CHECK_GROUPS)} (see parity/extra_checks.py)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")
@@ -180,8 +217,8 @@ def main(argv=None) -> int:
         if args.command == "debug":
             return debug_report.cmd_debug(args)
         return cmd_report(args)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
 
 

@@ -102,6 +102,15 @@ def _no_clip(original):
     return finish
 
 
+def _window_ignored(original):
+    """omega' = omega and kappa' = kappa for every t: the guidance interval dropped."""
+
+    def guidance(u_fn, v, z_t, t, y, cfg, null_y):
+        return original(u_fn, v, z_t, t, y, dataclasses.replace(cfg, t_start=0.0, t_end=1.0), null_y)
+
+    return guidance
+
+
 # ----------------------------------------------------------------------------------
 # Model and conversion bugs
 # ----------------------------------------------------------------------------------
@@ -141,6 +150,8 @@ CONTROLS: dict[str, Control] = {
                 objective=lambda: _patched("_u_and_du_dt", _autograd_wrt_t)),
         Control("no_stop_gradient", "dit", "no stop-gradient on the target",
                 objective=lambda: _no_stop_gradient_port()),
+        Control("guidance_window_ignored", "dit", "guidance applied outside [t_start, t_end] too",
+                objective=lambda: _patched("guidance_velocity", _window_ignored)),
         Control("gelu_erf", "dit", "GELU erf instead of tanh in the DiT MLP",
                 model=_gelu_erf, module="blocks.0.mlp"),
         Control("layernorm_eps", "dit", "LayerNorm eps 1e-5 instead of 1e-6",

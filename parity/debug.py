@@ -40,7 +40,7 @@ from parity.debug_capture import (
     torch_only_modules,
     torch_path,
 )
-from parity.harness import TERMS, random_params, run_jax, run_torch, summarise_grads
+from parity.harness import NONZERO_TERMS, TERMS, random_params, run_jax, run_torch, summarise_grads
 from parity.tolerances import tolerance
 
 __all__ = [
@@ -209,8 +209,8 @@ def blame(modules: list) -> tuple[str, str, str | None]:
 def objective_checks(arch, variant: Variant, ref, got, dtype: str, device: str) -> list[CheckResult]:
     """The harness's checks of the objective terms and the gradients (the worst one named)."""
     labels = dict(arch=arch.name, variant=variant.name, dtype=dtype, device=device)
-    results = [compare(ref.terms[k], got.terms[k], quantity=k, tol=tolerance(dtype, device, k, arch.name), **labels)
-               for k in TERMS]
+    results = [compare(ref.terms[k], got.terms[k], quantity=k, tol=tolerance(dtype, device, k, arch.name),
+                       nonzero=k in NONZERO_TERMS, **labels) for k in TERMS]
     grads = compare_grads(ref.grads, got.grads, tol=tolerance(dtype, device, "grad", arch.name), **labels)
     results.append(summarise_grads(grads))
     return results

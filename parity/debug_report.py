@@ -2,11 +2,12 @@
 line, `python -m parity debug` (registered in parity/cli.py)."""
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from dataclasses import replace
+
+from meanflow_common.cli_args import non_negative_int, positive_int
+from meanflow_common.json_io import write_json as write_json_file
 
 from parity.archs import Variant, get_arch
 from parity.debug import NETWORK, DebugResult, analyse, prepare_case
@@ -156,24 +157,7 @@ def plot_errors(res: DebugResult, path: str) -> str:
 
 def write_json(res: DebugResult, path: str, meta: dict | None = None):
     """The full debug result as JSON, written atomically."""
-    payload = _finite({"meta": meta or {}, **res.as_dict()})
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1, default=str, allow_nan=False)
-    os.replace(tmp, path)
-
-
-def _finite(x):
-    """Non-finite floats as strings ("inf", "nan"): strict JSON has no Infinity."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+    write_json_file(path, {"meta": meta or {}, **res.as_dict()})  # non-finite numbers as "inf" / "nan"
 
 
 # ----------------------------------------------------------------------------------
@@ -190,8 +174,8 @@ def add_arguments(p):
                    help="override a model config field by name (repeatable)")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=6)
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
     p.add_argument("--checkpoint-key", default=None)
     p.add_argument("--control", default=None, help="inject a negative control (parity/controls.py) into torch")

@@ -1,21 +1,20 @@
 """The parity report: a table for people, a JSON file for machines."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from typing import Sequence
+
+from meanflow_common.json_io import write_json as write_json_file
 
 from parity.compare import CheckResult
 from parity.tolerances import ARCH_OVERRIDES, OVERRIDE_REASONS, TOLERANCES
 
 
 def format_table(results: Sequence[CheckResult]) -> str:
-    head = f"{'arch':7} {'variant':16} {'dtype':8} {'dev':5} {'quantity':16} {'max_abs':>10} {'max_rel':>10} {'tol':>8}  {'ok':4} where"
+    head = f"{'arch':7} {'variant':22} {'dtype':8} {'dev':5} {'quantity':16} {'max_abs':>10} {'max_rel':>10} {'tol':>8}  {'ok':4} where"
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r.arch:7} {r.variant[:16]:16} {r.dtype:8} {r.device:5} {r.quantity[:16]:16} "
+            f"{r.arch:7} {r.variant[:22]:22} {r.dtype:8} {r.device:5} {r.quantity[:16]:16} "
             f"{r.max_abs:10.3e} {r.max_rel:10.3e} {r.tol:8.1e}  {'PASS' if r.passed else 'FAIL':4} {r.where}"
         )
     n_fail = sum(not r.passed for r in results)
@@ -35,15 +34,11 @@ def format_tolerances() -> str:
 
 
 def write_json(path: str, results: Sequence[CheckResult], meta: dict):
-    """Write the full report atomically (a half-written report never replaces a good one)."""
+    """Write the full report atomically; non-finite errors (max_abs inf when the port produced
+    NaN) are written as the strings "inf" / "nan" (`meanflow_common.json_io`)."""
     payload = {"meta": meta, "tolerances": {f"{d}/{v}": t for (d, v), t in TOLERANCES.items()},
                "tolerance_overrides": {f"{a}/{d}": {"tolerances": t, "reason": OVERRIDE_REASONS[(a, d)]}
                                        for (a, d), t in ARCH_OVERRIDES.items()},
                "checks": [r.as_dict() for r in results],
                "passed": all(r.passed for r in results)}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1, default=str)
-    os.replace(tmp, path)
+    write_json_file(path, payload)

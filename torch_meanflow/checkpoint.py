@@ -16,13 +16,14 @@ The "model" entry is what `parity.checkpoints` reads, so any checkpoint converts
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from typing import Optional
 
 import torch
 
-from meanflow_common.train_loop import UnreadableCheckpointError
+from meanflow_common.checks import UnreadableCheckpointError, check_float_arrays, unreadable_checkpoint
 from torch_meanflow.train_state import TrainState
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints", "remove_partial"]
@@ -102,6 +103,7 @@ def _check_state_dict(saved: dict, module: torch.nn.Module, what: str) -> None:
     if extra:
         raise KeyError(f"checkpoint {what} has unexpected {extra[0]!r} ({len(extra)} unexpected): "
                        "it was written for another architecture")
+    check_float_arrays({k: v for k, v in saved.items() if want[k].is_floating_point()}, f"checkpoint {what}")
     for k, v in want.items():
         if tuple(saved[k].shape) != tuple(v.shape):
             raise ValueError(f"checkpoint {what} {k!r} has shape {tuple(saved[k].shape)}, "
@@ -121,8 +123,7 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated/garbage files fail in many ways
-        raise UnreadableCheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                                        f"{str(err)[:200]})") from err
+        raise unreadable_checkpoint(path, err) from err
     if not isinstance(payload, dict) or not {"model", "ema", "optimizer", "step"} <= set(payload):
         raise UnreadableCheckpointError(f"{path} is not a checkpoint of the PyTorch trainer (it lacks model, ema, "
                                         "optimizer or step)")

@@ -29,9 +29,11 @@ import torch
 from torch import nn
 
 from meanflow_common import train_loop
+from meanflow_common.checks import check_float_arrays
 from meanflow_common.metrics import tensorboardx_writer
+from meanflow_common.sampling import sample_inputs
 from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
-from meanflow_common.train_config import TrainConfig, data_shape, model_config, objective_config
+from meanflow_common.train_config import TrainConfig, model_config, objective_config
 from meanflow_common.train_loop import TrainBackend, World, run_training
 from torch_meanflow import parallel
 from torch_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
@@ -158,7 +160,8 @@ def to_batch(cfg: TrainConfig, batch: dict) -> dict:
 
 
 def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema: bool = True) -> Callable:
-    """sample(cond, noise=None, num_steps=None, seed=0) -> NumPy samples (twin of JAX's).
+    """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False) -> NumPy samples
+    (twin of JAX's; the request is checked by `meanflow_common.sampling.sample_inputs`).
 
     cond: labels int [B] (digits) or observations [B, obs_dim] (reach). noise: e in the
     data interface's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn
@@ -169,24 +172,19 @@ def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema:
     """
     net = state.ema_model if use_ema else state.model
     master, _ = _dtypes(cfg)
-    shape = data_shape(cfg)
     dev = _device()
 
     def u_fn(z, t, h, y, train=False):
         h = torch.zeros_like(h) if cfg.method == "flow_matching" else h
         return net(z, t, h, y, train=train) if cfg.task == "digits" else net.u_fn(z, t, h, y, train)
 
-    def sample(cond, noise=None, num_steps=None, seed=0):
-        cond = np.asarray(cond)
-        if noise is None:
-            noise = np.random.default_rng(seed).standard_normal((cond.shape[0], *shape))
-        noise = np.asarray(noise)
+    def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
+        cond, noise, steps = sample_inputs(cfg, cond, noise, num_steps, seed, allow_null)
         if cfg.task == "digits":
             noise = noise.transpose(0, 3, 1, 2)
         e = torch.as_tensor(np.ascontiguousarray(noise)).to(dev, master)
-        steps = num_steps or cfg.mf.num_steps
         if cfg.method == "regression":
-            e, steps = torch.zeros_like(e), 1
+            e = torch.zeros_like(e)
         with torch.no_grad():
             if cfg.task == "digits":
                 y = torch.as_tensor(cond, dtype=torch.long, device=dev)
@@ -203,6 +201,7 @@ def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema:
 
 def _load_init(model: nn.Module, init_params) -> None:
     want = model.state_dict()
+    check_float_arrays(init_params, "init_params")
     missing, extra = sorted(set(want) - set(init_params)), sorted(set(init_params) - set(want))
     if missing or extra:
         raise KeyError(f"init_params: missing {missing[:3]}, unexpected {extra[:3]}")
