@@ -314,7 +314,7 @@ class JaxBackend(TrainBackend):
                 batch["dropout_rng"] = dropout_key
             new_state, metrics = run(state, batch, noise)
             metrics = {k: parallel.host_value(v) for k, v in metrics.items()}
-            check_loss(float(metrics["loss"]))
+            check_loss(float(metrics["weighted_loss"]))
             if mesh is not None and s < cfg.sync_check_steps:
                 parallel.check_replicas((new_state.params, new_state.ema_params), s + 1)
             return new_state, metrics

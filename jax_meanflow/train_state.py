@@ -68,8 +68,10 @@ def train_step(state: TrainState, loss_fn: Callable, batch, noise, optim_cfg: Op
     """One AdamW update and one EMA update. Returns (new_state, metrics).
 
     loss_fn(params, batch, noise) -> (loss, MeanFlowOutput); loss_fn and optim_cfg are
-    static (hashable). metrics: loss, v_loss (batch mean), grad_norm (before clipping),
-    lr (used for this update). ema = ema_decay * ema + (1 - ema_decay) * new_params.
+    static (hashable). metrics: loss (the batch mean of the unweighted per-sample
+    loss_per_sample, what a user reads), v_loss (batch mean), weighted_loss (the adaptive-
+    weighted loss the update minimises), grad_norm (before clipping), lr (used for this
+    update). ema = ema_decay * ema + (1 - ema_decay) * new_params.
     """
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, noise)
     tx = make_optimizer(optim_cfg)
@@ -79,8 +81,9 @@ def train_step(state: TrainState, loss_fn: Callable, batch, noise, optim_cfg: Op
     # EMA of the updated parameters, in each leaf's own dtype (float64 stays float64).
     ema = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), state.ema_params, params)
     metrics = {
-        "loss": loss,
+        "loss": jnp.mean(out.loss_per_sample),
         "v_loss": jnp.mean(out.v_loss),
+        "weighted_loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "lr": jnp.asarray(make_lr_schedule(optim_cfg)(state.step)),
     }

@@ -5,9 +5,13 @@ Framework-free: the JAX trainer must not import torch, so TensorBoard goes throu
 caller passes in (the torch trainer passes `torch.utils.tensorboard`'s when importable).
 Without either, metrics go to the CSV only.
 
-CSV columns: step (updates done), loss, v_loss, grad_norm, lr, steps_per_s, samples_per_s
-(the global batch: steps_per_s * batch_size), devices (data-parallel devices), wall_s.
-Floats are written with `repr`, so a resumed run can be compared bit for bit.
+CSV columns: step (updates done), loss (the batch mean of the unweighted per-sample loss
+sum (u - u_tgt)^2, the figure the bar, the "done" line and loss.png show), v_loss (batch
+mean of sum (u - v)^2), weighted_loss (the adaptive-weighted loss the optimiser minimises;
+near 1 whatever happens with norm_p = 1), grad_norm, lr, steps_per_s, samples_per_s (the
+global batch: steps_per_s * batch_size), devices (data-parallel devices), wall_s (seconds
+since this run, or this resumed segment, started). Floats are written with `repr`, so a
+resumed run can be compared bit for bit.
 """
 from __future__ import annotations
 
@@ -24,12 +28,17 @@ __all__ = [
     "check_finite",
     "MetricsLogger",
     "ProgressBar",
+    "format_seconds",
     "read_metrics",
     "plot_losses",
+    "loss_figure",
+    "LOSS_CURVES",
     "tensorboardx_writer",
 ]
 
-COLUMNS = ("step", "loss", "v_loss", "grad_norm", "lr", "steps_per_s", "samples_per_s", "devices", "wall_s")
+COLUMNS = ("step", "loss", "v_loss", "weighted_loss", "grad_norm", "lr", "steps_per_s", "samples_per_s", "devices",
+           "wall_s")
+LOSS_CURVES = ("loss", "v_loss")  # what loss.png draws: the unweighted figures
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -121,12 +130,26 @@ def read_metrics(path: str) -> list[dict]:
     return out
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr: steps done, loss, steps/s, samples/s, devices.
+def format_seconds(seconds: float) -> str:
+    """Seconds as H:MM:SS (M:SS under an hour); "?" when not finite."""
+    if not math.isfinite(seconds):
+        return "?"
+    total = int(round(max(seconds, 0.0)))
+    h, rest = divmod(total, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
-    On a terminal it redraws in place; otherwise (logs, CI) it prints a line every
-    `every` updates. enabled=False silences it. batch_size: the global batch (samples/s
-    counts it); devices, processes: the data-parallel devices and trainer processes.
+
+class ProgressBar:
+    """Progress on stderr: steps done, loss and v_loss (unweighted), steps/s, samples/s,
+    devices, elapsed time and the estimated time left.
+
+    On a terminal it is a bar redrawn in place; otherwise (logs, CI, a file) it prints a
+    plain line every `every` updates and at the last one. enabled=False silences it.
+    batch_size: the global batch (samples/s counts it); devices, processes: the
+    data-parallel devices and trainer processes. Elapsed time counts from the bar's
+    creation (this run or resumed segment); the ETA divides the updates left by the mean
+    rate of this segment so far.
     """
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, every: int = 50, stream=None,
@@ -137,21 +160,29 @@ class ProgressBar:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._t0, self._s0 = time.perf_counter(), start
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, loss: float, v_loss: Optional[float] = None) -> None:
         if not self.enabled:
             return
         if not self.tty and step % self.every and step != self.total:
             return
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         rate = (step - self._s0) / elapsed
-        width = 24
-        filled = int(width * step / max(self.total, 1))
-        text = f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} loss {loss:.4g} {rate:.2f} steps/s"
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        text = f"{step}/{self.total} loss {loss:.4g}"
+        if v_loss is not None:
+            text += f" v_loss {v_loss:.4g}"
+        text += f" {rate:.2f} steps/s"
         if self.batch_size:
             text += f" {rate * self.batch_size:.1f} samples/s"
         text += f" ({self.devices} device{'s' if self.devices != 1 else ''}"
         text += f", {self.processes} processes)" if self.processes > 1 else ")"
-        self.stream.write(("\r" + text) if self.tty else (text + "\n"))
+        text += f" elapsed {format_seconds(elapsed)} eta {format_seconds(eta)}"
+        if self.tty:
+            width = 24
+            filled = int(width * step / max(self.total, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\033[K")
+        else:
+            self.stream.write(f"step {text}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -161,13 +192,28 @@ class ProgressBar:
 
 
 def plot_losses(csv_path: str, png_path: str, title: str = "") -> Optional[str]:
-    """Loss curves (loss, v_loss; gradient norm and learning rate below) as a PNG.
+    """Loss curves as a PNG: the unweighted loss and v_loss (log scale when positive) above,
+    gradient norm and learning rate below. The adaptive-weighted loss is not drawn: it sits
+    near 1 whatever the model does (it stays in the CSV).
 
     Returns the PNG path, or None when the CSV has no rows yet.
     """
     rows = read_metrics(csv_path)
     if not rows:
         return None
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(rows, title or os.path.basename(os.path.dirname(os.path.abspath(csv_path))))
+    tmp = png_path + ".part.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def loss_figure(rows: list, title: str = ""):
+    """The matplotlib Figure of `plot_losses` for metrics rows (dicts as `read_metrics` gives):
+    axes[0] holds one line per LOSS_CURVES column, in that order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,14 +221,14 @@ def plot_losses(csv_path: str, png_path: str, title: str = "") -> Optional[str]:
 
     steps = [r["step"] for r in rows]
     fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for key in ("loss", "v_loss"):
-        values = [r[key] for r in rows]
-        ax0.plot(steps, values, label=key)
-    if all(r["loss"] > 0 and r["v_loss"] > 0 for r in rows):
+    labels = {"loss": "loss (unweighted, sum (u - u_tgt)^2)", "v_loss": "v_loss (sum (u - v)^2)"}
+    for key in LOSS_CURVES:
+        ax0.plot(steps, [r[key] for r in rows], label=labels[key])
+    if all(r[k] > 0 for r in rows for k in LOSS_CURVES):
         ax0.set_yscale("log")
-    ax0.set_ylabel("loss")
+    ax0.set_ylabel("per-sample loss (batch mean)")
     ax0.legend()
-    ax0.set_title(title or os.path.basename(os.path.dirname(os.path.abspath(csv_path))))
+    ax0.set_title(title)
     ax1.plot(steps, [r["grad_norm"] for r in rows], label="grad_norm", color="tab:green")
     ax1.set_ylabel("gradient norm")
     ax1.set_xlabel("step")
@@ -190,8 +236,4 @@ def plot_losses(csv_path: str, png_path: str, title: str = "") -> Optional[str]:
     lr_ax.plot(steps, [r["lr"] for r in rows], label="lr", color="tab:red", linestyle="--")
     lr_ax.set_ylabel("learning rate")
     fig.tight_layout()
-    tmp = png_path + ".part.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return fig

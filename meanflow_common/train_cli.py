@@ -25,10 +25,11 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from meanflow_common.config_compare import RESUMABLE, config_diffs
+from meanflow_common.metrics import format_seconds
 from meanflow_common.train_config import (
     TRAIN_PRESETS,
     TrainConfig,
@@ -140,9 +141,12 @@ class RunResult:
     """What `train(cfg)` returns (both backends).
 
     run_dir: the run folder; step: updates done at the end; losses: {step: loss} of the
-    updates run in this call; checkpoint: path of the last checkpoint written (or None);
-    state: the backend's TrainState; model: the backend's model (JAX: the module or
-    policy, with the params in state; torch: the nn.Module trained in place).
+    updates run in this call (the unweighted per-sample loss, batch mean); checkpoint: path
+    of the last checkpoint written (or None); state: the backend's TrainState; model: the
+    backend's model (JAX: the module or policy, with the params in state; torch: the
+    nn.Module trained in place); metrics: the last update's metrics as floats (loss, v_loss,
+    weighted_loss, grad_norm, lr; empty when no update ran); elapsed_s: seconds this call
+    spent in the loop.
     """
 
     run_dir: str
@@ -151,6 +155,8 @@ class RunResult:
     checkpoint: Optional[str]
     state: Any
     model: Any
+    metrics: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
 
 
 @dataclass
@@ -231,9 +237,20 @@ def run_cli(train_fn: Callable[..., RunResult], backend: str, argv: Optional[Seq
         return 1
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # a torchrun rank other than 0: rank 0 reports
-    last = list(result.losses.values())[-1] if result.losses else float("nan")
-    print(f"done: {result.step} steps in {result.run_dir} (last loss {last:.5g}); checkpoint {result.checkpoint}")
+    print(done_line(result))
     return 0
+
+
+def done_line(result: RunResult) -> str:
+    """The summary printed at the end of a run: the last update's unweighted loss and v_loss
+    (the adaptive-weighted loss the optimiser saw beside them) and the time the run took."""
+    m = result.metrics
+    if m:
+        figures = f"last loss {m['loss']:.5g}, v_loss {m['v_loss']:.5g} (weighted loss {m['weighted_loss']:.5g})"
+    else:
+        figures = "no update ran"
+    return (f"done: {result.step} steps in {result.run_dir} in {format_seconds(result.elapsed_s)} ({figures}); "
+            f"checkpoint {result.checkpoint}")
 
 
 def _message(err: BaseException) -> str:

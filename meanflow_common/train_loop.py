@@ -285,8 +285,9 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
         else _NoLogger()
     bar = ProgressBar(cfg.steps, start, enabled=progress and world.writer, every=cfg.log_every or 50,
                       batch_size=cfg.batch_size, devices=world.devices, processes=world.processes)
-    losses, saved_at = {}, start if last is not None else -1
-    t_log, s_log = time.perf_counter(), start
+    losses, last_metrics, saved_at = {}, {}, start if last is not None else -1
+    t_start = t_log = time.perf_counter()
+    s_log = start
 
     def save(k):
         if world.writer or world.collective:
@@ -298,16 +299,17 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
             k = s + 1
             batch = batch_fn(dataset, cfg.seed, s, cfg.batch_size)
             state, metrics = step_fn(state, s, batch, noise_fn, lambda loss: check_finite(k, loss, last))
-            losses[k] = loss = float(metrics["loss"])
+            last_metrics = {n: float(v) for n, v in metrics.items()}
+            losses[k] = last_metrics["loss"]
             if on_step is not None:
                 on_step(k, state, metrics)
             if (cfg.log_every and k % cfg.log_every == 0) or k == cfg.steps:
                 now = time.perf_counter()
                 rate = (k - s_log) / max(now - t_log, 1e-9)
-                logger.log(k, {**{n: float(v) for n, v in metrics.items()}, "steps_per_s": rate,
-                               "samples_per_s": rate * cfg.batch_size, "devices": world.devices, "wall_s": now})
+                logger.log(k, {**last_metrics, "steps_per_s": rate, "samples_per_s": rate * cfg.batch_size,
+                               "devices": world.devices, "wall_s": now - t_start})
                 t_log, s_log = now, k
-            bar.update(k, loss)
+            bar.update(k, last_metrics["loss"], last_metrics.get("v_loss"))
             if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:
                 last, saved_at = save(k), k
             if eval_fn is not None and (world.writer or world.collective) and (
@@ -325,7 +327,8 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
     # every rank returns once rank 0 has written the last checkpoint (and a process group
     # is never torn down under a rank that still writes)
     world.share(None)
-    return RunResult(run_dir=run_dir, step=step, losses=losses, checkpoint=last, state=state, model=model)
+    return RunResult(run_dir=run_dir, step=step, losses=losses, checkpoint=last, state=state, model=model,
+                     metrics=last_metrics, elapsed_s=time.perf_counter() - t_start)
 
 
 def load_run(backend: TrainBackend, run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = True) -> LoadedRun:

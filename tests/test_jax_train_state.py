@@ -57,7 +57,12 @@ def test_first_step_is_adamw_by_hand_and_ema_formula():
         assert new.params[k].dtype == jnp.float64 and new.ema_params[k].dtype == jnp.float64
     assert int(new.step) == 1
     np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.tree.norm(grads)), rtol=1e-12)
-    np.testing.assert_allclose(float(metrics["loss"]), float(_loss_fn(params, batch, noise)[0]), rtol=1e-12)
+    weighted, out = _loss_fn(params, batch, noise)
+    # the optimised (adaptive-weighted, norm_p 0.5) loss and the unweighted one a user reads differ here
+    np.testing.assert_allclose(float(metrics["weighted_loss"]), float(weighted), rtol=1e-12)
+    np.testing.assert_allclose(float(metrics["loss"]), float(np.mean(out.loss_per_sample)), rtol=1e-12)
+    assert abs(float(metrics["loss"]) - float(weighted)) > 0.1 * float(weighted)
+    assert set(metrics) == {"loss", "v_loss", "weighted_loss", "grad_norm", "lr"}
     assert float(metrics["lr"]) == 1e-2 and metrics["v_loss"].shape == ()
     # second step: EMA follows ema = d * ema + (1 - d) * params again
     newer, _ = train_step(new, _loss_fn, batch, noise, ocfg)

@@ -81,7 +81,8 @@ def test_two_steps_are_adamw_by_hand():
     v = [torch.zeros_like(p) for p in params]
     for k in (1, 2):
         probe = copy.deepcopy(model)
-        probe_loss = loss_fn(probe, x, noise).loss
+        probe_out = loss_fn(probe, x, noise)
+        probe_loss = probe_out.loss
         grads = torch.autograd.grad(probe_loss, list(probe.parameters()))
         metrics = train_step(state, loss_fn, x, noise, ocfg)
         for i, g in enumerate(grads):
@@ -91,7 +92,8 @@ def test_two_steps_are_adamw_by_hand():
             params[i] = params[i] * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
         for want, p in zip(params, model.parameters()):
             assert torch.allclose(p.detach(), want, rtol=1e-12, atol=1e-14), k
-        assert torch.allclose(metrics["loss"], probe_loss.detach(), rtol=1e-13)
+        assert torch.allclose(metrics["weighted_loss"], probe_loss.detach(), rtol=1e-13)
+        assert torch.allclose(metrics["loss"], probe_out.loss_per_sample.detach().mean(), rtol=1e-13)
         norm = torch.sqrt(sum((g * g).sum() for g in grads))
         assert torch.allclose(metrics["grad_norm"], norm, rtol=1e-12) and metrics["lr"] == lr
     assert state.step == 2
@@ -108,7 +110,7 @@ def test_train_step_decreases_loss():
     for _ in range(30):
         m = train_step(state, loss_fn, x, noise, ocfg)
         losses.append(float(m["loss"]))
-        assert set(m) == {"loss", "v_loss", "grad_norm", "lr"} and m["lr"] == 1e-2
+        assert set(m) == {"loss", "v_loss", "weighted_loss", "grad_norm", "lr"} and m["lr"] == 1e-2
     assert state.step == 30
     assert losses[-1] < losses[10] < losses[0] and losses[-1] < 0.75 * losses[0], losses
 

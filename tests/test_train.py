@@ -378,8 +378,8 @@ def test_progress_bar_counts_the_global_batch_and_the_devices():
     bar = ProgressBar(4, 0, every=2, stream=buf, batch_size=16, devices=2, processes=2)
     bar.update(1, 0.5)  # not a multiple of `every`: no line off a terminal
     bar.update(2, 0.5)
-    m = re.fullmatch(r"\[#+\.+\] 2/4 loss 0\.5 ([\d.]+) steps/s ([\d.]+) samples/s \(2 devices, 2 processes\)\n",
-                     buf.getvalue())
+    m = re.fullmatch(r"step 2/4 loss 0\.5 ([\d.]+) steps/s ([\d.]+) samples/s \(2 devices, 2 processes\) "
+                     r"elapsed \d+:\d\d eta \d+:\d\d\n", buf.getvalue())
     assert m, buf.getvalue()
     assert float(m.group(2)) == pytest.approx(16 * float(m.group(1)), rel=1e-2)
 

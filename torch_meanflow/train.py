@@ -286,7 +286,8 @@ class TorchBackend(TrainBackend):
                 torch.manual_seed((step_seed(cfg.seed, s) ^ 1) + world.rank)
                 metrics = train_step(state, checked_loss, batch, noise, cfg.optim, grad_sync=grad_sync)
             if multi:
-                metrics = {**metrics, "loss": seen["loss"], "v_loss": parallel.mean_over_ranks(metrics["v_loss"])}
+                metrics = {**metrics, "weighted_loss": seen["loss"],
+                           **{k: parallel.mean_over_ranks(metrics[k]) for k in ("loss", "v_loss")}}
                 if s < cfg.sync_check_steps:
                     parallel.check_in_sync(state.model, s + 1, state.ema_model)
             return state, metrics

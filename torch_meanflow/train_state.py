@@ -5,7 +5,7 @@ warm-up, an optional global-norm gradient clip, and an EMA copy of the model upd
 every step: ema = d * ema + (1 - d) * param, in the parameters' own dtype.
 
 The loss is given as `loss_fn(model, batch, noise) -> MeanFlowOutput` (anything with
-`.loss` [scalar] and `.v_loss` [B]); `make_train_step` can run it under `torch.compile`.
+`.loss` [scalar], `.loss_per_sample` [B] and `.v_loss` [B]); `make_train_step` can run it under `torch.compile`.
 """
 from __future__ import annotations
 
@@ -117,8 +117,10 @@ def train_step(state: TrainState, loss_fn: LossFn, batch, noise, optim_cfg: Opti
     grad_sync(parameters), when given, runs between backward and the clip: data-parallel
     training all-reduces the gradients there (`torch_meanflow.parallel.sync_gradients`).
 
-    Returns {"loss": scalar tensor, "v_loss": scalar tensor (batch mean), "grad_norm": scalar
-    tensor (before clipping), "lr": float (the rate this step used)}; tensors are detached.
+    Returns {"loss": scalar tensor (the batch mean of the unweighted out.loss_per_sample,
+    what a user reads), "v_loss": scalar tensor (batch mean), "weighted_loss": scalar tensor
+    (out.loss, the adaptive-weighted loss minimised), "grad_norm": scalar tensor (before
+    clipping), "lr": float (the rate this step used)}; tensors are detached.
     """
     model = state.model
     model.train()
@@ -137,8 +139,9 @@ def train_step(state: TrainState, loss_fn: LossFn, batch, noise, optim_cfg: Opti
     _update_ema(state.ema_model, model, optim_cfg.ema_decay)
     state.step += 1
     return {
-        "loss": out.loss.detach(),
+        "loss": out.loss_per_sample.detach().mean(),
         "v_loss": out.v_loss.detach().mean(),
+        "weighted_loss": out.loss.detach(),
         "grad_norm": grad_norm.detach(),
         "lr": float(lr),
     }
