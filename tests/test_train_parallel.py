@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import pytest
 
+from meanflow_common.metrics import read_metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = os.path.join(ROOT, "tests", "workers")
 
@@ -138,8 +140,12 @@ def test_torchrun_two_processes_reproduce_one_process(torch_runs):
     assert _rel(ref, got) < 1e-12, _rel(ref, got)
     with open(os.path.join(root, "two", "config.json")) as f:
         assert json.load(f)["world"] == {"processes": 2, "devices": 2}
-    rows = open(os.path.join(root, "two", "metrics.csv")).read().splitlines()
-    assert len(rows) == 4 and rows[0].split(",")[7] == "devices" and rows[1].split(",")[7] == "2.0"
+    rows = read_metrics(os.path.join(root, "two", "metrics.csv"))
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["devices"] == 2 for r in rows)
+    # the displayed (unweighted) loss, v_loss and the weighted loss are the global batch's, as on one process
+    one_rows = read_metrics(os.path.join(runs["one"].run_dir, "metrics.csv"))
+    for key in ("loss", "v_loss", "weighted_loss"):
+        np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in one_rows], rtol=1e-9, err_msg=key)
 
     # a 2-process checkpoint resumed by 1 process, and a 1-process one by 2 processes
     from torch_meanflow.train import train
