@@ -68,7 +68,9 @@ class MetricsLogger:
     """Appends one CSV row per logged step (and TensorBoard scalars when a writer is given).
 
     resume_step: on resume, rows after this step (written after the last checkpoint by
-    the interrupted run) are dropped, so the file reads as one uninterrupted run.
+    the interrupted run) are dropped, so the file reads as one uninterrupted run. A file
+    written before the CSV had a weighted_loss column held the weighted loss under `loss`:
+    its rows move that value to weighted_loss and leave loss NaN (never relabelled).
     """
 
     def __init__(self, run_dir: str, resume_step: Optional[int] = None, tb_writer: Any = None):
@@ -84,6 +86,8 @@ class MetricsLogger:
 
     def _truncate(self, step: int) -> None:
         rows = [r for r in read_metrics(self.path) if r["step"] <= step]
+        if rows and "weighted_loss" not in rows[0]:
+            rows = [{**r, "weighted_loss": r.get("loss", math.nan), "loss": math.nan} for r in rows]
         tmp = self.path + ".part"
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)

@@ -106,6 +106,22 @@ def test_wall_s_is_seconds_since_the_run_or_resumed_segment_started(tmp_path, di
     assert 0 < rows[3]["wall_s"] <= rows[4]["wall_s"] <= second, (rows, second)
 
 
+def test_resuming_a_file_without_weighted_loss_moves_its_loss_there(tmp_path):
+    """Before weighted_loss existed, the CSV's loss column held the weighted loss."""
+    (tmp_path / "metrics.csv").write_text("step,loss,v_loss,grad_norm,lr,steps_per_s,samples_per_s,devices,wall_s\n"
+                                          "1,0.9999,150.0,3.0,0.001,2.0,16.0,1,7.5\n"
+                                          "2,0.9998,120.0,2.5,0.001,2.0,16.0,1,8.0\n"
+                                          "3,0.9997,110.0,2.0,0.001,2.0,16.0,1,8.5\n")
+    logger = M.MetricsLogger(str(tmp_path), resume_step=2)
+    logger.log(3, {"loss": 100.0, "v_loss": 101.0, "weighted_loss": 0.9999, "grad_norm": 1.0, "lr": 1e-3})
+    logger.close()
+    rows = M.read_metrics(str(tmp_path / "metrics.csv"))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["weighted_loss"] for r in rows] == [0.9999, 0.9998, 0.9999]
+    assert np.isnan(rows[0]["loss"]) and np.isnan(rows[1]["loss"]) and rows[2]["loss"] == 100.0
+    assert [r["v_loss"] for r in rows] == [150.0, 120.0, 101.0]
+
+
 class _Clock:
     def __init__(self, t):
         self.t = t
