@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from meanflow_common.evaluate.classifier import check_images, get_classifier
-from meanflow_common.evaluate.frechet import frechet_distance, frechet_from_stats, gaussian_stats
+from meanflow_common.evaluate.frechet import frechet_from_stats, gaussian_stats
 from meanflow_common.evaluate.knn import DEFAULT_K, knn_precision_recall
 
 __all__ = ["digit_eval_inputs", "score_digits", "evaluate_digits", "real_reference_fd", "within_class_spread",

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from meanflow_common.data import reach
-from meanflow_common.evaluate.rollout import RolloutResult, rollout
+from meanflow_common.evaluate.rollout import RolloutResult, first_chunk_modes, rollout, rollout_metrics
 
 __all__ = ["mode_entropy", "mode_coverage", "path_stats", "score_policy", "COVERAGE_STARTS", "COVERAGE_DRAWS",
            "COVERAGE_MIN_FRACTION"]
@@ -98,8 +98,6 @@ def score_policy(make_policy: Callable[[], Callable[[np.ndarray, np.ndarray], np
     `make_policy()` returns the policy_fn; it is called once per batch of rollouts, so a
     stateful policy (the expert) starts fresh each time. Returns (metrics, the rollouts).
     """
-    from meanflow_common.evaluate.rollout import first_chunk_modes, rollout_metrics
-
     result = rollout(make_policy(), n=rollouts, seed=seed, execute=execute)
     metrics = {**rollout_metrics(result), **path_stats(result),
                **first_chunk_modes(make_policy(), n=rollouts, seed=seed),
