@@ -187,6 +187,9 @@ def test_evaluate_cli_records_table_and_errors(tmp_path, digits, capsys):
     assert "has no checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.run_eval_cli(load_run, "fake", ["--run", *runs, "--checkpoint", "x"])
+    with pytest.raises(SystemExit):
+        cli.run_eval_cli(load_run, "fake", ["--run", *runs, "--n-per-class", "1"])
+    assert "--n-per-class must be >= 2" in capsys.readouterr().err
 
 
 def test_first_chunk_separates_committing_from_averaging():

@@ -10,7 +10,7 @@ construction:
     --raw                 evaluate the raw parameters instead of the EMA
     --num-steps N [N ...] sampling steps (default by method: digits MeanFlow 1 2, flow
                           matching 1 10; reach MeanFlow 1, flow matching 1 4, regression 1)
-    --n-per-class 100     digits: samples per class;  --rollouts 100  reach: rollouts
+    --n-per-class 100     digits: samples per class (>= 2);  --rollouts 100  reach: rollouts
     --execute 10          reach: actions executed per chunk before replanning
     --seed 0              evaluation noise / tasks (the same for every backend and method)
     --json FILE           also write the records as JSON;  --no-plots  no PNG files
@@ -124,6 +124,9 @@ def run_eval_cli(load_run: Callable, backend: str, argv: Optional[Sequence[str]]
     args = parser.parse_args(argv)
     if args.checkpoint and len(args.run) > 1:
         parser.error("--checkpoint needs exactly one --run")
+    if args.n_per_class < 2:
+        parser.error(f"--n-per-class must be >= 2 (the within-class diversity needs two samples of a class), "
+                     f"got {args.n_per_class}")
     if args.execute > 10:
         parser.error(f"--execute must be in [1, 10] (the chunk length), got {args.execute}")
     records = []
