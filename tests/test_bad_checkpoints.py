@@ -112,7 +112,7 @@ def test_a_checkpoint_of_another_config_is_refused_by_every_loader(tmp_path, two
     # load_run / evaluate with a checkpoint of the other run
     with pytest.raises(ValueError, match="model.num_heads: recorded 2, now 4"):
         T.load_run(four.run_dir, checkpoint=two.checkpoint)
-    assert E.main(["--run", four.run_dir, "--checkpoint", two.checkpoint, "--no-plots", "--n-per-class", "1"]) == 1
+    assert E.main(["--run", four.run_dir, "--checkpoint", two.checkpoint, "--no-plots", "--n-per-class", "2"]) == 1
     assert "trained with another config" in capsys.readouterr().err
     # resume: a foreign checkpoint in the run folder
     run = tmp_path / "resume"
