@@ -9,7 +9,7 @@ good checkpoint; the manager keeps the last `keep_last`.
 The same three functions exist in `torch_meanflow.checkpoint`:
 `save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`,
 `latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path, state) -> (state, meta)`.
-The parameters convert to PyTorch with `parity.checkpoints` (path
+The parameters convert to PyTorch with `parity.convert.checkpoints` (path
 `<ckpt_dir>/<step>/params` or `<ckpt_dir>/<step>/ema_params`).
 """
 from __future__ import annotations

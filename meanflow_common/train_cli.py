@@ -76,7 +76,7 @@ def check_resume_compatible(saved: Mapping, cfg: TrainConfig, backend: str) -> N
     if saved.get("backend") != backend:
         raise ValueError(
             f"the run in {cfg.out_dir} was written by {saved.get('backend')!r}, not {backend!r}; resume it "
-            "with that backend (or convert its checkpoint with parity.checkpoints)"
+            "with that backend (or convert its checkpoint with parity.convert.checkpoints)"
         )
     old, new = _flat(saved["train"]), _flat(config_to_dict(cfg))
     diffs = [f"{k}: saved {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))

@@ -18,11 +18,12 @@ import jax
 jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 arrays stay float32
 
 from meanflow_common.config import get_preset, override  # noqa: E402
-from parity import checkpoints, debug_report  # noqa: E402
-from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
-from parity.harness import run_variant, trained_params  # noqa: E402
-from parity.precision import XLA_COMPILE, pinned_precision, precision_settings, versions  # noqa: E402
-from parity.report import format_table, format_tolerances, write_json  # noqa: E402
+from parity.convert import checkpoints  # noqa: E402
+from parity.debug import report as debug_report  # noqa: E402
+from parity.core.arch import ARCHS, Variant, default_variants, get_arch  # noqa: E402
+from parity.core.harness import run_variant, trained_params  # noqa: E402
+from parity.core.precision import XLA_COMPILE, pinned_precision, precision_settings, versions  # noqa: E402
+from parity.core.report import format_table, format_tolerances, write_json  # noqa: E402
 
 
 def _devices(arg: str) -> list[str]:

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from meanflow_common.config import DIT_PRESETS
-from parity import checkpoints, convert
-from parity.archs import default_variants, get_arch
+from parity import convert
+from parity.convert import checkpoints
+from parity.core.arch import default_variants, get_arch
 from parity.cli import main
-from parity.harness import random_params
+from parity.core.harness import random_params
 
 
 @pytest.fixture(scope="module")

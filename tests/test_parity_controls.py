@@ -5,10 +5,10 @@ stands far above rounding.
 """
 import pytest
 
-from parity.archs import default_variants
-from parity.controls import CONTROLS, NO_OP_PORTING_CHANGES
-from parity.harness import random_params, run_variant
-from parity.archs import get_arch
+from parity.core.arch import default_variants
+from parity.core.controls import CONTROLS, NO_OP_PORTING_CHANGES
+from parity.core.harness import random_params, run_variant
+from parity.core.arch import get_arch
 
 
 def _variant(arch):

@@ -8,16 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from parity import checkpoints, convert
-from parity.archs import default_variants, get_arch
+from parity import convert
+from parity.convert import checkpoints
+from parity.core.arch import default_variants, get_arch
 from parity.cli import main
-from parity.controls import CONTROLS, Control
+from parity.core.controls import CONTROLS, Control
 from parity.debug import NETWORK, OBJECTIVE, ModuleDiff, analyse, blame, blames, prepare_case
-from parity.debug_capture import build_torch_module, jax_capture, module_map, torch_capture
-from parity.debug_modes import compare_modes
-from parity.debug_report import format_report, plot_errors, write_json
-from parity.harness import random_params
-from parity.precision import pinned_precision
+from parity.debug.capture import build_torch_module, jax_capture, module_map, torch_capture
+from parity.debug.modes import compare_modes
+from parity.debug.report import format_report, plot_errors, write_json
+from parity.core.harness import random_params
+from parity.core.precision import pinned_precision
 from torch_meanflow.objective import JVP_ENGINES
 
 # As `python -m parity debug` runs: pinned precision (also shares the compiled functions

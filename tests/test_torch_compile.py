@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from parity.archs import default_variants, get_arch
-from parity.harness import random_params
+from parity.core.arch import default_variants, get_arch
+from parity.core.harness import random_params
 from parity import convert
-from parity.inputs import to_torch_data
+from parity.core.inputs import to_torch_data
 from torch_meanflow.objective import MeanFlowNoise, meanflow_loss
 from torch_meanflow.train_state import compile_loss
 

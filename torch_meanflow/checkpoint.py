@@ -9,7 +9,7 @@ only the newest `keep_last` files are kept.
 The same three functions exist in `jax_meanflow.checkpoint`:
 `save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`,
 `latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path, state) -> (state, meta)`.
-The "model" entry is what `parity.checkpoints` reads, so any checkpoint converts to JAX.
+The "model" entry is what `parity.convert.checkpoints` reads, so any checkpoint converts to JAX.
 """
 from __future__ import annotations
 

@@ -316,7 +316,7 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = Tru
     saved = read_run_config(run_dir)
     if saved.get("backend") != BACKEND:
         raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend "
-                         "or convert its checkpoint with parity.checkpoints")
+                         "or convert its checkpoint with parity.convert.checkpoints")
     cfg = config_from_dict(saved)
     path = checkpoint or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if path is None:

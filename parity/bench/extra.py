@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from parity.bench_cases import SIZES
-from parity.bench_measure import load_average
+from parity.bench.cases import SIZES
+from parity.bench.measure import load_average
 
 __all__ = ["sampling_latency", "parity_suite_time", "PARITY_SETUPS"]
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from meanflow_common.train_config import TRAIN_PRESETS, TrainConfig, apply_assignments, model_config, objective_config
 from parity.convert import jax_to_torch, torch_to_jax
-from parity.inputs import drop_mask_numpy, sample_tr_numpy
+from parity.core.inputs import drop_mask_numpy, sample_tr_numpy
 
 __all__ = ["Trajectory", "numpy_noise", "parity_config", "run_pair", "format_table", "plot", "main"]
 

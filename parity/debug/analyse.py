@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from parity import convert
-from parity.archs import Variant, get_arch
-from parity.compare import CheckResult, compare, compare_grads, error_stats
-from parity.debug_capture import (
+from parity.core.arch import Variant, get_arch
+from parity.core.compare import CheckResult, compare, compare_grads, error_stats
+from parity.debug.capture import (
     DEFAULT_ATTENTION,
     DEFAULT_ENGINE,
     Capture,
@@ -40,8 +40,8 @@ from parity.debug_capture import (
     torch_only_modules,
     torch_path,
 )
-from parity.harness import TERMS, random_params, run_jax, run_torch, summarise_grads
-from parity.tolerances import tolerance
+from parity.core.harness import TERMS, random_params, run_jax, run_torch, summarise_grads
+from parity.core.tolerances import tolerance
 
 __all__ = [
     "ModuleDiff", "DebugResult", "DebugCase", "prepare_case", "analyse", "run_debug", "compare_captures", "blame",

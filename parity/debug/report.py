@@ -8,9 +8,9 @@ import os
 import tempfile
 from dataclasses import replace
 
-from parity.archs import Variant, get_arch
-from parity.debug import NETWORK, DebugResult, analyse, prepare_case
-from parity.debug_capture import DEFAULT_ATTENTION, DEFAULT_ENGINE
+from parity.core.arch import Variant, get_arch
+from parity.debug.analyse import NETWORK, DebugResult, analyse, prepare_case
+from parity.debug.capture import DEFAULT_ATTENTION, DEFAULT_ENGINE
 from torch_meanflow.attention import JVP_IMPLS
 from torch_meanflow.objective import JVP_ENGINES
 
@@ -209,7 +209,7 @@ def add_arguments(p):
 
 def pick_variant(arch_name: str, preset: str, name: str | None, sets=()) -> Variant:
     from meanflow_common.config import override
-    from parity.archs import default_variants
+    from parity.core.arch import default_variants
 
     arch = get_arch(arch_name)
     presets = {"dit_preset": "tiny", "flower_preset": "tiny", f"{arch.name}_preset": preset}
@@ -222,10 +222,10 @@ def pick_variant(arch_name: str, preset: str, name: str | None, sets=()) -> Vari
 
 def cmd_debug(args) -> int:
     """Exit status 0 when both sides agree everywhere, 1 when a divergence is found."""
-    from parity import checkpoints
-    from parity.controls import get_control
-    from parity.debug_modes import compare_modes, precision_matrix
-    from parity.precision import pinned_precision, versions
+    from parity.convert import checkpoints
+    from parity.core.controls import get_control
+    from parity.debug.modes import compare_modes, precision_matrix
+    from parity.core.precision import pinned_precision, versions
 
     variant = pick_variant(args.arch, args.preset, args.variant, args.set)
     control = get_control(args.control) if args.control else None

@@ -78,7 +78,7 @@ def torch_template(arch_name: str, model_cfg) -> dict:
     (no memory is allocated, so this is cheap for DiT-XL as for the tiny presets)."""
     import torch
 
-    from parity.archs import get_arch
+    from parity.core.arch import get_arch
 
     with torch.device("meta"):
         module = get_arch(arch_name).torch_build(model_cfg)

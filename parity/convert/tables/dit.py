@@ -5,7 +5,7 @@ JAX) and is not a parameter on either side. LayerNorms have no affine parameters
 """
 from __future__ import annotations
 
-from parity.convert import Rule, Table
+from parity.convert.engine import Rule, Table
 
 _LIN = "_flax_linear"
 

@@ -128,9 +128,9 @@ class Table:
 # ---------------------------------------------------------------------------------
 
 _TABLE_MODULES = {
-    "dit": "parity.tables_dit",
-    "flower": "parity.tables_flower",
-    "policy": "parity.tables_policy",
+    "dit": "parity.convert.tables.dit",
+    "flower": "parity.convert.tables.flower",
+    "policy": "parity.convert.tables.policy",
 }
 
 

@@ -44,9 +44,9 @@ from flax import linen as nn
 import torch_meanflow.objective as tobj
 from torch_meanflow.jvp_rules import TangentRules
 from parity import convert
-from parity.archs import Arch, Variant, get_arch
-from parity.harness import load_state_dict_strict
-from parity.inputs import InputBundle, from_torch_data, to_torch_data
+from parity.core.arch import Arch, Variant, get_arch
+from parity.core.harness import load_state_dict_strict
+from parity.core.inputs import InputBundle, from_torch_data, to_torch_data
 
 # The module: the package re-exports the function `attention` under the module's name.
 tattn = importlib.import_module("torch_meanflow.attention")

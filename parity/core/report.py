@@ -6,8 +6,8 @@ import os
 import tempfile
 from typing import Sequence
 
-from parity.compare import CheckResult
-from parity.tolerances import ARCH_OVERRIDES, OVERRIDE_REASONS, TOLERANCES
+from parity.core.compare import CheckResult
+from parity.core.tolerances import ARCH_OVERRIDES, OVERRIDE_REASONS, TOLERANCES
 
 
 def format_table(results: Sequence[CheckResult]) -> str:

@@ -24,9 +24,9 @@ import os
 import sys
 import time
 
-from parity.bench_cases import DEFAULT_SIZES, QUICK_SIZES, SIZES, make_case, rel_diff, timed
-from parity.bench_measure import environment, load_average, peak_step_memory, time_interleaved
-from parity.bench_report import TARGETS, format_case, format_targets, markdown, targets
+from parity.bench.cases import DEFAULT_SIZES, QUICK_SIZES, SIZES, make_case, rel_diff, timed
+from parity.bench.measure import environment, load_average, peak_step_memory, time_interleaved
+from parity.bench.report import TARGETS, format_case, format_targets, markdown, targets
 TORCH_EAGER = ["mf", "fm", "mf torch.func+math", "mf attn=math", "mf attn=explicit", "mf memory_saving"]
 
 
@@ -57,7 +57,7 @@ def _weights(case, seed: int):
 
     from jax_meanflow.params import randomize_params
     from parity import convert
-    from parity.archs import get_arch
+    from parity.core.arch import get_arch
 
     arch = get_arch(case.arch)
     _, init = arch.jax_build(case.model_cfg)
@@ -77,7 +77,7 @@ def _torch_variants(args) -> list[str]:
 
 def _check(case, params_np, state_dict, args) -> None:
     """du/dt of the default JVP engine against plain torch.func.jvp on this network."""
-    from parity.bench_cases import torch_terms
+    from parity.bench.cases import torch_terms
 
     ours = torch_terms(case, state_dict, args.device, "rules")
     ref = torch_terms(case, state_dict, args.device, "torch.func")
@@ -98,7 +98,7 @@ def _cross_backend(case, runners) -> None:
 
 
 def run_case(name: str, args, log=print) -> dict:
-    from parity.bench_cases import jax_runners, torch_runners
+    from parity.bench.cases import jax_runners, torch_runners
 
     case = make_case(name, args.batch, args.tokens, args.guidance, args.seed)
     log(f"\n== {name}: {case.info['what']}, batch {args.batch} (load {load_average()}) ==")
@@ -109,7 +109,7 @@ def run_case(name: str, args, log=print) -> dict:
         jax_objectives, options = ("mf", "fm"), None
         if args.quick:  # one XLA compile, without the optimisations that make it take ~10 s on 2 cores
             jax_objectives = ("mf",) if case.arch == "dit" else ()
-            from parity.precision import XLA_COMPILE  # after _setup_backends: it imports jax
+            from parity.core.precision import XLA_COMPILE  # after _setup_backends: it imports jax
 
             options = XLA_COMPILE["fast"]
         runners = (jax_runners(case, params_np, jax_objectives, options)
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     start = time.time()
     user_env = dict(os.environ)  # the parity suite runs as the user runs it, without our settings
     _setup_backends(args)
-    from parity.bench_extra import parity_suite_time, sampling_latency
+    from parity.bench.extra import parity_suite_time, sampling_latency
 
     report = {"environment": environment(args.device), "args": vars(args), "targets_defined": TARGETS}
     print(f"parity.bench on {args.device}: torch {report['environment']['torch']}, "

@@ -1,7 +1,7 @@
-"""`python -m parity.bench_profile`: where a PyTorch train step spends its time, by ATen op.
+"""`python -m parity.bench.profile`: where a PyTorch train step spends its time, by ATen op.
 
-    python -m parity.bench_profile --size dit-m --runners fm,mf --threads 1
-    python -m parity.bench_profile --size flower-small --runners "fm,mf,compile mf" --top 15
+    python -m parity.bench.profile --size dit-m --runners fm,mf --threads 1
+    python -m parity.bench.profile --size flower-small --runners "fm,mf,compile mf" --top 15
 
 Builds the benchmark's case (same weights, batch and noise as `python -m parity.bench`),
 warms each runner up, times `--steps` steps of each (process CPU time, median), then
@@ -26,10 +26,10 @@ def _profile(step) -> dict[str, tuple[float, int]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m parity.bench_profile", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m parity.bench.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="dit-s", help="a size of parity.bench (dit-s, dit-m, flower-small, ...)")
-    p.add_argument("--runners", default="fm,mf", help="torch runners of parity.bench_cases.TORCH_VARIANTS")
+    p.add_argument("--runners", default="fm,mf", help="torch runners of parity.bench.cases.TORCH_VARIANTS")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
@@ -39,8 +39,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from parity.bench import _weights
-    from parity.bench_cases import SIZES, TORCH_VARIANTS, make_case, torch_runners
+    from parity.bench.run import _weights
+    from parity.bench.cases import SIZES, TORCH_VARIANTS, make_case, torch_runners
 
     if args.size not in SIZES:
         raise SystemExit(f"unknown size {args.size!r}; available: {', '.join(SIZES)}")

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from meanflow_common.config import DIT_PRESETS, FLOWER_PRESETS, DiTConfig, MeanFlowConfig, OptimConfig
-from parity.bench_measure import Runner
-from parity.inputs import InputBundle, drop_mask_numpy, make_dit_bundle, sample_tr_numpy
+from parity.bench.measure import Runner
+from parity.core.inputs import InputBundle, drop_mask_numpy, make_dit_bundle, sample_tr_numpy
 
 # name: (arch, model config, what it is)
 SIZES: dict[str, tuple[str, Any, str]] = {
@@ -85,7 +85,7 @@ def make_case(name: str, batch: int, tokens: int, guidance: bool, seed: int = 0)
 
 
 def _variant(case: Case):
-    from parity.archs import Variant
+    from parity.core.arch import Variant
 
     return Variant(case.arch, case.name, case.model_cfg, case.mf_cfg)
 
@@ -100,7 +100,7 @@ def _jax_inputs(case: Case):
     import jax.numpy as jnp
 
     from jax_meanflow.objective import MeanFlowNoise
-    from parity.archs import get_arch
+    from parity.core.arch import get_arch
 
     arch, b, f32 = get_arch(case.arch), case.bundle, jnp.float32
     null = arch.null_y(_variant(case), b.batch_size)
@@ -136,7 +136,7 @@ def jax_runners(case: Case, params_np: dict, objectives=("fm", "mf"), compiler_o
     import jax.numpy as jnp
 
     from jax_meanflow.train_state import create_train_state, train_step
-    from parity.archs import get_arch
+    from parity.core.arch import get_arch
 
     module, _ = get_arch(case.arch).jax_build(case.model_cfg)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params_np)
@@ -182,8 +182,8 @@ def _first_metrics(result: dict, metrics) -> None:
 def _torch_inputs(case: Case, device: str):
     import torch
 
-    from parity.archs import get_arch
-    from parity.inputs import to_torch_data
+    from parity.core.arch import get_arch
+    from parity.core.inputs import to_torch_data
     from torch_meanflow.objective import MeanFlowNoise
 
     arch, b = get_arch(case.arch), case.bundle
@@ -202,8 +202,8 @@ def _torch_inputs(case: Case, device: str):
 def torch_model(case: Case, state_dict: dict, device: str):
     import torch
 
-    from parity.archs import get_arch
-    from parity.harness import load_state_dict_strict
+    from parity.core.arch import get_arch
+    from parity.core.harness import load_state_dict_strict
 
     module = get_arch(case.arch).torch_build(case.model_cfg).to(device=device, dtype=torch.float32)
     load_state_dict_strict(module, state_dict)
@@ -211,7 +211,7 @@ def torch_model(case: Case, state_dict: dict, device: str):
 
 
 def _torch_loss_fn(case: Case, objective: str, null_y, mf_cfg: MeanFlowConfig):
-    from parity.archs import get_arch
+    from parity.core.arch import get_arch
     from torch_meanflow import objective as tobj
 
     loss, u_fn_of = (tobj.meanflow_loss if objective == "mf" else tobj.flow_matching_loss), get_arch(case.arch).torch_u_fn
@@ -299,8 +299,8 @@ def torch_runners(case: Case, state_dict: dict, device: str, variants: list[str]
 
 def torch_terms(case: Case, state_dict: dict, device: str, engine: str = "rules") -> dict:
     """loss and du/dt of the MeanFlow objective (float32, train=False) for the cross-check."""
-    from parity.archs import get_arch
-    from parity.inputs import from_torch_data
+    from parity.core.arch import get_arch
+    from parity.core.inputs import from_torch_data
     from torch_meanflow.objective import jvp_engine, meanflow_loss
 
     module = torch_model(case, state_dict, device)

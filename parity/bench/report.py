@@ -1,6 +1,6 @@
 """Tables of `python -m parity.bench`: the console table per case, the targets, Markdown.
 
-    python -m parity.bench_report bench.json        # Markdown tables of a saved run (for docs)
+    python -m parity.bench.report bench.json        # Markdown tables of a saved run (for docs)
 """
 from __future__ import annotations
 
@@ -123,6 +123,6 @@ def markdown(report: dict) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m parity.bench_report BENCH.json")
+        raise SystemExit("usage: python -m parity.bench.report BENCH.json")
     with open(sys.argv[1]) as f:
         print(markdown(json.load(f)))

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from meanflow_common.config import DIT_PRESETS, FLOWER_PRESETS, MeanFlowConfig, get_preset
-from parity.inputs import InputBundle, drop_mask_numpy, make_dit_bundle, sample_tr_numpy
+from parity.core.inputs import InputBundle, drop_mask_numpy, make_dit_bundle, sample_tr_numpy
 
 
 @dataclass(frozen=True)

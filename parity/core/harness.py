@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from parity import convert
-from parity.archs import Arch, Variant, get_arch
-from parity.compare import CheckResult, compare, compare_grads
-from parity.inputs import InputBundle, from_torch_data, to_torch_data
-from parity.precision import jax_compiler_options
-from parity.tolerances import tolerance
+from parity.core.arch import Arch, Variant, get_arch
+from parity.core.compare import CheckResult, compare, compare_grads
+from parity.core.inputs import InputBundle, from_torch_data, to_torch_data
+from parity.core.precision import jax_compiler_options
+from parity.core.tolerances import tolerance
 
 TERMS = ("u", "du_dt", "v_g", "u_tgt", "loss_per_sample", "loss")
 
@@ -91,7 +91,7 @@ def _jax_device(device: str):
 def _jax_value_and_grad(arch_name: str, model_cfg, mf_cfg, xla_compile: str = "fast", device: str = "cpu"):
     """The jitted loss-and-gradient of one configuration, compiled once and reused
     (the negative controls and repeated runs change only the torch side); `xla_compile`:
-    parity.precision.XLA_COMPILE."""
+    parity.core.precision.XLA_COMPILE."""
     from jax_meanflow.objective import meanflow_loss
 
     arch = get_arch(arch_name)
@@ -186,8 +186,8 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
                 params_np: dict | None = None, control=None, xla_compile: str = "fast") -> list[CheckResult]:
     """Compare every objective term and every gradient of one variant; one result each.
 
-    `control` (parity.controls.Control) injects a known bug into the torch side;
-    `xla_compile` ("fast" or "full", parity.precision.XLA_COMPILE) how XLA:CPU compiles
+    `control` (parity.core.controls.Control) injects a known bug into the torch side;
+    `xla_compile` ("fast" or "full", parity.core.precision.XLA_COMPILE) how XLA:CPU compiles
     the JAX reference.
     """
     arch = get_arch(variant.arch)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from parity.archs import Arch
-from parity.compare import error_stats
-from parity.debug_capture import (
+from parity.core.arch import Arch
+from parity.core.compare import error_stats
+from parity.debug.capture import (
     DEFAULT_ATTENTION,
     DEFAULT_ENGINE,
     NetInputs,
@@ -33,9 +33,9 @@ from parity.debug_capture import (
     torch_inputs,
     torch_path,
 )
-from parity.harness import run_torch
-from parity.inputs import from_torch_data
-from parity.precision import pinned_precision
+from parity.core.harness import run_torch
+from parity.core.inputs import from_torch_data
+from parity.core.precision import pinned_precision
 from torch_meanflow.attention import JVP_IMPLS
 from torch_meanflow.objective import JVP_ENGINES
 

@@ -7,8 +7,8 @@ the same tree under `model/` and `encoder/mlp_{0,2}`. The transformer's rules ar
 """
 from __future__ import annotations
 
-from parity.convert import Rule, Table
-from parity.tables_flower import flower_rules
+from parity.convert.engine import Rule, Table
+from parity.convert.tables.flower import flower_rules
 
 
 def policy_rules(config) -> list[Rule]:

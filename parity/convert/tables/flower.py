@@ -8,7 +8,7 @@ more than this network (Florence-2 `vlm.*`, other action spaces, the unused
 """
 from __future__ import annotations
 
-from parity.convert import Rule, Table
+from parity.convert.engine import Rule, Table
 
 
 def _linear(jax_prefix: str, torch_prefix: str, bias: bool = True) -> list[Rule]:
