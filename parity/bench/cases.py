@@ -21,35 +21,51 @@ from typing import Any
 import numpy as np
 
 from meanflow_common.config import DIT_PRESETS, FLOWER_PRESETS, DiTConfig, MeanFlowConfig, OptimConfig
+from parity.archs import DIT, FLOWER
 from parity.bench.measure import Runner
-from parity.core.inputs import InputBundle, drop_mask_numpy, make_dit_bundle, sample_tr_numpy
+from parity.core.arch import Arch, Variant
+from parity.core.inputs import InputBundle
 
-# name: (arch, model config, what it is)
-SIZES: dict[str, tuple[str, Any, str]] = {
-    "dit-tiny": ("dit", DIT_PRESETS["tiny"], "smoke test: 2 blocks, width 64, 16 tokens"),
-    "dit-s": ("dit", DiTConfig(input_size=16, patch_size=4, in_channels=4, hidden_size=128, depth=4,
-                               num_heads=4, num_classes=10), "4 blocks, width 128, 16 tokens"),
-    "dit-m": ("dit", DiTConfig(input_size=32, patch_size=4, in_channels=4, hidden_size=384, depth=6,
-                               num_heads=6, num_classes=10), "6 blocks, width 384, 64 tokens"),
-    "dit-b4": ("dit", DIT_PRESETS["DiT-B/4"], "DiT-B/4 on 32x32x4 latents: 12 blocks, width 768, 64 tokens"),
-    "flower-tiny": ("flower", FLOWER_PRESETS["tiny"], "smoke test: 2 layers, width 32"),
-    "flower-small": ("flower", FLOWER_PRESETS["small"], "4 layers, width 128"),
-    "flower-base": ("flower", FLOWER_PRESETS["base"], "12 layers, width 512 (FLOWERVLA constructor defaults)"),
-    "flower-default": ("flower", FLOWER_PRESETS["default"], "18 layers, width 1024 (conf/model/flower.yaml)"),
+
+@dataclass(frozen=True)
+class BenchSize:
+    """One benchmarked network: its Arch, model config, objective config (no guidance by
+    default, so MeanFlow/FM measures the JVP alone; --guidance turns CFG on where the network
+    has class labels), what it is, and whether the FLOWER policy's sampling latency is timed."""
+
+    arch: Arch
+    model_cfg: Any
+    mf_cfg: MeanFlowConfig
+    what: str
+    sampling: bool = False
+
+
+_DIT_MF = MeanFlowConfig(guidance_eq="", class_dropout_prob=0.1)
+_FLOWER_MF = MeanFlowConfig(guidance_eq="", class_dropout_prob=0.0)
+
+SIZES: dict[str, BenchSize] = {
+    "dit-tiny": BenchSize(DIT, DIT_PRESETS["tiny"], _DIT_MF, "smoke test: 2 blocks, width 64, 16 tokens"),
+    "dit-s": BenchSize(DIT, DiTConfig(input_size=16, patch_size=4, in_channels=4, hidden_size=128, depth=4,
+                                      num_heads=4, num_classes=10), _DIT_MF, "4 blocks, width 128, 16 tokens"),
+    "dit-m": BenchSize(DIT, DiTConfig(input_size=32, patch_size=4, in_channels=4, hidden_size=384, depth=6,
+                                      num_heads=6, num_classes=10), _DIT_MF, "6 blocks, width 384, 64 tokens"),
+    "dit-b4": BenchSize(DIT, DIT_PRESETS["DiT-B/4"], _DIT_MF,
+                        "DiT-B/4 on 32x32x4 latents: 12 blocks, width 768, 64 tokens"),
+    "flower-tiny": BenchSize(FLOWER, FLOWER_PRESETS["tiny"], _FLOWER_MF, "smoke test: 2 layers, width 32", True),
+    "flower-small": BenchSize(FLOWER, FLOWER_PRESETS["small"], _FLOWER_MF, "4 layers, width 128", True),
+    "flower-base": BenchSize(FLOWER, FLOWER_PRESETS["base"], _FLOWER_MF,
+                             "12 layers, width 512 (FLOWERVLA constructor defaults)", True),
+    "flower-default": BenchSize(FLOWER, FLOWER_PRESETS["default"], _FLOWER_MF,
+                                "18 layers, width 1024 (conf/model/flower.yaml)", True),
 }
 DEFAULT_SIZES = {"cpu": "dit-s,dit-m,flower-small,flower-base", "cuda": "dit-m,dit-b4,flower-base,flower-default"}
 QUICK_SIZES = "dit-tiny,flower-tiny"
-
-# The objective: no guidance by default, so MeanFlow/FM measures the JVP alone (with
-# --guidance both steps also make the reference's two no-grad guidance forwards).
-DIT_MF = MeanFlowConfig(guidance_eq="", class_dropout_prob=0.1)
-FLOWER_MF = MeanFlowConfig(guidance_eq="", class_dropout_prob=0.0)
 
 
 @dataclass
 class Case:
     name: str
-    arch: str
+    arch: Arch
     model_cfg: Any
     mf_cfg: MeanFlowConfig
     bundle: InputBundle
@@ -57,37 +73,24 @@ class Case:
     checks: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
-
-def flower_bundle(cfg, mf_cfg: MeanFlowConfig, batch: int, tokens: int, seed: int) -> InputBundle:
-    """Actions in [-1, 1] [B, T, A], `tokens` conditioning tokens, noise, (t, r)."""
-    rng = np.random.default_rng(seed)
-    shape = (batch, cfg.act_window_size, cfg.action_dim)
-    y = {"tokens": rng.standard_normal((batch, tokens, cfg.cond_dim)),
-         "frequency_embeds": rng.standard_normal((batch, cfg.dit_dim))}
-    x, e = np.tanh(rng.standard_normal(shape)), rng.standard_normal(shape)
-    t, r = sample_tr_numpy(rng, batch, mf_cfg)
-    return InputBundle("flower", x, y, e, t, r, drop_mask_numpy(rng, batch, mf_cfg.class_dropout_prob))
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.arch, self.name, self.model_cfg, self.mf_cfg)
 
 
 def make_case(name: str, batch: int, tokens: int, guidance: bool, seed: int = 0) -> Case:
+    """The case of size `name`: its network, objective and one bundle (`tokens` conditioning
+    tokens per sample where the network takes tokens)."""
     if name not in SIZES:
         raise KeyError(f"unknown size {name!r}; available: {', '.join(SIZES)}")
-    arch, cfg, what = SIZES[name]
-    if arch == "dit":
-        mf_cfg = replace(DIT_MF, guidance_eq="cfg") if guidance else DIT_MF
-        bundle = make_dit_bundle(cfg, mf_cfg, batch, seed + 1)
-    else:
-        mf_cfg = FLOWER_MF
-        bundle = flower_bundle(cfg, mf_cfg, batch, tokens, seed + 1)
-    return Case(name, arch, cfg, mf_cfg, bundle, info={"what": what, "batch": batch,
+    size = SIZES[name]
+    arch, cfg = size.arch, size.model_cfg
+    mf_cfg = replace(size.mf_cfg, guidance_eq="cfg") if guidance and arch.null_label is not None else size.mf_cfg
+    variant = Variant(arch, name, cfg, mf_cfg)
+    bundle = arch.make_bundle(variant, batch, seed + 1, tokens=tokens)
+    return Case(name, arch, cfg, mf_cfg, bundle, info={"what": size.what, "batch": batch,
                                                        "model_cfg": dataclasses.asdict(cfg),
                                                        "meanflow_cfg": dataclasses.asdict(mf_cfg)})
-
-
-def _variant(case: Case):
-    from parity.core.arch import Variant
-
-    return Variant(case.arch, case.name, case.model_cfg, case.mf_cfg)
 
 
 # ----------------------------------------------------------------------------------
@@ -97,31 +100,21 @@ def _variant(case: Case):
 
 def _jax_inputs(case: Case):
     import jax
-    import jax.numpy as jnp
 
-    from jax_meanflow.objective import MeanFlowNoise
-    from parity.core.arch import get_arch
+    from parity.core.sides import jax_inputs
 
-    arch, b, f32 = get_arch(case.arch), case.bundle, jnp.float32
-    null = arch.null_y(_variant(case), b.batch_size)
-    batch = (jnp.asarray(b.x, f32), arch.jax_y(b, f32), jax.random.PRNGKey(0))
-    noise = MeanFlowNoise(e=jnp.asarray(b.e, f32), t=jnp.asarray(b.t, f32), r=jnp.asarray(b.r, f32),
-                          drop_mask=jnp.asarray(b.drop_mask))
-    return batch, noise, (None if null is None else jnp.asarray(null, jnp.int32))
+    x, y, noise, null_y = jax_inputs(case.arch, case.variant, case.bundle, "float32")
+    return (x, y, jax.random.PRNGKey(0)), noise, null_y
 
 
 def _jax_loss_fn(case: Case, module, objective: str, null_y):
     from jax_meanflow import objective as jobj
 
     loss = jobj.meanflow_loss if objective == "mf" else jobj.flow_matching_loss
-    if case.arch == "dit":
-        from jax_meanflow.dit import make_u_fn
-    else:
-        from jax_meanflow.flower import make_u_fn
 
     def loss_fn(params, batch, noise):
         x, y, key = batch
-        u_fn = make_u_fn(module, params) if case.arch == "dit" else make_u_fn(module, params, dropout_rng=key)
+        u_fn = case.arch.jax_u_fn(module, params, dropout_rng=key)
         out = loss(u_fn, x, y, noise, case.mf_cfg, null_y=null_y, train=True)
         return out.loss, out
 
@@ -136,9 +129,8 @@ def jax_runners(case: Case, params_np: dict, objectives=("fm", "mf"), compiler_o
     import jax.numpy as jnp
 
     from jax_meanflow.train_state import create_train_state, train_step
-    from parity.core.arch import get_arch
 
-    module, _ = get_arch(case.arch).jax_build(case.model_cfg)
+    module, _ = case.arch.jax_build(case.model_cfg)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params_np)
     optim = OptimConfig()
     holder = [create_train_state(params, optim)]
@@ -180,45 +172,29 @@ def _first_metrics(result: dict, metrics) -> None:
 
 
 def _torch_inputs(case: Case, device: str):
-    import torch
+    from parity.core.sides import torch_inputs
 
-    from parity.core.arch import get_arch
-    from parity.core.inputs import to_torch_data
-    from torch_meanflow.objective import MeanFlowNoise
-
-    arch, b = get_arch(case.arch), case.bundle
-
-    def t_(a):
-        return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)
-
-    null = arch.null_y(_variant(case), b.batch_size)
-    x = t_(to_torch_data(case.arch, b.x))
-    noise = MeanFlowNoise(e=t_(to_torch_data(case.arch, b.e)), t=t_(b.t), r=t_(b.r),
-                          drop_mask=torch.as_tensor(b.drop_mask, device=device))
-    null_y = None if null is None else torch.as_tensor(null, dtype=torch.long, device=device)
-    return (x, arch.torch_y(b, torch.float32, device)), noise, null_y
+    x, y, noise, null_y = torch_inputs(case.arch, case.variant, case.bundle, "float32", device)
+    return (x, y), noise, null_y
 
 
 def torch_model(case: Case, state_dict: dict, device: str):
-    import torch
+    """The case's torch network in float32 with the converted weights, in training mode."""
+    from parity.core.sides import build_torch
 
-    from parity.core.arch import get_arch
-    from parity.core.harness import load_state_dict_strict
-
-    module = get_arch(case.arch).torch_build(case.model_cfg).to(device=device, dtype=torch.float32)
-    load_state_dict_strict(module, state_dict)
-    return module
+    return build_torch(case.arch, case.model_cfg, state_dict, "float32", device, train=True)
 
 
-def _torch_loss_fn(case: Case, objective: str, null_y, mf_cfg: MeanFlowConfig):
-    from parity.core.arch import get_arch
+def _torch_loss_fn(case: Case, objective: str, null_y, mf_cfg: MeanFlowConfig, jvp=None):
     from torch_meanflow import objective as tobj
 
-    loss, u_fn_of = (tobj.meanflow_loss if objective == "mf" else tobj.flow_matching_loss), get_arch(case.arch).torch_u_fn
+    u_fn_of = case.arch.torch_u_fn
 
     def loss_fn(model, batch, noise):
         x, y = batch
-        return loss(u_fn_of(model), x, y, noise, mf_cfg, null_y=null_y, train=True)
+        if objective == "mf":
+            return tobj.meanflow_loss(u_fn_of(model), x, y, noise, mf_cfg, null_y=null_y, train=True, jvp=jvp)
+        return tobj.flow_matching_loss(u_fn_of(model), x, y, noise, mf_cfg, null_y=null_y, train=True)
 
     return loss_fn
 
@@ -259,8 +235,7 @@ def torch_runners(case: Case, state_dict: dict, device: str, variants: list[str]
     """Runners for the named TORCH_VARIANTS, sharing one model and training state."""
     import torch
 
-    from torch_meanflow.attention import jvp_attention
-    from torch_meanflow.objective import jvp_engine
+    from torch_meanflow.objective import JvpOptions
     from torch_meanflow.train_state import create_train_state, make_train_step
 
     optim = OptimConfig()
@@ -270,23 +245,23 @@ def torch_runners(case: Case, state_dict: dict, device: str, variants: list[str]
     runners = []
     for name in variants:
         objective, engine, attn, path, compiled = TORCH_VARIANTS[name]
-        loss_fn = _torch_loss_fn(case, objective, null_y, replace(case.mf_cfg, jvp_path=path))
+        jvp = JvpOptions(engine, attn)
+        loss_fn = _torch_loss_fn(case, objective, null_y, replace(case.mf_cfg, jvp_path=path), jvp)
         train = make_train_step(loss_fn, optim, compile=compiled)
         notes: set = set()
         result: dict = {"compiler_warnings": notes}
 
-        def step(train=train, engine=engine, attn=attn, notes=notes, result=result):
-            with jvp_engine(engine), jvp_attention(attn), warnings.catch_warnings(record=True) as caught:
+        def step(train=train, notes=notes, result=result):
+            with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 metrics = train(state, batch, noise)
                 sync()
             notes.update(str(w.message).splitlines()[0][:240] for w in caught)
             _first_metrics(result, metrics)
 
-        def memory(loss_fn=loss_fn, engine=engine, attn=attn):
+        def memory(loss_fn=loss_fn):
             def run():
-                with jvp_engine(engine), jvp_attention(attn):
-                    loss_fn(state.model, batch, noise).loss.sum()
+                loss_fn(state.model, batch, noise).loss.sum()
             return {"autograd_saved_bytes": _saved_bytes(run)}
 
         mode = "compile" if compiled else "eager"
@@ -299,15 +274,14 @@ def torch_runners(case: Case, state_dict: dict, device: str, variants: list[str]
 
 def torch_terms(case: Case, state_dict: dict, device: str, engine: str = "rules") -> dict:
     """loss and du/dt of the MeanFlow objective (float32, train=False) for the cross-check."""
-    from parity.core.arch import get_arch
-    from parity.core.inputs import from_torch_data
-    from torch_meanflow.objective import jvp_engine, meanflow_loss
+    from parity.core.sides import from_torch
+    from torch_meanflow.objective import JvpOptions, meanflow_loss
 
     module = torch_model(case, state_dict, device)
     (x, y), noise, null_y = _torch_inputs(case, device)
-    with jvp_engine(engine):
-        out = meanflow_loss(get_arch(case.arch).torch_u_fn(module), x, y, noise, case.mf_cfg, null_y=null_y, train=False)
-    du = from_torch_data(case.arch, out.du_dt.detach().cpu().double().numpy())
+    out = meanflow_loss(case.arch.torch_u_fn(module), x, y, noise, case.mf_cfg, null_y=null_y, train=False,
+                        jvp=JvpOptions(engine))
+    du = from_torch(case.arch, out.du_dt)
     return {"loss": float(out.loss.detach()), "du_dt": du}
 
 

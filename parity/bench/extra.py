@@ -88,9 +88,9 @@ def _jax_sampler(cfg, batch: int, tokens: int, num_steps: int):
 def sampling_latency(size: str, device: str, batches=(1, 32), steps=(1, 4), tokens: int = 64,
                      calls: int = 20, backends=("torch", "jax"), log=print) -> list[dict]:
     """Latency of sampling an action chunk, per backend, batch size and number of steps."""
-    arch, cfg, _ = SIZES[size]
-    if arch != "flower":
+    if not SIZES[size].sampling:
         raise ValueError(f"sampling latency is measured on a FLOWER size, got {size!r}")
+    cfg = SIZES[size].model_cfg
     rows = []
     for batch in batches:
         for backend in backends:

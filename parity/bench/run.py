@@ -12,7 +12,7 @@ EMA) of plain flow matching (FM) and MeanFlow (MF), JAX under jit, PyTorch eager
 memory-saving path, the attention implementations under the JVP); median step times,
 warm-up/compilation (separately), peak memory and the ratios MF/FM, PyTorch/JAX and
 compiled/eager against the targets. Then the FLOWER sampling latency (1 step against 4)
-and the time of the CPU parity suite. Method: parity/bench_measure.py; the figures and
+and the time of the CPU parity suite. Method: parity/bench/measure.py; the figures and
 how to read them: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -57,9 +57,8 @@ def _weights(case, seed: int):
 
     from jax_meanflow.params import randomize_params
     from parity import convert
-    from parity.core.arch import get_arch
 
-    arch = get_arch(case.arch)
+    arch = case.arch
     _, init = arch.jax_build(case.model_cfg)
     params = randomize_params(init(jax.random.PRNGKey(seed), jnp.float32), seed)
     params_np = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
@@ -89,15 +88,16 @@ def _cross_backend(case, runners) -> None:
     """First-step loss and gradient norm, JAX vs PyTorch (same weights, batch and noise)."""
     by = {r.name: r.result.get("first_step") for r in runners}
     jax_m, torch_m = by.get("jax jit mf"), by.get("torch eager mf")
-    if case.arch == "flower" and max(case.model_cfg.attn_pdrop, case.model_cfg.resid_pdrop,
-                                     case.model_cfg.mlp_pdrop) > 0:
+    if case.arch.dropout(case.model_cfg) > 0:
         case.checks["first_step_jax_vs_torch"] = "n/a: dropout masks differ between frameworks"
     elif jax_m and torch_m:
         case.checks["first_step_jax_vs_torch"] = {
             k: abs(jax_m[k] - torch_m[k]) / max(abs(jax_m[k]), 1e-30) for k in ("loss", "grad_norm")}
 
 
-def run_case(name: str, args, log=print) -> dict:
+def run_case(name: str, args, log=print, jax_in_quick: bool = True) -> dict:
+    """Time every runner of size `name`; with --quick, the JAX runner (one MeanFlow step)
+    only where `jax_in_quick` (the first size of the run)."""
     from parity.bench.cases import jax_runners, torch_runners
 
     case = make_case(name, args.batch, args.tokens, args.guidance, args.seed)
@@ -108,7 +108,7 @@ def run_case(name: str, args, log=print) -> dict:
             _check(case, params_np, state_dict, args)
         jax_objectives, options = ("mf", "fm"), None
         if args.quick:  # one XLA compile, without the optimisations that make it take ~10 s on 2 cores
-            jax_objectives = ("mf",) if case.arch == "dit" else ()
+            jax_objectives = ("mf",) if jax_in_quick else ()
             from parity.core.precision import XLA_COMPILE  # after _setup_backends: it imports jax
 
             options = XLA_COMPILE["fast"]
@@ -120,7 +120,7 @@ def run_case(name: str, args, log=print) -> dict:
     for r in alive:
         r.result["memory"] = peak_step_memory(r, args.device)
     _cross_backend(case, runners)
-    out = {"name": name, "arch": case.arch, "info": case.info, "checks": case.checks,
+    out = {"name": name, "arch": case.arch.name, "info": case.info, "checks": case.checks,
            "load_before": load_before, "load_after": load_after,
            "runners": [_runner_record(r) for r in runners]}
     out["ratios"] = ratios(out["runners"])
@@ -206,11 +206,11 @@ def main(argv=None) -> int:
     report = {"environment": environment(args.device), "args": vars(args), "targets_defined": TARGETS}
     print(f"parity.bench on {args.device}: torch {report['environment']['torch']}, "
           f"jax {report['environment']['jax']}, load {report['environment']['load_average']}")
-    report["cases"] = [run_case(s, args) for s in sizes]
+    report["cases"] = [run_case(s, args, jax_in_quick=k == 0) for k, s in enumerate(sizes)]
     batches = [int(b) for b in args.sampling_batches.split(",") if b]
     report["sampling"] = []
     for s in sizes:
-        if batches and SIZES[s][0] == "flower":
+        if batches and SIZES[s].sampling:
             print(f"\n== sampling latency, {s} ==")
             report["sampling"] += sampling_latency(s, args.device, batches=batches, tokens=args.tokens,
                                                    calls=5 if args.quick else 20,

@@ -73,35 +73,43 @@ def _to_numpy_tree(tree):
     return np.asarray(tree)
 
 
-def torch_template(arch_name: str, model_cfg) -> dict:
-    """{state-dict name: shape} of the torch model of `model_cfg`, built on the meta device
-    (no memory is allocated, so this is cheap for DiT-XL as for the tiny presets)."""
-    import torch
-
+def _arch(arch):
+    """An Arch, or the registered one of that name."""
     from parity.core.arch import get_arch
 
+    return get_arch(arch)
+
+
+def torch_template(arch, model_cfg) -> dict:
+    """{state-dict name: shape} of the torch model of `model_cfg` (`arch`: an Arch or a
+    registered name), built on the meta device (no memory is allocated, so this is cheap for
+    DiT-XL as for the tiny presets)."""
+    import torch
+
     with torch.device("meta"):
-        module = get_arch(arch_name).torch_build(model_cfg)
+        module = _arch(arch).torch_build(model_cfg)
     return {k: tuple(p.shape) for k, p in module.named_parameters()}
 
 
-def load_params(path: str, arch_name: str, model_cfg, key: str | None = None) -> dict:
-    """Any checkpoint -> JAX-layout numpy params tree, validated against `model_cfg`.
+def load_params(path: str, arch, model_cfg, key: str | None = None) -> dict:
+    """Any checkpoint -> JAX-layout numpy params tree, validated against `model_cfg` of
+    `arch` (an Arch or a registered name).
 
     Both directions are checked against the torch model's parameter shapes: the table is a
     bijection, so a tree that converts onto exactly those keys and shapes fits the JAX model.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    tmpl = torch_template(arch_name, model_cfg)
+    arch = _arch(arch)
+    tmpl = torch_template(arch, model_cfg)
     if os.path.isfile(path) and path.endswith(_TORCH_SUFFIXES):
         sd = read_torch_file(path, key)
-        tree = convert.torch_to_jax(sd, arch_name, model_cfg)
+        tree = convert.torch_to_jax(sd, arch.table, model_cfg)
     elif os.path.isdir(path):
         tree = _pick_params(read_orbax(path), key)
     else:
         raise ValueError(f"{path}: not an orbax directory nor a torch file ({', '.join(_TORCH_SUFFIXES)})")
-    convert.jax_to_torch(tree, arch_name, model_cfg, template=tmpl)  # every key and shape checked
+    convert.jax_to_torch(tree, arch.table, model_cfg, template=tmpl)  # every key and shape checked
     return tree
 
 
@@ -141,10 +149,12 @@ def save_orbax(tree: dict, path: str, overwrite: bool = False):
     os.replace(tmp, path)
 
 
-def convert_file(src: str, dst: str, arch_name: str, model_cfg, key: str | None = None, overwrite: bool = False):
-    """Convert a checkpoint between the two sides; the direction follows the file kinds."""
-    params = load_params(src, arch_name, model_cfg, key=key)
+def convert_file(src: str, dst: str, arch, model_cfg, key: str | None = None, overwrite: bool = False):
+    """Convert a checkpoint of `arch` (an Arch or a registered name) between the two sides;
+    the direction follows the file kinds."""
+    arch = _arch(arch)
+    params = load_params(src, arch, model_cfg, key=key)
     if dst.endswith(_TORCH_SUFFIXES):
-        save_torch_file(convert.jax_to_torch(params, arch_name, model_cfg), dst, overwrite)
+        save_torch_file(convert.jax_to_torch(params, arch.table, model_cfg), dst, overwrite)
     else:
         save_orbax(params, dst, overwrite)

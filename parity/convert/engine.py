@@ -4,14 +4,11 @@ One declared table per architecture says, parameter by parameter, which Flax pat
 which torch name and how the array is laid out on each side. Both directions are derived
 from the same table, so they cannot drift apart.
 
-Tables live in their own modules and register here lazily (this module imports neither
-backend):
-
-    parity/tables_dit.py     -> TABLE  (registered as "dit")
-    parity/tables_flower.py  -> TABLE  (registered as "flower")
-
-To add an architecture: write `parity/tables_<name>.py` defining `TABLE = Table(...)` and add
-one line to `_TABLE_MODULES` below. `TABLES["dit"]` or `get_table("dit")` imports on first use.
+A table is an object: an architecture's `Arch.table` holds its `Table`, and the engine takes
+the object (this module imports neither backend). The built-in tables live in
+`parity/convert/tables/` (dit.py, flower.py, policy.py: `TABLE = Table(...)` each);
+`get_table("dit")` / `TABLES["dit"]` still find them by name, importing on first use.
+A network of your own declares its `Table` next to its `Arch` (docs/EXTENDING.md).
 
 Table rules. `Rule(jax_path, torch_name, kind)`:
 - `jax_path` is slash-separated from the root of the params tree (no leading "params"),

@@ -7,9 +7,11 @@ nothing.
 
 A control acts at one of three places:
 - `objective`: a context manager patching `torch_meanflow.objective` (how du/dt or the
-  target is formed);
+  target is formed), optionally with the JVP engine it needs (`engine`);
 - `model`: a function applied to the torch module after the weights are loaded;
 - `state`: a function applied to the converted torch state dict (a conversion bug).
+The objective controls below fit every network; controls of the other two kinds name a
+network's modules and live with its `Arch` (`Arch.controls`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
 
-import numpy as np
 import torch
 
 import torch_meanflow.objective as tobj
@@ -26,14 +27,16 @@ import torch_meanflow.objective as tobj
 
 @dataclass(frozen=True)
 class Control:
+    """One injected bug. module: the torch module the divergence debugger must blame
+    ("" = the objective); engine: the torch JVP engine the bug needs (None: the run's)."""
+
     name: str
-    arch: str
     description: str
     objective: Optional[Callable[[], ContextManager]] = None
     model: Optional[Callable[[torch.nn.Module], None]] = None
     state: Optional[Callable[[dict], dict]] = None
-    # Which module the divergence debugger must blame (issue 5); "" = the objective.
     module: str = ""
+    engine: Optional[str] = None
 
 
 @contextlib.contextmanager
@@ -54,8 +57,8 @@ def _patched(name: str, replacement):
 def _zero_z_tangent(original):
     """The seed guide's second JVP: tangents (0, 1, 0), the partial derivative in t."""
 
-    def u_and_du_dt(fn, z_t, t, r, tangent, jvp_path):
-        return original(fn, z_t, t, r, torch.zeros_like(tangent), jvp_path)
+    def u_and_du_dt(fn, z_t, t, r, tangent, jvp_path, options):
+        return original(fn, z_t, t, r, torch.zeros_like(tangent), jvp_path, options)
 
     return u_and_du_dt
 
@@ -63,7 +66,7 @@ def _zero_z_tangent(original):
 def _autograd_wrt_t(original):
     """Backward-mode grad of sum(u) w.r.t. t: one number per sample, partial and summed."""
 
-    def u_and_du_dt(fn, z_t, t, r, tangent, jvp_path):
+    def u_and_du_dt(fn, z_t, t, r, tangent, jvp_path, options):
         t_req = t.detach().requires_grad_(True)
         u = fn(z_t, t_req, r)
         (g,) = torch.autograd.grad(u.sum(), t_req, retain_graph=True)
@@ -86,14 +89,6 @@ def _no_stop_gradient(original):
     return finish
 
 
-@contextlib.contextmanager
-def _no_stop_gradient_port():
-    """A straightforward port: du/dt from torch.func.jvp (whose tangent carries the autograd
-    graph) and a target without stop-gradient. Our default JVP engine computes the tangent
-    without a graph, which alone would hide the missing detach."""
-    with tobj.jvp_engine("torch.func"), _patched("_finish", _no_stop_gradient):
-        yield
-
 
 def _no_clip(original):
     def finish(u, du_dt, v, v_g, t, r, cfg):
@@ -102,66 +97,45 @@ def _no_clip(original):
     return finish
 
 
-# ----------------------------------------------------------------------------------
-# Model and conversion bugs
-# ----------------------------------------------------------------------------------
-
-
-def _gelu_erf(module):
-    for m in module.modules():
-        if isinstance(m, torch.nn.GELU):
-            m.approximate = "none"
-
-
-def _layernorm_eps(module):
-    for m in module.modules():
-        if isinstance(m, torch.nn.LayerNorm):
-            m.eps = 1e-5
-
-
-def _untransposed_conv(state: dict) -> dict:
-    """The Flax HWIO kernel reshaped to OIHW instead of transposed."""
-    key = "x_embedder.proj.weight"
-    w = np.asarray(state[key])
-    hwio = w.transpose(2, 3, 1, 0)
-    return {**state, key: np.ascontiguousarray(hwio.reshape(w.shape))}
-
-
-def _drop_flower_time_scale(module):
-    """FLOWER multiplies the time frequencies by 1000; a port that forgets it."""
-    module.t_embedder.set_table("freqs", module.t_embedder.table("freqs") / 1000.0)
-
-
-CONTROLS: dict[str, Control] = {
-    c.name: c
-    for c in (
-        Control("zero_z_tangent", "dit", "du/dt from a JVP with zero z-tangent (guide, section 5)",
-                objective=lambda: _patched("_u_and_du_dt", _zero_z_tangent)),
-        Control("autograd_wrt_t", "dit", "du/dt by torch.autograd.grad w.r.t. t",
-                objective=lambda: _patched("_u_and_du_dt", _autograd_wrt_t)),
-        Control("no_stop_gradient", "dit", "no stop-gradient on the target",
-                objective=lambda: _no_stop_gradient_port()),
-        Control("gelu_erf", "dit", "GELU erf instead of tanh in the DiT MLP",
-                model=_gelu_erf, module="blocks.0.mlp"),
-        Control("layernorm_eps", "dit", "LayerNorm eps 1e-5 instead of 1e-6",
-                model=_layernorm_eps, module="blocks.0.norm1"),
-        Control("untransposed_conv", "dit", "patch-embedding conv kernel reshaped, not transposed",
-                state=_untransposed_conv, module="x_embedder"),
-        Control("flower_time_scale", "flower", "FLOWER's x1000 time-frequency scale dropped",
-                model=_drop_flower_time_scale, module="t_embedder"),
-    )
-}
+# A straightforward port of the missing stop-gradient: du/dt from torch.func.jvp (whose
+# tangent carries the autograd graph; the control sets that engine) and a target without
+# stop-gradient. Our default JVP engine computes the tangent without a graph, which alone
+# would hide the missing detach.
+OBJECTIVE_CONTROLS: tuple[Control, ...] = (
+    Control("zero_z_tangent", "du/dt from a JVP with zero z-tangent (guide, section 5)",
+            objective=lambda: _patched("_u_and_du_dt", _zero_z_tangent)),
+    Control("autograd_wrt_t", "du/dt by torch.autograd.grad w.r.t. t",
+            objective=lambda: _patched("_u_and_du_dt", _autograd_wrt_t)),
+    Control("no_stop_gradient", "no stop-gradient on the target",
+            objective=lambda: _patched("_finish", _no_stop_gradient), engine="torch.func"),
+)
 
 # Not a control: for every valid input 0 <= r <= t <= 1, t - r already lies in [0, 1], so
 # dropping the clip changes nothing (tests/test_parity_controls.py measures exactly 0).
 NO_OP_PORTING_CHANGES: dict[str, Control] = {
-    "no_clip": Control("no_clip", "dit", "no clip of (t - r) in the target",
-                       objective=lambda: _patched("_finish", _no_clip)),
+    "no_clip": Control("no_clip", "no clip of (t - r) in the target", objective=lambda: _patched("_finish", _no_clip)),
 }
 
 
-def get_control(name: str) -> Control:
-    table = {**CONTROLS, **NO_OP_PORTING_CHANGES}
+def get_control(name: str, arch) -> Control:
+    """Control `name` of `arch` (its `controls`), or an objective-level one (any network)."""
+    table = {c.name: c for c in OBJECTIVE_CONTROLS}
+    table.update(NO_OP_PORTING_CHANGES)
+    table.update({c.name: c for c in arch.controls})
     if name not in table:
-        raise KeyError(f"unknown control {name!r}; available: {', '.join(sorted(table))}")
+        raise KeyError(f"unknown control {name!r} for {arch.name}; available: {', '.join(sorted(table))}")
     return table[name]
+
+
+def check_control(control: Control | None, arch) -> None:
+    """A control that changes the model or its weights and was written for another registered
+    network (one of its `controls`) is refused on `arch`; ad-hoc controls are the caller's."""
+    from parity.core.arch import registered
+
+    if control is None or (control.model is None and control.state is None):
+        return
+    if any(c is control for c in arch.controls):
+        return
+    if any(c is control for a in registered().values() for c in a.controls):
+        raise ValueError(f"control {control.name!r} changes a network's modules or weights and is not one of "
+                         f"{arch.name}'s controls ({', '.join(c.name for c in arch.controls) or 'none'})")

@@ -5,8 +5,9 @@ The bundle holds everything random that the objective consumes: data x, conditio
 class-dropout mask. Both backends get exactly these numbers, so any difference in their
 outputs comes from the implementations, not from the randomness.
 
-Layouts: bundles are stored in the JAX layout (images NHWC). `to_torch_data` /
-`from_torch_data` are the one place where NHWC <-> NCHW happens.
+Layouts: bundles are stored in the JAX layout; the architecture's `Arch.layout` moves data
+arrays to torch's (parity.core.sides). Each architecture builds its own bundle
+(`Arch.make_bundle`) from the samplers here.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from meanflow_common.config import MeanFlowConfig
 
 @dataclass(frozen=True)
 class InputBundle:
-    """x, e: [B, ...data] (JAX layout); y: int [B] or dict of arrays; t, r: [B]; drop_mask: bool [B]."""
+    """x, e: [B, ...data] (JAX layout); y: the conditioning (e.g. int [B] or a dict of arrays);
+    t, r: [B]; drop_mask: bool [B]; arch: the architecture's name (a label)."""
 
     arch: str
     x: np.ndarray
@@ -33,20 +35,6 @@ class InputBundle:
     @property
     def batch_size(self) -> int:
         return self.x.shape[0]
-
-
-def to_torch_data(arch: str, a: np.ndarray) -> np.ndarray:
-    """JAX layout -> torch layout (images NHWC -> NCHW; actions unchanged)."""
-    if arch == "dit" and a.ndim == 4:
-        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
-    return a
-
-
-def from_torch_data(arch: str, a: np.ndarray) -> np.ndarray:
-    """Torch layout -> JAX layout (images NCHW -> NHWC)."""
-    if arch == "dit" and a.ndim == 4:
-        return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
-    return a
 
 
 def sample_tr_numpy(rng: np.random.Generator, batch: int, cfg: MeanFlowConfig):
@@ -79,18 +67,6 @@ def drop_mask_numpy(rng: np.random.Generator, batch: int, prob: float) -> np.nda
     num_drop = min(max(num_drop, 1), max(batch - 1, 1))
     mask[:num_drop] = True
     return mask
-
-
-def make_dit_bundle(dit_cfg, cfg: MeanFlowConfig, batch: int, seed: int) -> InputBundle:
-    """Images NHWC [B, H, W, C], labels in [0, num_classes), noise, (t, r), drop mask."""
-    rng = np.random.default_rng(seed)
-    shape = (batch, dit_cfg.input_size, dit_cfg.input_size, dit_cfg.in_channels)
-    x = rng.standard_normal(shape) * 0.5
-    y = rng.integers(0, dit_cfg.num_classes, size=batch)
-    e = rng.standard_normal(shape)
-    t, r = sample_tr_numpy(rng, batch, cfg)
-    drop = drop_mask_numpy(rng, batch, cfg.class_dropout_prob)
-    return InputBundle("dit", x, y, e, t, r, drop)
 
 
 def with_times(bundle: InputBundle, t: np.ndarray, r: np.ndarray) -> InputBundle:

@@ -1,13 +1,11 @@
 """The parity report: a table for people, a JSON file for machines."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from typing import Sequence
 
 from parity.core.compare import CheckResult
-from parity.core.tolerances import ARCH_OVERRIDES, OVERRIDE_REASONS, TOLERANCES
+from parity.core.jsonio import write_json_atomic
+from parity.core.tolerances import TOLERANCES, overrides
 
 
 def format_table(results: Sequence[CheckResult]) -> str:
@@ -24,26 +22,22 @@ def format_table(results: Sequence[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-def format_tolerances() -> str:
+def format_tolerances(archs=()) -> str:
+    """The default tolerances and the overrides of the architectures `archs` (Arch objects)."""
     lines = ["tolerances (max error relative to the reference's max magnitude):"]
     for (dtype, device), tols in TOLERANCES.items():
         lines.append(f"  {dtype:8} {device:5} " + ", ".join(f"{k} {v:.0e}" for k, v in tols.items()))
-    for (arch, dtype), tols in ARCH_OVERRIDES.items():
+    for (arch, dtype), (tols, reason) in overrides(archs).items():
         lines.append(f"  except {arch} {dtype}: " + ", ".join(f"{k} {v:.0e}" for k, v in tols.items())
-                     + f" ({OVERRIDE_REASONS[(arch, dtype)]})")
+                     + f" ({reason})")
     return "\n".join(lines)
 
 
-def write_json(path: str, results: Sequence[CheckResult], meta: dict):
+def write_json(path: str, results: Sequence[CheckResult], meta: dict, archs=()):
     """Write the full report atomically (a half-written report never replaces a good one)."""
     payload = {"meta": meta, "tolerances": {f"{d}/{v}": t for (d, v), t in TOLERANCES.items()},
-               "tolerance_overrides": {f"{a}/{d}": {"tolerances": t, "reason": OVERRIDE_REASONS[(a, d)]}
-                                       for (a, d), t in ARCH_OVERRIDES.items()},
+               "tolerance_overrides": {f"{a}/{d}": {"tolerances": t, "reason": reason}
+                                       for (a, d), (t, reason) in overrides(archs).items()},
                "checks": [r.as_dict() for r in results],
                "passed": all(r.passed for r in results)}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1, default=str)
-    os.replace(tmp, path)
+    write_json_atomic(path, payload)

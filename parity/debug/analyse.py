@@ -24,24 +24,23 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from parity import convert
-from parity.core.arch import Variant, get_arch
-from parity.core.compare import CheckResult, compare, compare_grads, error_stats
+from parity.core.arch import Variant
+from parity.core.compare import CheckResult, error_stats
+from parity.core.harness import objective_checks, prepare_weights, run_jax, run_torch
+from parity.core.sides import build_torch
+from parity.core.tolerances import tolerance
 from parity.debug.capture import (
     DEFAULT_ATTENTION,
     DEFAULT_ENGINE,
     Capture,
     NetInputs,
-    build_torch_module,
     jax_capture,
     module_map,
     net_inputs,
     torch_capture,
     torch_only_modules,
-    torch_path,
 )
-from parity.core.harness import TERMS, random_params, run_jax, run_torch, summarise_grads
-from parity.core.tolerances import tolerance
+from torch_meanflow.objective import JvpOptions
 
 __all__ = [
     "ModuleDiff", "DebugResult", "DebugCase", "prepare_case", "analyse", "run_debug", "compare_captures", "blame",
@@ -112,8 +111,8 @@ class DebugResult:
     growth: dict
     torch_only: list
     jax_only_names: list = field(default_factory=list)
-    engine: str = DEFAULT_ENGINE  # the torch objective's JVP engine (torch_meanflow.objective.jvp_engine)
-    attention: str = DEFAULT_ATTENTION  # the attention under a tangent (torch_meanflow.attention.jvp_attention)
+    engine: str = DEFAULT_ENGINE  # the torch objective's JVP engine (JvpOptions.engine)
+    attention: str = DEFAULT_ATTENTION  # the attention under a tangent (JvpOptions.attention)
     extras: dict = field(default_factory=dict)  # precision matrix, compare modes, png path
 
     @property
@@ -206,16 +205,6 @@ def blame(modules: list) -> tuple[str, str, str | None]:
                              f"enclosing module whose own inputs agree)"), _display(first.name)
 
 
-def objective_checks(arch, variant: Variant, ref, got, dtype: str, device: str) -> list[CheckResult]:
-    """The harness's checks of the objective terms and the gradients (the worst one named)."""
-    labels = dict(arch=arch.name, variant=variant.name, dtype=dtype, device=device)
-    results = [compare(ref.terms[k], got.terms[k], quantity=k, tol=tolerance(dtype, device, k, arch.name), **labels)
-               for k in TERMS]
-    grads = compare_grads(ref.grads, got.grads, tol=tolerance(dtype, device, "grad", arch.name), **labels)
-    results.append(summarise_grads(grads))
-    return results
-
-
 def diagnose_objective(objective: list[CheckResult]) -> str:
     by_name = {r.quantity: r for r in objective}
     failing = [name for name, _ in _OBJECTIVE_HINTS if name in by_name and not by_name[name].passed]
@@ -263,6 +252,10 @@ class DebugCase:
     engine: str
     attention: str
 
+    @property
+    def jvp(self) -> JvpOptions:
+        return JvpOptions(self.engine, self.attention)
+
 
 def prepare_case(variant: Variant, dtype: str = "float64", device: str = "cpu", *, seed: int = 0, batch: int = 6,
                  params_np: dict | None = None, control=None, engine: str = DEFAULT_ENGINE,
@@ -271,18 +264,12 @@ def prepare_case(variant: Variant, dtype: str = "float64", device: str = "cpu", 
     (`seed + 1`), so a debug run reproduces the parity check it explains; runs the objective
     on both sides (with the control's bug on the torch side), the torch one with JVP engine
     `engine` and JVP attention `attention`."""
-    arch = get_arch(variant.arch)
-    if control is not None and control.arch != arch.name:
-        raise ValueError(f"control {control.name!r} is for the {control.arch!r} network, not {arch.name!r}")
-    if params_np is None:
-        params_np = random_params(arch, variant, seed)
-    state_dict = convert.jax_to_torch(params_np, arch.table, variant.model_cfg)
-    if control is not None and control.state is not None:
-        state_dict = control.state(state_dict)
+    arch = variant.arch
+    jvp = JvpOptions(engine, attention)
+    params_np, state_dict = prepare_weights(variant, seed, params_np, control)
     bundle = arch.make_bundle(variant, batch, seed + 1)
     ref = run_jax(arch, variant, params_np, bundle, dtype, device)
-    with torch_path(engine, attention):
-        got = run_torch(arch, variant, state_dict, bundle, dtype, device, control)
+    got = run_torch(arch, variant, state_dict, bundle, dtype, device, control, jvp)
     return DebugCase(arch, variant, dtype, device, control, params_np, state_dict, bundle,
                      net_inputs(arch, variant, bundle, ref.terms["v_g"]),
                      objective_checks(arch, variant, ref, got, dtype, device), ref, engine, attention)
@@ -292,11 +279,10 @@ def analyse(case: DebugCase) -> DebugResult:
     """Capture both networks module by module, compare, blame, diagnose."""
     arch, variant, dtype, device = case.arch, case.variant, case.dtype, case.device
     jc = jax_capture(arch, variant, case.params_np, case.inputs, dtype, device)
-    module = build_torch_module(arch, variant, case.state_dict, dtype, device, case.control)
-    with torch_path(case.engine, case.attention):
-        tc = torch_capture(arch, variant, module, case.inputs, dtype, device, case.engine)
-    tol_p, tol_t = tolerance(dtype, device, "u", arch.name), tolerance(dtype, device, "du_dt", arch.name)
-    mmap = module_map(arch.name, variant.model_cfg)
+    module = build_torch(arch, variant.model_cfg, case.state_dict, dtype, device, case.control)
+    tc = torch_capture(arch, variant, module, case.inputs, dtype, device, case.jvp)
+    tol_p, tol_t = tolerance(dtype, device, "u", arch), tolerance(dtype, device, "du_dt", arch)
+    mmap = module_map(arch, variant.model_cfg)
     modules = compare_captures(jc, tc, mmap.torch_to_jax, tol_p, tol_t)
     blamed, reason, first = blame(modules)
     if first is not None:

@@ -10,15 +10,16 @@ tangents (v_g, 1, 0), under the same name on both sides:
 - PyTorch: forward hooks under `torch.autograd.forward_ad` dual tensors; `unpack_dual` in
   the hook splits primal and tangent (hooks under `torch.func.jvp` would see
   functorch-wrapped tensors they cannot read). The tangents are those of the objective's
-  JVP engine (`torch_path`): engine "rules" runs under the objective's own tangent rules,
+  JVP engine (`JvpOptions`): engine "rules" runs under the objective's own tangent rules,
   engine "torch.func" under PyTorch's forward-mode formulas (the ones torch.func.jvp uses);
-  the JVP attention implementation is the one selected with `jvp_attention`.
+  the JVP attention implementation is the one the run's `JvpOptions` name.
 
 Names: the torch module name is the common name ("" = the whole network). The mapping
 Flax path <-> torch name is derived from the architecture's conversion table (a rule
 `blocks/layers_{i}/attn/qkv/_flax_linear/kernel` <-> `blocks.{i}.attn.qkv.weight` gives the
-modules `blocks/layers_0/attn/qkv` <-> `blocks.0.attn.qkv` and their ancestors), plus a
-small declared list per architecture for parameter-free modules (norms without affine).
+modules `blocks/layers_0/attn/qkv` <-> `blocks.0.attn.qkv` and their ancestors), plus the
+architecture's `Arch.module_map` (parameter-free modules such as norms without affine, Flax
+wrapper levels, the repeated block).
 Modules that exist on one side only (torch's GELU/SiLU modules, Flax's `_flax_linear`
 wrappers) are not compared. A module called k > 1 times gets the names `name`, `name#1`, ...
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -41,34 +41,16 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from flax import linen as nn
 
-import torch_meanflow.objective as tobj
-from torch_meanflow.jvp_rules import TangentRules
 from parity import convert
-from parity.core.arch import Arch, Variant, get_arch
-from parity.core.harness import load_state_dict_strict
-from parity.core.inputs import InputBundle, from_torch_data, to_torch_data
+from parity.core.arch import Arch, Variant
+from parity.core.inputs import InputBundle
+from parity.core.sides import from_torch, jax_device, jax_dtype, to_torch_tensor, torch_dtype
+from torch_meanflow.attention import jvp_attention
+from torch_meanflow.jvp_rules import TangentRules
+from torch_meanflow.objective import JvpOptions
 
-# The module: the package re-exports the function `attention` under the module's name.
-tattn = importlib.import_module("torch_meanflow.attention")
-
-# The torch side's defaults (each package lists its default first).
-DEFAULT_ENGINE, DEFAULT_ATTENTION = tobj.JVP_ENGINES[0], tattn.JVP_IMPLS[0]
-
-JAX_DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-# Declared per architecture: modules without parameters (absent from the conversion
-# table), the Flax wrapper segments that add a module level torch does not have, and the
-# repeated block whose outputs measure the growth of error with depth.
-_EXTRA = {
-    "dit": dict(
-        pairs=(("blocks/layers_{i}/norm1", "blocks.{i}.norm1"), ("blocks/layers_{i}/norm2", "blocks.{i}.norm2"),
-               ("final_layer/norm_final", "final_layer.norm_final")),
-        wrappers=("_flax_linear", "_flax_embedding"),
-        block="blocks.{i}",
-    ),
-    "flower": dict(pairs=(), wrappers=(), block="dit.{i}"),
-}
+DEFAULT_JVP = JvpOptions()
+DEFAULT_ENGINE, DEFAULT_ATTENTION = DEFAULT_JVP.engine, DEFAULT_JVP.attention
 
 
 @dataclass(frozen=True)
@@ -115,31 +97,31 @@ def _ancestors(jpath: str, tname: str):
 
 
 @functools.lru_cache(maxsize=32)
-def module_map(arch_name: str, model_cfg) -> ModuleMap:
-    """The module mapping of one configuration, derived from its conversion table."""
-    arch = get_arch(arch_name)
-    table = convert.get_table(arch.table)
-    extra = _EXTRA[arch_name]
+def module_map(arch: Arch, model_cfg) -> ModuleMap:
+    """The module mapping of one configuration, derived from its conversion table and the
+    architecture's `module_map` (extra pairs, wrapper levels, the repeated block)."""
+    table = arch.table
+    extra = arch.module_map
     ranges = dict(table.ranges(model_cfg)) if table.ranges is not None else {}
     leaves = []
     for jax_param, torch_param, _ in convert.expand_rules(table, model_cfg):
         jmod = jax_param.rsplit("/", 1)[0] if "/" in jax_param else ""
         tmod = torch_param.rsplit(".", 1)[0] if "." in torch_param else ""
         segs = jmod.split("/") if jmod else []
-        while segs and segs[-1] in extra["wrappers"]:
+        while segs and segs[-1] in extra.wrappers:
             segs.pop()
         leaves.append(("/".join(segs), tmod))
-    leaves += list(_expand(extra["pairs"], ranges))
+    leaves += list(_expand(extra.pairs, ranges))
     leaves.append(("", ""))
     j2t: dict[str, str] = {}
     t2j: dict[str, str] = {}
     for jp, tp in leaves:
         for j, t in _ancestors(jp, tp):
             if j2t.get(j, t) != t or t2j.get(t, j) != j:
-                raise ValueError(f"module map of {arch_name!r}: {j!r} <-> {t!r} conflicts with "
+                raise ValueError(f"module map of {arch.name!r}: {j!r} <-> {t!r} conflicts with "
                                  f"{j!r} <-> {j2t.get(j)!r} / {t2j.get(t)!r} <-> {t!r}")
             j2t[j], t2j[t] = t, j
-    blocks = tuple(t for _, t in _expand([("", extra["block"])], ranges))
+    blocks = tuple(t for _, t in _expand([("", extra.block)], ranges)) if extra.block else ()
     return ModuleMap(j2t, blocks)
 
 
@@ -214,12 +196,11 @@ def _jax_leaves(tree) -> list:
 
 
 @functools.lru_cache(maxsize=16)
-def _jax_capture_fn(arch_name: str, model_cfg):
+def _jax_capture_fn(arch: Arch, model_cfg):
     """Jitted (params, z, t, r, y, tz) -> ((outs, ins), (d_outs, d_ins)) and the Flax paths
     of the records (filled when the function is traced)."""
-    arch = get_arch(arch_name)
     module, _ = arch.jax_build(model_cfg)
-    wanted = set(module_map(arch_name, model_cfg).jax_to_torch)
+    wanted = set(module_map(arch, model_cfg).jax_to_torch)
     paths: list[str] = []
 
     def run(params, z, t, r, y, tz):
@@ -247,45 +228,23 @@ def _np64(a) -> np.ndarray:
     return np.asarray(np.asarray(a).astype(np.float64))
 
 
-def jax_device(device: str):
-    return jax.devices("gpu" if device == "cuda" else "cpu")[0]
-
-
 def jax_capture(arch: Arch, variant: Variant, params_np: dict, inputs: NetInputs, dtype: str,
                 device: str = "cpu") -> Capture:
     """Every mapped module of the JAX network, primal and tangent, in execution order."""
-    jdt = JAX_DTYPES[dtype]
-    fn, paths = _jax_capture_fn(arch.name, variant.model_cfg)
+    jdt = jax_dtype(dtype)
+    fn, paths = _jax_capture_fn(arch, variant.model_cfg)
     with jax.default_device(jax_device(device)):
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jdt), params_np)
         args = [jnp.asarray(a, jdt) for a in (inputs.z, inputs.t, inputs.r)]
-        y = arch.jax_y(inputs.bundle, jdt)
+        y = arch.jax_y(inputs.bundle.y, jdt)
         (outs, ins), (d_outs, d_ins) = fn(params, args[0], args[1], args[2], y, jnp.asarray(inputs.tangent, jdt))
-    j2t = module_map(arch.name, variant.model_cfg).jax_to_torch
+    j2t = module_map(arch, variant.model_cfg).jax_to_torch
     names = _number_calls([j2t[p] for p in paths])
     cap = Capture("jax")
     for name, o, do, i, di in zip(names, outs, d_outs, ins, d_ins):
         cap.records.append(Record(name, [_np64(a) for a in o], [_np64(a) for a in do],
                                   [_np64(a) for a in i], [_np64(a) for a in di]))
     return cap
-
-
-@contextlib.contextmanager
-def torch_path(engine: str = DEFAULT_ENGINE, attention: str = DEFAULT_ATTENTION):
-    """The torch JVP path: the objective's engine (`jvp_engine`) and the attention used under
-    a tangent (`jvp_attention`)."""
-    with tobj.jvp_engine(engine), tattn.jvp_attention(attention):
-        yield
-
-
-def build_torch_module(arch: Arch, variant: Variant, state_dict: dict, dtype: str, device: str = "cpu",
-                       control=None) -> torch.nn.Module:
-    """The torch network with the converted weights (and a control's model bug), eval mode."""
-    module = arch.torch_build(variant.model_cfg).to(device=device, dtype=TORCH_DTYPES[dtype])
-    load_state_dict_strict(module, state_dict)
-    if control is not None and control.model is not None:
-        control.model(module)
-    return module.eval()
 
 
 def _torch_leaves(x) -> list:
@@ -302,27 +261,24 @@ def _torch_leaves(x) -> list:
 
 def torch_inputs(arch: Arch, inputs: NetInputs, dtype: str, device: str = "cpu"):
     """(z, t, r, y, tz) as torch tensors in the torch layout."""
-    tdt = TORCH_DTYPES[dtype]
-
-    def t_(a):
-        return torch.as_tensor(np.array(a), device=device).to(tdt)  # a copy: JAX's arrays are read-only
-
-    z = t_(to_torch_data(arch.name, inputs.z))
-    tz = t_(to_torch_data(arch.name, inputs.tangent))
-    return z, t_(inputs.t), t_(inputs.r), arch.torch_y(inputs.bundle, tdt, device), tz
+    z = to_torch_tensor(arch, inputs.z, dtype, device, data=True)
+    tz = to_torch_tensor(arch, inputs.tangent, dtype, device, data=True)
+    t, r = (to_torch_tensor(arch, a, dtype, device) for a in (inputs.t, inputs.r))
+    return z, t, r, arch.torch_y(inputs.bundle.y, torch_dtype(dtype), device), tz
 
 
 def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs: NetInputs, dtype: str,
-                  device: str = "cpu", engine: str = DEFAULT_ENGINE) -> Capture:
+                  device: str = "cpu", jvp: JvpOptions = DEFAULT_JVP) -> Capture:
     """Every mapped module of the torch network, primal and tangent, in hook order.
 
-    engine "rules": the tangents of the objective's default JVP engine (its tangent rules
+    jvp.engine "rules": the tangents of the objective's default JVP engine (its tangent rules
     for linear/conv layers and arithmetic; torch_meanflow.jvp_rules.TangentRules), so a
-    wrong rule shows up at its module; "torch.func": PyTorch's own forward-mode formulas.
+    wrong rule shows up at its module; "torch.func": PyTorch's own forward-mode formulas;
+    jvp.attention: the attention implementation under the tangent.
     """
-    if engine not in tobj.JVP_ENGINES:
-        raise ValueError(f"unknown JVP engine {engine!r}; choose from {list(tobj.JVP_ENGINES)}")
-    wanted = set(module_map(arch.name, variant.model_cfg).torch_to_jax)
+    if not isinstance(jvp, JvpOptions):
+        raise TypeError(f"jvp must be a torch_meanflow.objective.JvpOptions, got {type(jvp).__name__}")
+    wanted = set(module_map(arch, variant.model_cfg).torch_to_jax)
     rec = []
 
     def split(leaves):
@@ -330,8 +286,8 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
         for x in leaves:
             p, d = fwAD.unpack_dual(x)
             d = torch.zeros_like(p) if d is None else d
-            primal.append(from_torch_data(arch.name, p.detach().to("cpu", torch.float64).numpy()))
-            tangent.append(from_torch_data(arch.name, d.detach().to("cpu", torch.float64).numpy()))
+            primal.append(from_torch(arch, p))
+            tangent.append(from_torch(arch, d))
         return primal, tangent
 
     def hook(name):
@@ -343,11 +299,11 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
     handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n in wanted]
     z, t, r, y, tz = torch_inputs(arch, inputs, dtype, device)
     try:
-        with torch.no_grad(), fwAD.dual_level():
+        with torch.no_grad(), fwAD.dual_level(), jvp_attention(jvp.attention):
             zd = fwAD.make_dual(z, tz)
             td = fwAD.make_dual(t, torch.ones_like(t))
             rd = fwAD.make_dual(r, torch.zeros_like(r))
-            with TangentRules() if engine == "rules" else contextlib.nullcontext():
+            with TangentRules() if jvp.engine == "rules" else contextlib.nullcontext():
                 module(zd, td, td - rd, y, train=False)
     finally:
         for h in handles:
@@ -359,6 +315,6 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
 def torch_only_modules(arch: Arch, variant: Variant, module: torch.nn.Module) -> list:
     """Torch modules with no Flax twin (activations, Sequentials): not compared. ModuleDict and
     ModuleList are left out (they never run)."""
-    mapped = module_map(arch.name, variant.model_cfg).torch_to_jax
+    mapped = module_map(arch, variant.model_cfg).torch_to_jax
     skip = (torch.nn.ModuleDict, torch.nn.ModuleList)
     return [n for n, m in module.named_modules() if n not in mapped and not isinstance(m, skip)]

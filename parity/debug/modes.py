@@ -24,20 +24,12 @@ import torch.autograd.forward_ad as fwAD
 
 from parity.core.arch import Arch
 from parity.core.compare import error_stats
-from parity.debug.capture import (
-    DEFAULT_ATTENTION,
-    DEFAULT_ENGINE,
-    NetInputs,
-    build_torch_module,
-    jax_capture,
-    torch_inputs,
-    torch_path,
-)
 from parity.core.harness import run_torch
-from parity.core.inputs import from_torch_data
 from parity.core.precision import pinned_precision
-from torch_meanflow.attention import JVP_IMPLS
-from torch_meanflow.objective import JVP_ENGINES
+from parity.core.sides import build_torch, from_torch
+from parity.debug.capture import DEFAULT_JVP, NetInputs, jax_capture, torch_inputs
+from torch_meanflow.attention import JVP_IMPLS, jvp_attention
+from torch_meanflow.objective import JVP_ENGINES, JvpOptions
 
 # (label, dtype, strict precision)
 PRECISION_SETTINGS = (
@@ -56,12 +48,13 @@ def jax_u_du(case, dtype: str):
 
 
 def _np(arch: Arch, x: torch.Tensor) -> np.ndarray:
-    return from_torch_data(arch.name, x.detach().to("cpu", torch.float64).numpy())
+    return from_torch(arch, x)
 
 
-def torch_u_du(arch: Arch, module, inputs: NetInputs, dtype: str, device: str = "cpu", fn_wrap=None):
-    """(u, du/dt) of the torch network by `torch.func.jvp`; `fn_wrap` may wrap the whole
-    JVP function (torch.compile)."""
+def torch_u_du(arch: Arch, module, inputs: NetInputs, dtype: str, device: str = "cpu", fn_wrap=None,
+               attention: str = DEFAULT_JVP.attention):
+    """(u, du/dt) of the torch network by `torch.func.jvp` with JVP attention `attention`;
+    `fn_wrap` may wrap the whole JVP function (torch.compile)."""
     z, t, r, y, tz = torch_inputs(arch, inputs, dtype, device)
 
     def jvp(z, t, r, tz):
@@ -69,7 +62,7 @@ def torch_u_du(arch: Arch, module, inputs: NetInputs, dtype: str, device: str = 
                               (tz, torch.ones_like(t), torch.zeros_like(r)))
 
     run = fn_wrap(jvp) if fn_wrap is not None else jvp
-    with torch.no_grad():
+    with torch.no_grad(), jvp_attention(attention):
         u, du = run(z, t, r, tz)
     return _np(arch, u), _np(arch, du)
 
@@ -88,10 +81,10 @@ def precision_matrix(case) -> list[dict]:
     ref_u, ref_du = jax_u_du(case, "float64")
     rows = []
     for label, dtype, strict in PRECISION_SETTINGS:
-        with pinned_precision(strict) as settings, torch_path(case.engine, case.attention):
+        with pinned_precision(strict) as settings:
             ju, jdu = jax_u_du(case, dtype)
-            module = build_torch_module(arch, variant, case.state_dict, dtype, device, case.control)
-            tu, tdu = torch_u_du(arch, module, inputs, dtype, device)
+            module = build_torch(arch, variant.model_cfg, case.state_dict, dtype, device, case.control)
+            tu, tdu = torch_u_du(arch, module, inputs, dtype, device, attention=case.attention)
         note = ""
         if label == "float32 default":
             note = ("TF32 allowed (matmuls and cuDNN convolutions)" if device == "cuda"
@@ -119,13 +112,12 @@ def _objective_paths(case) -> list:
         for impl in JVP_IMPLS:
             mode = f"objective: engine {engine}, attention {impl}"
             try:
-                with torch_path(engine, impl):
-                    out = run_torch(case.arch, case.variant, case.state_dict, case.bundle, case.dtype,
-                                    case.device, case.control)
+                out = run_torch(case.arch, case.variant, case.state_dict, case.bundle, case.dtype,
+                                case.device, case.control, JvpOptions(engine, impl))
             except RuntimeError as err:  # e.g. the flash kernel needs CUDA and its package
                 runs.append((mode, None, None, None, f"unavailable: {err}"))
                 continue
-            default = " (default)" if (engine, impl) == (DEFAULT_ENGINE, DEFAULT_ATTENTION) else ""
+            default = " (default)" if JvpOptions(engine, impl) == DEFAULT_JVP else ""
             runs.append((mode + default, out.terms["u"], out.terms["du_dt"], None, ""))
     return runs
 
@@ -150,7 +142,7 @@ def _compiled(fn, stats: dict):
 def _network_paths(case, compile: bool) -> list:
     """(mode, u, du/dt or None, compile stats, note): the torch network eager and compiled."""
     arch, inputs, dtype, device = case.arch, case.inputs, case.dtype, case.device
-    module = build_torch_module(arch, case.variant, case.state_dict, dtype, device, case.control)
+    module = build_torch(arch, case.variant.model_cfg, case.state_dict, dtype, device, case.control)
     z, t, r, y, tz = torch_inputs(arch, inputs, dtype, device)
     u, du = torch_u_du(arch, module, inputs, dtype, device)
     runs = [("network: eager torch.func.jvp", u, du, None, "")]

@@ -2,13 +2,11 @@
 line, `python -m parity debug` (registered in parity/cli.py)."""
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
-from dataclasses import replace
 
-from parity.core.arch import Variant, get_arch
+from parity.core.arch import Variant, resolve_variants
+from parity.core.jsonio import write_json_atomic
 from parity.debug.analyse import NETWORK, DebugResult, analyse, prepare_case
 from parity.debug.capture import DEFAULT_ATTENTION, DEFAULT_ENGINE
 from torch_meanflow.attention import JVP_IMPLS
@@ -155,25 +153,8 @@ def plot_errors(res: DebugResult, path: str) -> str:
 
 
 def write_json(res: DebugResult, path: str, meta: dict | None = None):
-    """The full debug result as JSON, written atomically."""
-    payload = _finite({"meta": meta or {}, **res.as_dict()})
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1, default=str, allow_nan=False)
-    os.replace(tmp, path)
-
-
-def _finite(x):
-    """Non-finite floats as strings ("inf", "nan"): strict JSON has no Infinity."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+    """The full debug result as strict JSON, written atomically."""
+    write_json_atomic(path, {"meta": meta or {}, **res.as_dict()})
 
 
 # ----------------------------------------------------------------------------------
@@ -183,8 +164,9 @@ def _finite(x):
 
 def add_arguments(p):
     """The options of `python -m parity debug` (those of the parity report, plus the debugger's)."""
-    p.add_argument("--arch", default="dit", help="dit or flower")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--arch", default="dit", help="a registered architecture (dit, flower) or package.module:NAME "
+                   "(an Arch or a list of variants)")
+    p.add_argument("--preset", default=None, help="preset of the architecture (default: its default preset)")
     p.add_argument("--variant", default=None, help="the first variant whose name contains this (default: the first)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model config field by name (repeatable)")
@@ -194,7 +176,8 @@ def add_arguments(p):
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
     p.add_argument("--checkpoint-key", default=None)
-    p.add_argument("--control", default=None, help="inject a negative control (parity/controls.py) into torch")
+    p.add_argument("--control", default=None, help="inject a negative control (parity/core/controls.py, or the "
+                   "architecture's own) into torch")
     p.add_argument("--jvp-engine", default=DEFAULT_ENGINE, choices=JVP_ENGINES, help="the torch objective's JVP engine")
     p.add_argument("--jvp-attention", default=DEFAULT_ATTENTION, choices=JVP_IMPLS,
                    help="the torch attention under a tangent")
@@ -207,17 +190,13 @@ def add_arguments(p):
     p.add_argument("--no-compile", action="store_true", help="with --compare-modes: skip torch.compile")
 
 
-def pick_variant(arch_name: str, preset: str, name: str | None, sets=()) -> Variant:
-    from meanflow_common.config import override
-    from parity.core.arch import default_variants
-
-    arch = get_arch(arch_name)
-    presets = {"dit_preset": "tiny", "flower_preset": "tiny", f"{arch.name}_preset": preset}
-    variants = [v for v in default_variants(**presets) if v.arch == arch.name and (not name or name in v.name)]
+def pick_variant(arch: str, preset: str | None, name: str | None, sets=()) -> Variant:
+    """The first variant of `arch` (a registered name or package.module:NAME) whose name
+    contains `name` (any, when None)."""
+    variants = [v for v in resolve_variants(arch, preset, sets) if not name or name in v.name]
     if not variants:
-        raise ValueError(f"no {arch.name} variant matches {name!r}")
-    v = variants[0]
-    return replace(v, model_cfg=override(v.model_cfg, list(sets))) if sets else v
+        raise ValueError(f"no {arch} variant matches {name!r}")
+    return variants[0]
 
 
 def cmd_debug(args) -> int:
@@ -228,7 +207,7 @@ def cmd_debug(args) -> int:
     from parity.core.precision import pinned_precision, versions
 
     variant = pick_variant(args.arch, args.preset, args.variant, args.set)
-    control = get_control(args.control) if args.control else None
+    control = get_control(args.control, variant.arch) if args.control else None
     params = None
     if args.checkpoint:
         params = checkpoints.load_params(args.checkpoint, variant.arch, variant.model_cfg, key=args.checkpoint_key)

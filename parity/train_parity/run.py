@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from meanflow_common.train_config import TRAIN_PRESETS, TrainConfig, apply_assignments, model_config, objective_config
+from parity.archs import DIT
 from parity.convert import jax_to_torch, torch_to_jax
 from parity.core.inputs import drop_mask_numpy, sample_tr_numpy
 
@@ -97,7 +98,7 @@ def run_pair(cfg: TrainConfig, out_dir: str, init_seed: int = 1) -> tuple[Trajec
     model = randomize_params(tt.make_model(cfg, example), init_seed)
     init_sd = {k: v.detach().cpu().double().numpy() for k, v in model.state_dict().items()}
     _, template = jt.make_model(cfg, example)
-    init_jax = torch_to_jax(init_sd, "dit", mc, template=template)
+    init_jax = torch_to_jax(init_sd, DIT.table, mc, template=template)
 
     def jax_noise(step, batch):
         n = numpy_noise(cfg, step, batch["x"].shape)
@@ -115,7 +116,7 @@ def run_pair(cfg: TrainConfig, out_dir: str, init_seed: int = 1) -> tuple[Trajec
     record = {"jax": [], "torch": []}
 
     def on_jax(step, state, metrics):
-        to_sd = lambda p: jax_to_torch(jax.tree.map(np.asarray, p), "dit", mc)  # noqa: E731
+        to_sd = lambda p: jax_to_torch(jax.tree.map(np.asarray, p), DIT.table, mc)  # noqa: E731
         record["jax"].append(({k: float(v) for k, v in metrics.items()}, to_sd(state.params), to_sd(state.ema_params)))
 
     def on_torch(step, state, metrics):
