@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jax_meanflow.train_state import TrainState
+from meanflow_common.keys import check_keys_and_shapes
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "state_tree"]
 
@@ -102,15 +103,5 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
 
 
 def _check_against(saved: Any, template: Any, part: str) -> None:
-    got, want = _flat_shapes(saved), _flat_shapes(template)
-    missing = sorted(set(want) - set(got))
-    if missing:
-        raise KeyError(f"checkpoint {part} lacks {missing[0]} ({len(missing)} missing): "
-                       "it was written for another architecture")
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise KeyError(f"checkpoint {part} has unexpected {extra[0]} ({len(extra)} unexpected): "
-                       "it was written for another architecture")
-    for k in sorted(want):
-        if got[k] != want[k]:
-            raise ValueError(f"checkpoint {part}{k} has shape {got[k]}, the model expects {want[k]}")
+    check_keys_and_shapes(_flat_shapes(saved), _flat_shapes(template), f"checkpoint {part}",
+                          "; it was written for another architecture")

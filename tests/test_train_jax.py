@@ -111,7 +111,7 @@ def test_an_existing_run_is_refused_and_left_untouched(tmp_path, digits):
 
     narrow = apply_assignments(cfg, ["hidden_size=32"])
     _, params = T.make_model(narrow, batch_at(digits, 0, 0, 8))
-    with pytest.raises(ValueError, match=r"checkpoint params\[.*\] has shape \(384,\), the model expects \(192,\)"):
+    with pytest.raises(ValueError, match=r"checkpoint params: .* has shape \(384,\), the model expects \(192,\)"):
         restore_checkpoint(latest_checkpoint(os.path.join(cfg.out_dir, "checkpoints")),
                            create_train_state(params, narrow.optim))
 

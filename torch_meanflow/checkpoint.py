@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from meanflow_common.keys import check_keys_and_shapes
 from torch_meanflow.train_state import TrainState
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints"]
@@ -78,19 +79,9 @@ def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
 
 
 def _check_state_dict(saved: dict, module: torch.nn.Module, what: str) -> None:
-    want = module.state_dict()
-    missing = sorted(set(want) - set(saved))
-    if missing:
-        raise KeyError(f"checkpoint {what} lacks {missing[0]!r} ({len(missing)} missing): "
-                       "it was written for another architecture")
-    extra = sorted(set(saved) - set(want))
-    if extra:
-        raise KeyError(f"checkpoint {what} has unexpected {extra[0]!r} ({len(extra)} unexpected): "
-                       "it was written for another architecture")
-    for k, v in want.items():
-        if tuple(saved[k].shape) != tuple(v.shape):
-            raise ValueError(f"checkpoint {what} {k!r} has shape {tuple(saved[k].shape)}, "
-                             f"the model expects {tuple(v.shape)}")
+    check_keys_and_shapes({k: tuple(v.shape) for k, v in saved.items()},
+                          {k: tuple(v.shape) for k, v in module.state_dict().items()}, f"checkpoint {what}",
+                          "; it was written for another architecture")
 
 
 def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:

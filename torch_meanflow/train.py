@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
 from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
 from meanflow_common.train_config import (
@@ -214,14 +215,11 @@ def _data(cfg: TrainConfig, dataset, batch_fn):
 
 def _load_init(model: nn.Module, init_params) -> None:
     want = model.state_dict()
-    missing, extra = sorted(set(want) - set(init_params)), sorted(set(init_params) - set(want))
-    if missing or extra:
-        raise KeyError(f"init_params: missing {missing[:3]}, unexpected {extra[:3]}")
+    check_keys_and_shapes({k: tuple(np.shape(v)) for k, v in init_params.items()},
+                          {k: tuple(v.shape) for k, v in want.items()}, "init_params")
     with torch.no_grad():
         for k, v in want.items():
             src = torch.as_tensor(np.asarray(init_params[k]) if not torch.is_tensor(init_params[k]) else init_params[k])
-            if tuple(src.shape) != tuple(v.shape):
-                raise ValueError(f"init_params[{k!r}] has shape {tuple(src.shape)}, the model expects {tuple(v.shape)}")
             v.copy_(src.to(v.dtype))
 
 

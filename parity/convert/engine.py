@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from meanflow_common.keys import check_keys_and_shapes
 __all__ = [
     "ConversionError",
     "ConversionShapeError",
@@ -295,23 +296,14 @@ def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, templa
 
 
 def _check_template(out: Mapping[str, np.ndarray], template: Mapping, side: str, table: Table):
-    extra = sorted(set(out) - set(template))
-    if extra:
-        raise ConversionError(
-            f"table {table.name!r}: produces {side} parameter {extra[0]!r} that the target model lacks"
-        )
-    absent = sorted(set(template) - set(out))
-    if absent:
-        raise ConversionError(
-            f"table {table.name!r}: the target model's {side} parameter {absent[0]!r} is not produced "
-            f"(missing from the input or from the table; {len(absent)} in all)"
-        )
-    for key, arr in out.items():
-        want = _shape_of(template[key])
-        if arr.shape != want:
-            raise ConversionShapeError(
-                f"{side} parameter {key!r}: converted shape {arr.shape} != expected {want}"
-            )
+    try:
+        check_keys_and_shapes({k: a.shape for k, a in out.items()}, {k: _shape_of(v) for k, v in template.items()},
+                              f"table {table.name!r}: the converted {side} parameters against the target model",
+                              " (missing: not in the input or the table; unexpected: the target model lacks it)")
+    except KeyError as err:
+        raise ConversionError(str(err.args[0])) from None
+    except ValueError as err:
+        raise ConversionShapeError(str(err)) from None
 
 
 def jax_to_torch(flax_params: Mapping, table: Table | str, config=None, template: Mapping | None = None):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from meanflow_common.keys import check_keys_and_shapes
 from parity.core.arch import Arch, Variant
 from parity.core.inputs import InputBundle
 
@@ -84,14 +85,10 @@ def from_torch(arch: Arch, x: torch.Tensor, data: bool = True) -> np.ndarray:
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict):
     """Load numpy arrays into `module`; missing, unexpected or mis-shaped keys are errors naming them."""
     own = module.state_dict()
-    params = dict(module.named_parameters())
-    missing = sorted(k for k in own if k not in state_dict and k in params)
-    unexpected = sorted(k for k in state_dict if k not in own)
-    if missing or unexpected:
-        raise KeyError(f"state dict does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    for k, a in state_dict.items():
-        if tuple(own[k].shape) != tuple(np.shape(a)):
-            raise ValueError(f"parameter {k!r}: shape {tuple(np.shape(a))} does not fit the model's {tuple(own[k].shape)}")
+    # Buffers (fixed tables) are the model's own: only the parameters must all be given.
+    want = {k: tuple(p.shape) for k, p in module.named_parameters()}
+    want.update({k: tuple(own[k].shape) for k in state_dict if k in own})
+    check_keys_and_shapes({k: np.shape(a) for k, a in state_dict.items()}, want, "state dict for the torch model")
     tensors = {k: torch.as_tensor(np.asarray(a)).to(own[k].dtype) for k, a in state_dict.items()}
     module.load_state_dict(tensors, strict=False)
 
