@@ -10,4 +10,6 @@ from parity.core.arch import register_arch
 register_arch(DIT)
 register_arch(FLOWER)
 
-__all__ = ["DIT", "FLOWER"]
+DEFAULT_SUITE = (DIT, FLOWER)  # `python -m parity` without --arch, in this order
+
+__all__ = ["DIT", "FLOWER", "DEFAULT_SUITE"]

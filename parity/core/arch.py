@@ -179,7 +179,6 @@ class Variant:
 # ----------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Arch] = {}
-BUILTIN: tuple[str, ...] = ("dit", "flower")  # the default suite, in this order
 
 
 def register_arch(arch: Arch, *, replace_existing: bool = False) -> Arch:
@@ -195,7 +194,12 @@ def register_arch(arch: Arch, *, replace_existing: bool = False) -> Arch:
 
 
 def _load_builtins():
-    importlib.import_module("parity.archs")  # registers dit and flower
+    return importlib.import_module("parity.archs")  # registers the built-ins
+
+
+def builtin_suite() -> tuple[Arch, ...]:
+    """The architectures of the default suite (`python -m parity` without --arch), in order."""
+    return tuple(_load_builtins().DEFAULT_SUITE)
 
 
 def _entry_point(name: str):
@@ -277,7 +281,7 @@ def resolve_variants(spec: str | None = None, preset: str | None = None, sets: S
     preset and sets (model config "field=value") apply to every architecture named.
     """
     if spec is None:
-        names: Sequence[str] = BUILTIN
+        names: Sequence = builtin_suite()
     elif spec == "all":
         names = list(registered())
     elif ":" in spec:
