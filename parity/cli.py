@@ -8,6 +8,7 @@
     python -m parity debug --arch dit --dtype float64 --control gelu_erf --out DIR   # where the sides part
     python -m parity bench [--quick ...]         # benchmarks (python -m parity bench --help)
     python -m parity bench-profile [...]         # op-by-op profile of a PyTorch train step
+    python -m parity bench-report bench.json     # Markdown tables of a saved benchmark run
     python -m parity train-parity [...]          # the two trainers follow the same trajectory
 
 `--arch` takes a registered name (dit, flower; comma-separated; "all"), or package.module:NAME
@@ -26,6 +27,7 @@ import time
 DELEGATED = {
     "bench": ("parity.bench.run", "benchmarks of the MeanFlow train step (see its --help)"),
     "bench-profile": ("parity.bench.profile", "op-by-op profile of a PyTorch train step"),
+    "bench-report": ("parity.bench.report", "Markdown tables of a saved benchmark JSON"),
     "train-parity": ("parity.train_parity.run", "the JAX and torch trainers from one initial state"),
 }
 

@@ -121,8 +121,15 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m parity.bench.report BENCH.json")
-    with open(sys.argv[1]) as f:
+def main(argv=None) -> int:
+    """`python -m parity bench-report BENCH.json`: the Markdown tables of a saved run."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m parity bench-report BENCH.json")
+    with open(argv[0]) as f:
         print(markdown(json.load(f)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
