@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -226,8 +225,9 @@ def main(argv=None) -> int:
     report["load_average_end"] = load_average()
     print(f"\nbenchmark done in {report['elapsed_s']:.0f} s (load {report['load_average_end']})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        from parity.core.jsonio import write_json_atomic
+
+        write_json_atomic(args.json, report)
         print(f"wrote {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:
