@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from jax_meanflow.train_state import TrainState
 from meanflow_common.keys import check_keys_and_shapes
+from meanflow_common.checks import check_float_arrays, unreadable_checkpoint
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "state_tree"]
 
@@ -92,16 +93,39 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     tree = {}
     for item in _ITEMS:
         folder = os.path.join(path, item)
-        if item != "opt_state":
-            _check_against(ocp.StandardCheckpointer().metadata(folder).item_metadata, template[item], item)
+        _check_item_files(folder)
+        try:
+            saved = ocp.StandardCheckpointer().metadata(folder).item_metadata if item != "opt_state" else None
+        except (OSError, KeyError, ValueError) as err:
+            raise unreadable_checkpoint(folder, err) from err
+        if saved is not None:
+            _check_against(saved, template[item], item)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template[item])
-        tree[item] = ocp.StandardCheckpointer().restore(folder, abstract)
-    meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(path, "meta")))
+        try:
+            tree[item] = ocp.StandardCheckpointer().restore(folder, abstract)
+        except (OSError, KeyError, ValueError) as err:
+            raise unreadable_checkpoint(folder, err) from err
+    try:
+        meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(path, "meta")))
+    except (OSError, ValueError) as err:
+        raise unreadable_checkpoint(os.path.join(path, "meta"), err) from err
     new = TrainState(step=tree["opt_state"]["step"], params=tree["params"], ema_params=tree["ema_params"],
                      opt_state=tree["opt_state"]["opt_state"])
     return new, meta
 
 
+def _check_item_files(folder: str) -> None:
+    """The files orbax reads an item's tree from: without them it finds an empty tree, which
+    would read as a checkpoint of another architecture."""
+    missing = [n for n in ("_METADATA", "manifest.ocdbt") if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise FileNotFoundError(f"{folder} is an incomplete checkpoint item: {', '.join(missing)} missing "
+                                "(deleted or never written)")
+
+
 def _check_against(saved: Any, template: Any, part: str) -> None:
     check_keys_and_shapes(_flat_shapes(saved), _flat_shapes(template), f"checkpoint {part}",
                           "; it was written for another architecture")
+    leaves = jax.tree_util.tree_flatten_with_path(saved)[0]
+    check_float_arrays([(jax.tree_util.keystr(p), leaf) for p, leaf in leaves if hasattr(leaf, "dtype")],
+                       f"checkpoint {part}")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from meanflow_common.checks import check_times
 from meanflow_common.config import MeanFlowConfig
 
 __all__ = [
@@ -174,8 +175,6 @@ def guidance_velocity(u_fn: UFn, v, z_t, t, y, cfg: MeanFlowConfig, null_y) -> j
         return v
     if null_y is None:
         raise ValueError("guidance_eq='cfg' needs null_y (the null conditioning); got None")
-    if cfg.kappa < 0:
-        raise ValueError(f"kappa must be >= 0, got {cfg.kappa}")
     y = _label_array(y, "guidance")
     null_y = _null_like(y, null_y)
     h0 = jnp.zeros_like(t)
@@ -236,11 +235,7 @@ def _check_inputs(x, noise: MeanFlowNoise):
         raise TypeError(f"noise.drop_mask must be bool, got {jnp.asarray(noise.drop_mask).dtype}")
     t, r = _concrete(noise.t), _concrete(noise.r)
     if t is not None and r is not None:
-        bad = np.flatnonzero(t < r)
-        if bad.size:
-            raise ValueError(f"t < r at indices {bad[:10].tolist()} (need 0 <= r <= t <= 1)")
-        if t.min() < 0 or r.min() < 0 or t.max() > 1 or r.max() > 1:
-            raise ValueError("times t and r must lie in [0, 1]")
+        check_times(t, r)
 
 
 def _finish(u, du_dt, v, v_g, u_tgt, cfg: MeanFlowConfig) -> MeanFlowOutput:

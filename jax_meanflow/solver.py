@@ -11,14 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from meanflow_common.checks import check_num_steps, check_schedule
+
 __all__ = ["sampling_schedule", "solver_step", "generate", "make_generate"]
 
 
 def sampling_schedule(num_steps: int, dtype=jnp.float32) -> jax.Array:
     """Evenly spaced times [num_steps + 1] from 1 down to 0."""
-    if int(num_steps) < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return jnp.linspace(1.0, 0.0, int(num_steps) + 1, dtype=dtype)
+    num_steps = check_num_steps(num_steps)
+    return jnp.linspace(1.0, 0.0, num_steps + 1, dtype=dtype)
 
 
 def solver_step(u_fn: Callable, z_t, t, r, y) -> jax.Array:
@@ -39,10 +40,7 @@ def _check_schedule(schedule) -> None:
         s = np.asarray(schedule)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return  # traced schedule: checked by whoever built it
-    if s.ndim != 1 or s.shape[0] < 2:
-        raise ValueError(f"schedule must be 1-D with at least 2 times, got shape {s.shape}")
-    if np.any(np.diff(s) > 0) or s.min() < 0 or s.max() > 1:
-        raise ValueError(f"schedule must decrease within [0, 1], got {s.tolist()}")
+    check_schedule(s)
 
 
 def generate(u_fn: Callable, e, y, num_steps: int = 1, schedule=None) -> jax.Array:

@@ -32,14 +32,16 @@ from jax_meanflow.policy import FlowerPolicy
 from jax_meanflow.solver import generate
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
 from meanflow_common.keys import check_keys_and_shapes
+from meanflow_common.checks import check_float_arrays
+from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
+from meanflow_common.sampling import sample_inputs
 from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
 from meanflow_common.train_config import (
     TrainConfig,
     check_batch,
     config_from_dict,
     config_to_dict,
-    data_shape,
     model_config,
     objective_config,
 )
@@ -158,7 +160,10 @@ def to_batch(cfg: TrainConfig, batch: dict) -> dict:
 
 
 def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = True) -> Callable:
-    """sample(cond, noise=None, num_steps=None, seed=0) -> NumPy samples.
+    """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False) -> NumPy samples.
+
+    The request is checked on the host first (`meanflow_common.sampling.sample_inputs`:
+    integer labels in [0, num_classes), the null class only with allow_null, num_steps >= 1).
 
     cond: labels int [B] (digits) or observations [B, obs_dim] (reach). noise: e in the
     data's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn from
@@ -169,15 +174,12 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
     master, _ = _dtypes(cfg)
     params = state.ema_params if use_ema else state.params
     mc = model_config(cfg)
-    shape = data_shape(cfg)
     obs = (model.obs_dim, model.num_tokens) if isinstance(model, FlowerPolicy) else None
 
-    def sample(cond, noise=None, num_steps=None, seed=0):
-        cond = np.asarray(cond)
-        if noise is None:
-            noise = np.random.default_rng(seed).standard_normal((cond.shape[0], *shape))
-        steps = 1 if cfg.method == "regression" else (num_steps or cfg.mf.num_steps)
-        run = _sampler(cfg.task, cfg.method, mc, obs, cfg.clip_actions, int(steps))
+    def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
+        # checked on the host: under jit a bad label would silently index the wrong row
+        cond, noise, steps = sample_inputs(cfg, cond, noise, num_steps, seed, allow_null)
+        run = _sampler(cfg.task, cfg.method, mc, obs, cfg.clip_actions, steps)
         cond = jnp.asarray(cond.astype(np.int32)) if cfg.task == "digits" else jnp.asarray(cond, master)
         args = (params, jnp.asarray(noise, master), cond)
         if _fast(cfg):
@@ -249,6 +251,7 @@ def _data(cfg: TrainConfig, dataset, batch_fn):
 def _checked_params(given, template):
     want = jax.tree_util.tree_flatten_with_path(template)[0]
     got = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(given)[0])
+    check_float_arrays(got, "init_params")
     check_keys_and_shapes({k: np.shape(v) for k, v in got.items()},
                           {jax.tree_util.keystr(p): leaf.shape for p, leaf in want}, "init_params")
     out = [jnp.asarray(got[jax.tree_util.keystr(path)], leaf.dtype) for path, leaf in want]
@@ -284,7 +287,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     state = create_train_state(params, cfg.optim)
     last = latest_checkpoint(ckpt_dir) if resumed else None
     if last is not None:
-        state, _ = restore_checkpoint(last, state)
+        state, meta = restore_checkpoint(last, state)
+        check_checkpoint_config(meta, cfg, last)
     start = int(state.step)
     tb_writer = tensorboardx_writer(os.path.join(run_dir, "tensorboard"))
     logger = MetricsLogger(run_dir, start if resumed else None, tb_writer)
@@ -340,6 +344,7 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = Tru
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
     model, params = make_model(cfg, obs_dim=saved.get("data", {}).get("obs_dim"))
     state, meta = restore_checkpoint(path, create_train_state(params, cfg.optim))
+    check_checkpoint_config(meta, cfg, path)
     return LoadedRun(cfg=cfg, model=model, state=state, step=int(meta["step"]), checkpoint=path,
                      sample=make_sampler(cfg, model, state, use_ema))
 

@@ -1,11 +1,15 @@
-"""Input checks shared by both backends (shapes and dtypes only, no framework import).
+"""Input checks shared by both backends (no framework import).
 
-Each backend passes shapes (tuples) and dtypes (anything whose str() names the dtype), so
-the two twins raise the same error for the same bad input.
+Each backend passes shapes (tuples), dtypes (anything whose str() names the dtype) or NumPy
+copies of small host-side values (times, labels), so the two twins raise the same error for
+the same bad input.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Sequence
+
+import numpy as np
 
 
 def check_flower_inputs(cfg, z_shape: Sequence[int], t_shape, h_shape, tokens_shape, freq_shape,
@@ -45,3 +49,83 @@ def check_same_dtype(named: Sequence[tuple[str, Any]], expected: Any, what: str)
     for name, dtype in named:
         if dtype != expected:
             raise ValueError(f"{name} has dtype {dtype}, {what} {expected}")
+
+
+# ----------------------------------------------------------------------------------
+# Values, checked on the host (NumPy) before any framework call
+# ----------------------------------------------------------------------------------
+
+
+def check_times(t: np.ndarray, r: np.ndarray) -> None:
+    """MeanFlow's times: finite, 0 <= r <= t <= 1, t and r [B] (NumPy, any float dtype).
+
+    Written with positive comparisons and an explicit finiteness test: every comparison
+    with NaN is false, so a check of the form `t < r` lets NaN through.
+    """
+    t, r = np.asarray(t, np.float64), np.asarray(r, np.float64)
+    for name, a in (("t", t), ("r", r)):
+        bad = np.flatnonzero(~np.isfinite(a))
+        if bad.size:
+            raise ValueError(f"noise.{name} is not finite (NaN or inf) at indices {bad[:10].tolist()}: "
+                             f"{a.reshape(-1)[bad[:3]].tolist()}")
+    bad = np.flatnonzero(~(r <= t))
+    if bad.size:
+        raise ValueError(f"t < r at indices {bad[:10].tolist()}: MeanFlow needs 0 <= r <= t <= 1")
+    if not (np.all(r >= 0) and np.all(t <= 1)):
+        raise ValueError(f"times t and r must lie in [0, 1], got t in [{t.min()}, {t.max()}], "
+                         f"r in [{r.min()}, {r.max()}]")
+
+
+def check_schedule(schedule: np.ndarray) -> None:
+    """A sampling schedule: 1-D, at least 2 finite times, non-increasing, within [0, 1]."""
+    s = np.asarray(schedule, np.float64)
+    if s.ndim != 1 or s.shape[0] < 2:
+        raise ValueError(f"schedule must be 1-D with at least 2 times, got shape {s.shape}")
+    if not (np.all(np.isfinite(s)) and np.all(s[1:] <= s[:-1]) and np.all(s >= 0) and np.all(s <= 1)):
+        raise ValueError(f"schedule must decrease within [0, 1], got {s.tolist()}")
+
+
+def check_num_steps(num_steps: Any) -> int:
+    """A number of sampling steps: an int >= 1 (bool, float and 0 refused)."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    return int(num_steps)
+
+
+def check_labels(y: Any, num_classes: int, allow_null: bool = False) -> np.ndarray:
+    """Class labels for sampling: integer [B] in [0, num_classes) (num_classes, the null class,
+    only with `allow_null`). Float labels are refused rather than truncated (3.7 is no class)."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+    if y.ndim != 1 or y.shape[0] < 1:
+        raise ValueError(f"labels must be [B] with B >= 1, got shape {y.shape}")
+    top = num_classes + 1 if allow_null else num_classes
+    bad = np.flatnonzero((y < 0) | (y >= top))
+    if bad.size:
+        null = f"; {num_classes} is the null class, pass allow_null=True to sample it" if not allow_null else ""
+        raise ValueError(f"labels must lie in [0, {top}), got {y[bad[:5]].tolist()} at indices "
+                         f"{bad[:5].tolist()}{null}")
+    return y
+
+
+def check_float_arrays(named: Any, source: str) -> None:
+    """Every (name, array) of a weight file or tree must be floating point: an integer or bool
+    array is not a set of weights (an all-zero int32 file would convert and compare as u = 0)."""
+    items = named.items() if hasattr(named, "items") else named
+    for name, a in items:
+        dtype = getattr(a, "dtype", None)
+        dtype = np.asarray(a).dtype if dtype is None else dtype
+        if not str(dtype).replace("torch.", "").startswith(("float", "bfloat")):  # NumPy, ml_dtypes, torch
+            raise TypeError(f"{source}: parameter {name!r} has dtype {dtype}, not a floating point type")
+
+
+def unreadable_checkpoint(path: str, err: BaseException) -> ValueError:
+    """The error for a checkpoint file a library could not parse (truncated, garbage, empty):
+    it names the file and says so, with the library's first line as the detail."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        detail = "the file is empty"
+    else:
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        detail = f"{type(err).__name__}: {first}"
+    return ValueError(f"{path} is not a readable checkpoint ({detail}); it may be truncated or corrupt")

@@ -10,10 +10,11 @@ defaults keep the JAX semantics.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
+
+from meanflow_common.fields import check_choice, check_multiple, check_range, check_types, parse_value
 
 # ----------------------------------------------------------------------------------
 # The objective
@@ -56,18 +57,21 @@ class MeanFlowConfig:
     num_steps: int = 1
 
     def __post_init__(self):
-        _check_choice(self, "noise_dist", NOISE_DISTS)
-        _check_choice(self, "guidance_eq", GUIDANCE_EQS)
-        _check_choice(self, "rt_mask", RT_MASKS)
-        _check_choice(self, "tr_sampler", TR_SAMPLERS)
-        _check_choice(self, "tangent", TANGENTS)
-        _check_choice(self, "jvp_path", JVP_PATHS)
-        if not 0.0 <= self.data_proportion <= 1.0:
-            raise ValueError(f"data_proportion must lie in [0, 1], got {self.data_proportion}")
-        if not 0.0 <= self.class_dropout_prob <= 1.0:
-            raise ValueError(f"class_dropout_prob must lie in [0, 1], got {self.class_dropout_prob}")
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        check_types(self)
+        for name, choices in (("noise_dist", NOISE_DISTS), ("guidance_eq", GUIDANCE_EQS), ("rt_mask", RT_MASKS),
+                              ("tr_sampler", TR_SAMPLERS), ("tangent", TANGENTS), ("jvp_path", JVP_PATHS)):
+            check_choice(self, name, choices)
+        check_range(self, "P_std", 0.0, lo_open=True, why="the logit-normal's scale")
+        for name in ("data_proportion", "class_dropout_prob", "t_start", "t_end"):
+            check_range(self, name, 0.0, 1.0)
+        check_range(self, "omega", 0.0)
+        check_range(self, "kappa", 0.0)
+        if self.t_start > self.t_end:
+            raise ValueError(f"MeanFlowConfig.t_start={self.t_start} > t_end={self.t_end}: the guidance window "
+                             "[t_start, t_end] would be empty")
+        check_range(self, "norm_p", 0.0)
+        check_range(self, "norm_eps", 0.0)
+        check_range(self, "num_steps", 1)
 
 
 # ----------------------------------------------------------------------------------
@@ -90,16 +94,19 @@ class DiTConfig:
     frequency_embedding_size: int = 256
 
     def __post_init__(self):
-        if self.input_size % self.patch_size:
-            raise ValueError(
-                f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
-            )
+        check_types(self)
+        for name in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes",
+                     "frequency_embedding_size"):
+            check_range(self, name, 1)
+        check_range(self, "mlp_ratio", 0.0, lo_open=True)
+        check_multiple(self, "input_size", "patch_size")
+        check_multiple(self, "hidden_size", "num_heads")
         if self.hidden_size % 4:
-            raise ValueError("hidden_size must be a multiple of 4 (2-D sin-cos position embedding)")
+            raise ValueError(f"DiTConfig.hidden_size={self.hidden_size} is not a multiple of 4 "
+                             "(2-D sin-cos position embedding)")
+        if int(self.hidden_size * self.mlp_ratio) < 1:
+            raise ValueError(f"DiTConfig.mlp_ratio={self.mlp_ratio} leaves the MLP no hidden unit "
+                             f"(hidden_size {self.hidden_size})")
 
 
 _DIT_SIZES = {  # name: (depth, hidden_size, num_heads), as in the reference's models_dit.py
@@ -143,6 +150,16 @@ class OptimConfig:
     warmup_steps: int = 0
     ema_decay: float = 0.9999
 
+    def __post_init__(self):
+        check_types(self)
+        check_range(self, "lr", 0.0, lo_open=True)
+        for name in ("b1", "b2"):
+            check_range(self, name, 0.0, 1.0, hi_open=True)
+        for name in ("eps", "weight_decay", "warmup_steps"):
+            check_range(self, name, 0)
+        check_range(self, "grad_clip", 0.0, why="0 turns the clip off")
+        check_range(self, "ema_decay", 0.0, 1.0)
+
 
 # ----------------------------------------------------------------------------------
 # Presets, overrides by field name, config files
@@ -156,46 +173,25 @@ def get_preset(table: Mapping[str, Any], name: str, what: str = "preset"):
     return table[name]
 
 
-def _check_choice(obj, name: str, choices: Sequence[str]):
-    value = getattr(obj, name)
-    if value not in choices:
-        raise ValueError(f"{type(obj).__name__}.{name}={value!r} is not one of {list(choices)}")
-
-
-def _parse_value(text: str, typ: Any, key: str):
-    if isinstance(typ, str):
-        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, str)
-    if typ is bool:
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{key}: cannot read {text!r} as a bool")
-    origin = typing.get_origin(typ)
-    if origin in (tuple, list):
-        parsed = json.loads(text) if text.startswith("[") else text.split(",")
-        return tuple(parsed)
-    try:
-        return typ(text)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{key}: cannot read {text!r} as {getattr(typ, '__name__', typ)}") from err
-
-
 def override(cfg, assignments: Sequence[str] | Mapping[str, Any]):
     """Return a copy of the frozen dataclass `cfg` with fields replaced by name.
 
-    `assignments` is either a mapping {field: value} or strings "field=value" (CLI form).
-    An unknown field is an error that names it and lists the valid ones.
+    `assignments` is either a mapping {field: value} (values of the field's type, as in a
+    JSON file: "4" for an int field is refused) or strings "field=value" (CLI form: the value
+    is parsed as the field's type, see `meanflow_common.fields.parse_value`). An unknown
+    field is an error that names it and lists the valid ones.
     """
     names = {f.name: f for f in fields(cfg)}
     hints = typing.get_type_hints(type(cfg))
-    if isinstance(assignments, Mapping):
+    parse = not isinstance(assignments, Mapping)
+    if not parse:
         items = list(assignments.items())
     else:
+        if isinstance(assignments, str):
+            assignments = [assignments]
         items = []
         for a in assignments:
-            if "=" not in a:
+            if not isinstance(a, str) or "=" not in a:
                 raise ValueError(f"override {a!r} is not of the form field=value")
             k, v = a.split("=", 1)
             items.append((k.strip(), v.strip()))
@@ -205,7 +201,7 @@ def override(cfg, assignments: Sequence[str] | Mapping[str, Any]):
             raise KeyError(
                 f"unknown field {key!r} for {type(cfg).__name__}; valid: {', '.join(sorted(names))}"
             )
-        changes[key] = _parse_value(value, hints[key], key) if isinstance(value, str) else value
+        changes[key] = parse_value(value, hints[key], f"{type(cfg).__name__}.{key}") if parse else value
     return replace(cfg, **changes)
 
 
@@ -215,11 +211,13 @@ def to_dict(cfg) -> dict:
 
 def from_dict(cls, data: Mapping[str, Any]):
     """Build `cls` from a dict; unknown keys are an error naming them."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__} needs a JSON object of fields, got {type(data).__name__} {data!r}")
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - valid)
     if unknown:
         raise KeyError(f"unknown field(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return cls(**data)
 
 
 __all__ = [
@@ -283,23 +281,28 @@ class FlowerConfig:
     decoder_hidden_dim: int = 0
 
     def __post_init__(self):
-        _check_choice(self, "position_mode", POSITION_MODES)
-        _check_choice(self, "h_placement", H_PLACEMENTS)
-        if self.dit_dim % self.n_heads:
-            raise ValueError(f"dit_dim {self.dit_dim} is not a multiple of n_heads {self.n_heads}")
+        check_types(self)
+        check_choice(self, "position_mode", POSITION_MODES)
+        check_choice(self, "h_placement", H_PLACEMENTS)
+        for name in ("action_dim", "act_window_size", "cond_dim", "dit_dim", "n_heads", "n_layers", "query_seq_len",
+                     "lora_dim", "frequency_embedding_size", "proprio_dim"):
+            check_range(self, name, 1)
+        check_range(self, "decoder_hidden_dim", 0, why="0 means 2 * dit_dim")
+        for name in ("attn_pdrop", "resid_pdrop", "mlp_pdrop", "proprio_pdrop"):
+            check_range(self, name, 0.0, 1.0, hi_open=True)
+        check_range(self, "rope_theta", 0.0, lo_open=True)
+        check_range(self, "time_scale", 0.0, lo_open=True)
+        check_multiple(self, "dit_dim", "n_heads")
         if self.position_mode == "rope" and (self.dit_dim // self.n_heads) % 2:
-            raise ValueError(f"RoPE needs an even head dim, got {self.dit_dim // self.n_heads}")
+            raise ValueError(f"FlowerConfig: RoPE needs an even head dim, got dit_dim {self.dit_dim} / n_heads "
+                             f"{self.n_heads} = {self.dit_dim // self.n_heads}")
         if self.position_mode == "rope" and self.act_window_size > self.query_seq_len:
-            raise ValueError(
-                f"act_window_size {self.act_window_size} exceeds query_seq_len {self.query_seq_len}"
-            )
+            raise ValueError(f"FlowerConfig.act_window_size={self.act_window_size} exceeds "
+                             f"query_seq_len={self.query_seq_len}")
         if self.frequency_embedding_size % 2:
-            raise ValueError("frequency_embedding_size must be even")
+            raise ValueError(f"FlowerConfig.frequency_embedding_size={self.frequency_embedding_size} must be even")
         if not self.action_space.isidentifier():
-            raise ValueError(f"action_space {self.action_space!r} must be an identifier")
-        for name in ("action_dim", "act_window_size", "cond_dim", "n_layers", "lora_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            raise ValueError(f"FlowerConfig.action_space={self.action_space!r} must be an identifier")
 
     @property
     def decoder_hidden(self) -> int:

@@ -102,12 +102,22 @@ def _fmt(v) -> str:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """Rows of a metrics.csv as dicts (step int, the rest float)."""
+    """Rows of a metrics.csv as dicts (step int, the rest float).
+
+    An incomplete last row (a write cut short by a kill) is dropped; a damaged row elsewhere
+    is a ValueError naming the file and the line.
+    """
     with open(path, newline="") as f:
-        return [
-            {k: (int(v) if k == "step" else float(v)) for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
+        rows = list(csv.DictReader(f))
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append({k: (int(v) if k == "step" else float(v)) for k, v in row.items()})
+        except (TypeError, ValueError) as err:
+            if i == len(rows) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 2} is not a metrics row ({err})") from err
+    return out
 
 
 class ProgressBar:

@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from meanflow_common.config_compare import RESUMABLE, config_diffs
 from meanflow_common.train_config import (
     TRAIN_PRESETS,
     TrainConfig,
@@ -56,7 +57,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------
 
 RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard")
-_RESUMABLE = {"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir", "fast_compile", "torch_compile"}
 
 
 def read_run_config(run_dir: str) -> dict:
@@ -65,7 +65,13 @@ def read_run_config(run_dir: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} holds no run (no config.json)")
     with open(path) as f:
-        return json.load(f)
+        try:
+            data = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); the run folder's config is damaged") from err
+    if not isinstance(data, Mapping) or not isinstance(data.get("train"), Mapping):
+        raise ValueError(f"{path} is not a run config (a JSON object with a 'train' object)")
+    return data
 
 
 def check_resume_compatible(saved: Mapping, cfg: TrainConfig, backend: str) -> None:
@@ -78,26 +84,9 @@ def check_resume_compatible(saved: Mapping, cfg: TrainConfig, backend: str) -> N
             f"the run in {cfg.out_dir} was written by {saved.get('backend')!r}, not {backend!r}; resume it "
             "with that backend (or convert its checkpoint with parity.convert.checkpoints)"
         )
-    old, new = _flat(saved["train"]), _flat(config_to_dict(cfg))
-    diffs = [f"{k}: saved {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
-             if k.split(".")[0] not in _RESUMABLE and _norm(old.get(k)) != _norm(new.get(k))]
+    diffs = config_diffs(saved["train"], config_to_dict(cfg), ignore=RESUMABLE)
     if diffs:
         raise ValueError(f"cannot resume {cfg.out_dir}: the config differs from the saved run: {'; '.join(diffs)}")
-
-
-def _flat(d: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
 
 
 def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = False, overwrite: bool = False,

@@ -27,11 +27,11 @@ from meanflow_common.config import (
     FlowerConfig,
     MeanFlowConfig,
     OptimConfig,
-    _parse_value,
     from_dict,
     get_preset,
     override,
 )
+from meanflow_common.fields import check_choice, check_range, check_types, parse_value
 
 __all__ = [
     "TASKS",
@@ -97,32 +97,37 @@ class TrainConfig:
     mf: MeanFlowConfig = field(default_factory=MeanFlowConfig)
 
     def __post_init__(self):
+        pairs = tuple((str(k), v) for k, v in _pairs(self.model_overrides))
+        object.__setattr__(self, "model_overrides", pairs)
+        check_types(self)
         for name, choices in (("task", TASKS), ("method", METHODS), ("dtype", DTYPES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not one of {list(choices)}")
+            check_choice(self, name, choices)
         if self.method == "regression" and self.task != "reach":
             raise ValueError("method 'regression' is the reach baseline; it needs task='reach'")
         for name in ("steps", "batch_size", "keep_last", "obs_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ckpt_every", "log_every", "eval_every", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        pairs = tuple((str(k), v) for k, v in _pairs(self.model_overrides))
-        object.__setattr__(self, "model_overrides", pairs)
+            check_range(self, name, 1)
+        for name in ("ckpt_every", "log_every", "eval_every"):
+            check_range(self, name, 0, why="0 = only at the end")
+        # JAX's PRNGKey keeps 32 bits without x64: larger seeds would collide silently
+        check_range(self, "seed", 0, 2**32 - 1)
+        if not self.out_dir.strip():
+            raise ValueError("TrainConfig.out_dir is empty")
         model_config(self)  # an unknown model preset or field fails here, at construction
 
 
 def _pairs(overrides) -> list[tuple[str, Any]]:
     if isinstance(overrides, Mapping):
         return list(overrides.items())
+    if isinstance(overrides, str) or not isinstance(overrides, (tuple, list)):
+        raise TypeError(f"TrainConfig.model_overrides={overrides!r} must be a {{field: value}} object or "
+                        "(field, value) pairs")
     out = []
     for item in overrides:
         if isinstance(item, str):
             if "=" not in item:
                 raise ValueError(f"model override {item!r} is not of the form field=value")
             item = tuple(s.strip() for s in item.split("=", 1))
-        if len(item) != 2:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise ValueError(f"model override {item!r} is not a (field, value) pair")
         out.append((item[0], item[1]))
     return out
@@ -226,28 +231,43 @@ def apply_assignments(cfg: TrainConfig, assignments: Sequence[str] | Mapping[str
     """A copy of `cfg` with each "field=value" (or {field: value}) applied, in order.
 
     Top-level fields go first (so `task=reach` decides which model fields exist); an
-    unknown field or section raises KeyError naming it and listing the valid ones.
+    unknown field or section raises KeyError naming it and listing the valid ones. The text
+    of a "field=value" string is parsed as the field's type (`fields.parse_value`); the
+    values of a mapping must already have it ({"steps": "4"} is refused, as in a JSON file).
     """
-    items = list(assignments.items()) if isinstance(assignments, Mapping) else [_split(a) for a in assignments]
-    top = [(k, v) for k, v in items if k in _TOP]
-    rest = [(k, v) for k, v in items if k not in _TOP]
+    if isinstance(assignments, Mapping):
+        items = [(k, v, False) for k, v in assignments.items()]
+    else:  # "field=value" strings are parsed as the field's type; (field, value) pairs are taken as typed
+        items = [(*_split(a), isinstance(a, str)) for a in assignments]
+    top = [(k, v, p) for k, v, p in items if k in _TOP]
+    rest = [(k, v, p) for k, v, p in items if k not in _TOP]
     if top:
         hints = typing.get_type_hints(TrainConfig)
-        changes = {k: (_parse_value(v, hints[k], k) if isinstance(v, str) else v) for k, v in top}
+        changes = {k: (parse_value(v, hints[k], f"TrainConfig.{k}") if p else v) for k, v, p in top}
         cfg = _replace_top(cfg, changes)
-    optim, mf, model = {}, {}, dict(cfg.model_overrides)
-    for key, value in rest:
+    sections = {"optim": {}, "mf": {}, "model": {}}
+    for key, value, p in rest:
         section, name = _where(key, cfg)
-        {"optim": optim, "mf": mf, "model": model}[section][name] = value
-    if optim:
-        cfg = replace(cfg, optim=override(cfg.optim, optim))
-    if mf:
-        cfg = replace(cfg, mf=override(cfg.mf, mf))
-    if model != dict(cfg.model_overrides):
-        base = get_preset(DIT_PRESETS if cfg.task == "digits" else FLOWER_PRESETS, cfg.model)
-        typed = dataclasses.asdict(override(base, model))  # parses "64" -> 64 and validates
-        cfg = replace(cfg, model_overrides=tuple((k, typed[k]) for k in model))
+        sections[section][name] = (value, p)
+    optim, mf, model = (_typed(section_cfg, sections[name]) for name, section_cfg in
+                        (("optim", cfg.optim), ("mf", cfg.mf), ("model", model_config(cfg))))
+    if sections["optim"]:
+        cfg = replace(cfg, optim=optim)
+    if sections["mf"]:
+        cfg = replace(cfg, mf=mf)
+    if sections["model"]:
+        typed = dataclasses.asdict(model)  # "64" parsed to 64 and validated by the model config
+        merged = {**dict(cfg.model_overrides), **{k: typed[k] for k in sections["model"]}}
+        cfg = replace(cfg, model_overrides=tuple(merged.items()))
     return cfg
+
+
+def _typed(section_cfg, assigned: dict):
+    """`section_cfg` with the assigned {field: (value, parse)}: CLI text parsed, the rest as given."""
+    if not assigned:
+        return section_cfg
+    section_cfg = override(section_cfg, [f"{k}={v}" for k, (v, p) in assigned.items() if p])
+    return override(section_cfg, {k: v for k, (v, p) in assigned.items() if not p})
 
 
 def _replace_top(cfg: TrainConfig, changes: dict) -> TrainConfig:
@@ -279,6 +299,9 @@ def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None) -
     if unknown:
         raise KeyError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(valid)}")
     changes = {k: v for k, v in data.items() if k not in ("optim", "mf")}
+    for section in ("optim", "mf"):
+        if section in data and not isinstance(data[section], Mapping):
+            raise TypeError(f"TrainConfig.{section}={data[section]!r} must be an object of fields")
     if "optim" in data:
         changes["optim"] = from_dict(OptimConfig, {**dataclasses.asdict(base.optim), **data["optim"]})
     if "mf" in data:
@@ -305,7 +328,11 @@ def load_config_file(path: str, base: TrainConfig | None = None) -> TrainConfig:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return config_from_dict(data, base)
+    try:
+        return config_from_dict(data, base)
+    except (KeyError, TypeError, ValueError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise type(err)(f"{path}: {msg}") from err
 
 
 # ----------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import importlib
 import sys
 import time
 
+from meanflow_common.cli_args import non_negative_int, positive_int
+
 # Subcommands with their own command line: (module, what). They run before JAX is imported
 # (the benchmark sets XLA flags first).
 DELEGATED = {
@@ -36,6 +38,9 @@ def _setup_jax():
     import jax
 
     jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 arrays stay float32
+
+
+SUPPORTED_DTYPES = ("float32", "float64")
 
 
 def _devices(arg: str) -> list[str]:
@@ -65,6 +70,16 @@ def _variants(args):
     return variants
 
 
+def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
+    """The --dtype list of a parity run, checked (--batch and --seed are checked by argparse)."""
+    chosen = [d.strip() for d in args.dtype.split(",")]
+    bad = [d for d in chosen if d not in dtypes]
+    if bad:
+        raise ValueError(f"--dtype {bad[0]!r} is not supported; the parity checks compare {', '.join(dtypes)} "
+                         "(comma-separated)")
+    return chosen
+
+
 def cmd_report(args) -> int:
     _setup_jax()
     from parity.convert import checkpoints
@@ -74,10 +89,10 @@ def cmd_report(args) -> int:
     from parity.core.report import format_table, format_tolerances, write_json
 
     start = time.time()
+    dtypes = check_run_args(args)
     variants = _variants(args)
     archs = archs_of(variants)
     devices = _devices(args.device)
-    dtypes = args.dtype.split(",")
     print(format_tolerances(archs))
     params_for = None
     if args.checkpoint:
@@ -127,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a model config field by name (repeatable)")
     p.add_argument("--dtype", default="float32,float64")
     p.add_argument("--device", default="auto", help="cpu, cuda, cpu,cuda or auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=6, help="batch size (default 6: not a power of two)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=6, help="batch size (default 6: not a power of two)")
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: compare these weights")
     p.add_argument("--checkpoint-key", default=None, help="entry of the checkpoint holding the params (e.g. ema_params)")
-    p.add_argument("--trained-steps", type=int, default=8,
+    p.add_argument("--trained-steps", type=non_negative_int, default=8,
                    help="also compare each architecture after N AdamW steps from the standard init (0: off)")
     p.add_argument("--xla-compile", default="fast", choices=("fast", "full"),
                    help="XLA:CPU compile of the JAX reference: fast (default; LLVM -O0, ~4x quicker to compile, "
@@ -173,7 +188,7 @@ def main(argv=None) -> int:
             return cmd_debug(args)
         return cmd_report(args)
     except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
 
 

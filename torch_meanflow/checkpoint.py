@@ -14,6 +14,7 @@ The "model" entry is what `parity.convert.checkpoints` reads, so any checkpoint 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from typing import Optional
@@ -21,6 +22,7 @@ from typing import Optional
 import torch
 
 from meanflow_common.keys import check_keys_and_shapes
+from meanflow_common.checks import check_float_arrays, unreadable_checkpoint
 from torch_meanflow.train_state import TrainState
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints"]
@@ -79,9 +81,11 @@ def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
 
 
 def _check_state_dict(saved: dict, module: torch.nn.Module, what: str) -> None:
+    want = module.state_dict()
     check_keys_and_shapes({k: tuple(v.shape) for k, v in saved.items()},
-                          {k: tuple(v.shape) for k, v in module.state_dict().items()}, f"checkpoint {what}",
+                          {k: tuple(v.shape) for k, v in want.items()}, f"checkpoint {what}",
                           "; it was written for another architecture")
+    check_float_arrays({k: v for k, v in saved.items() if want[k].is_floating_point()}, f"checkpoint {what}")
 
 
 def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
@@ -94,7 +98,10 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     device = next(state.model.parameters()).device
-    payload = torch.load(path, map_location=device, weights_only=True)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise unreadable_checkpoint(path, err) from err
     if not isinstance(payload, dict) or not {"model", "ema", "optimizer", "step"} <= set(payload):
         raise ValueError(f"{path} is not a checkpoint of the PyTorch trainer")
     _check_state_dict(payload["model"], state.model, "model")

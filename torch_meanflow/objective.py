@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from meanflow_common.checks import check_times
 from meanflow_common.config import MeanFlowConfig
 from torch_meanflow.attention import JVP_IMPLS, current_jvp_attention, has_tangent, jvp_attention
 from torch_meanflow.jvp_rules import TangentRules
@@ -181,8 +182,6 @@ def guidance_velocity(u_fn: UFn, v, z_t, t, y, cfg: MeanFlowConfig, null_y) -> t
         return v
     if null_y is None:
         raise ValueError("guidance_eq='cfg' needs null_y (the null-class label); got None")
-    if cfg.kappa < 0:
-        raise ValueError(f"kappa must be >= 0, got {cfg.kappa}")
     if not torch.is_tensor(y):
         raise TypeError(f"guidance needs tensor labels y, got {type(y).__name__}")
     with torch.no_grad():
@@ -239,11 +238,7 @@ def _check_inputs(x: torch.Tensor, noise: MeanFlowNoise) -> None:
         raise TypeError(f"noise.drop_mask must be bool, got {noise.drop_mask.dtype}")
     if torch.compiler.is_compiling():
         return  # value checks need the data on the host: skipped in traced code, as in JAX
-    if bool(((noise.t < noise.r) | (noise.r < 0) | (noise.t > 1)).any()):
-        bad = torch.nonzero(noise.t < noise.r).flatten()
-        if bad.numel():
-            raise ValueError(f"t < r at indices {bad[:10].tolist()}: MeanFlow needs 0 <= r <= t <= 1")
-        raise ValueError("times t and r must lie in [0, 1]")
+    check_times(noise.t.detach().double().cpu().numpy(), noise.r.detach().double().cpu().numpy())
 
 
 # ----------------------------------------------------------------------------------

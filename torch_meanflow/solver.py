@@ -10,14 +10,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from meanflow_common.checks import check_num_steps, check_schedule
+
 __all__ = ["sampling_schedule", "solver_step", "generate"]
 
 
 def sampling_schedule(num_steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Times [num_steps + 1] from 1.0 down to 0.0, evenly spaced (computed in float64)."""
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps}")
-    grid = np.linspace(1.0, 0.0, int(num_steps) + 1, dtype=np.float64)
+    num_steps = check_num_steps(num_steps)
+    grid = np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float64)
     return torch.as_tensor(grid, device=device).to(dtype)
 
 
@@ -36,10 +37,7 @@ def solver_step(u_fn: Callable[..., torch.Tensor], z_t: torch.Tensor, t: torch.T
 
 
 def _check_schedule(schedule: torch.Tensor) -> None:
-    if schedule.dim() != 1 or schedule.shape[0] < 2:
-        raise ValueError(f"schedule must be 1-D with at least 2 times, got shape {tuple(schedule.shape)}")
-    if bool((schedule[1:] > schedule[:-1]).any()) or schedule.min() < 0 or schedule.max() > 1:
-        raise ValueError(f"schedule must decrease within [0, 1], got {schedule.tolist()}")
+    check_schedule(schedule.detach().double().cpu().numpy())
 
 
 def generate(u_fn: Callable[..., torch.Tensor], e: torch.Tensor, y, num_steps: int = 1, schedule=None) -> torch.Tensor:

@@ -27,14 +27,16 @@ import torch
 from torch import nn
 
 from meanflow_common.keys import check_keys_and_shapes
+from meanflow_common.checks import check_float_arrays
+from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
+from meanflow_common.sampling import sample_inputs
 from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
 from meanflow_common.train_config import (
     TrainConfig,
     check_batch,
     config_from_dict,
     config_to_dict,
-    data_shape,
     model_config,
     objective_config,
 )
@@ -161,7 +163,8 @@ def to_batch(cfg: TrainConfig, batch: dict) -> dict:
 
 
 def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema: bool = True) -> Callable:
-    """sample(cond, noise=None, num_steps=None, seed=0) -> NumPy samples (twin of JAX's).
+    """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False) -> NumPy samples
+    (twin of JAX's; the request is checked by `meanflow_common.sampling.sample_inputs`).
 
     cond: labels int [B] (digits) or observations [B, obs_dim] (reach). noise: e in the
     data interface's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn
@@ -172,24 +175,19 @@ def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema:
     """
     net = state.ema_model if use_ema else state.model
     master, _ = _dtypes(cfg)
-    shape = data_shape(cfg)
     dev = _device()
 
     def u_fn(z, t, h, y, train=False):
         h = torch.zeros_like(h) if cfg.method == "flow_matching" else h
         return net(z, t, h, y, train=train) if cfg.task == "digits" else net.u_fn(z, t, h, y, train)
 
-    def sample(cond, noise=None, num_steps=None, seed=0):
-        cond = np.asarray(cond)
-        if noise is None:
-            noise = np.random.default_rng(seed).standard_normal((cond.shape[0], *shape))
-        noise = np.asarray(noise)
+    def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
+        cond, noise, steps = sample_inputs(cfg, cond, noise, num_steps, seed, allow_null)
         if cfg.task == "digits":
             noise = noise.transpose(0, 3, 1, 2)
         e = torch.as_tensor(np.ascontiguousarray(noise)).to(dev, master)
-        steps = num_steps or cfg.mf.num_steps
         if cfg.method == "regression":
-            e, steps = torch.zeros_like(e), 1
+            e = torch.zeros_like(e)
         with torch.no_grad():
             if cfg.task == "digits":
                 y = torch.as_tensor(cond, dtype=torch.long, device=dev)
@@ -215,6 +213,7 @@ def _data(cfg: TrainConfig, dataset, batch_fn):
 
 def _load_init(model: nn.Module, init_params) -> None:
     want = model.state_dict()
+    check_float_arrays(init_params, "init_params")
     check_keys_and_shapes({k: tuple(np.shape(v)) for k, v in init_params.items()},
                           {k: tuple(v.shape) for k, v in want.items()}, "init_params")
     with torch.no_grad():
@@ -259,7 +258,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     state = create_train_state(model, cfg.optim)
     last = latest_checkpoint(ckpt_dir) if resumed else None
     if last is not None:
-        restore_checkpoint(last, state)
+        check_checkpoint_config(restore_checkpoint(last, state)[1], cfg, last)
     start = state.step
     logger = MetricsLogger(run_dir, start if resumed else None, _tb_writer(run_dir))
     bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
@@ -321,6 +320,7 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = Tru
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
     model = make_model(cfg, obs_dim=saved.get("data", {}).get("obs_dim"))
     state, meta = restore_checkpoint(path, create_train_state(model, cfg.optim))
+    check_checkpoint_config(meta, cfg, path)
     return LoadedRun(cfg=cfg, model=model, state=state, step=int(meta["step"]), checkpoint=path,
                      sample=make_sampler(cfg, model, state, use_ema))
 

@@ -16,6 +16,8 @@ import statistics
 import sys
 import time
 
+from meanflow_common.cli_args import non_negative_int, positive_int
+
 
 def _profile(step) -> dict[str, tuple[float, int]]:
     from torch.profiler import ProfilerActivity, profile
@@ -30,11 +32,11 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="dit-s", help="a size of parity.bench (dit-s, dit-m, flower-small, ...)")
     p.add_argument("--runners", default="fm,mf", help="torch runners of parity.bench.cases.TORCH_VARIANTS")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--tokens", type=int, default=64)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--top", type=int, default=12, help="ops listed")
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--tokens", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=5)
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--top", type=positive_int, default=12, help="ops listed")
     args = p.parse_args(argv)
 
     import torch

@@ -23,6 +23,8 @@ import os
 import sys
 import time
 
+from meanflow_common.cli_args import non_negative_int, positive_int
+from meanflow_common.json_io import write_json
 from parity.bench.cases import DEFAULT_SIZES, QUICK_SIZES, SIZES, make_case, rel_diff, timed
 from parity.bench.measure import environment, load_average, peak_step_memory, time_interleaved
 from parity.bench.report import TARGETS, format_case, format_targets, markdown, targets
@@ -163,20 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sizes", default=None, help=f"comma list of {', '.join(SIZES)} (default per device: "
                    f"cpu {DEFAULT_SIZES['cpu']}; cuda {DEFAULT_SIZES['cuda']})")
-    p.add_argument("--steps", type=int, default=7, help="timed steps per runner (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (the first one compiles)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--tokens", type=int, default=64, help="FLOWER conditioning tokens per sample")
+    p.add_argument("--steps", type=positive_int, default=7, help="timed steps per runner (median reported)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls first (the first one compiles)")
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--tokens", type=positive_int, default=64, help="FLOWER conditioning tokens per sample")
     p.add_argument("--guidance", action="store_true", help="DiT with the reference CFG target (2 extra forwards)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile runners")
     p.add_argument("--no-check", action="store_true", help="skip the du/dt cross-check of the JVP engines")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (1 also makes XLA single-threaded)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (1 also makes XLA single-threaded)")
     p.add_argument("--tf32", default="on", choices=["on", "off"], help="CUDA float32 matmuls/convs in TF32 (both)")
     p.add_argument("--sampling-batches", default="1,32", help="FLOWER sampling latency batch sizes ('' = skip)")
     p.add_argument("--parity-suite", default="default", help="setups of the `python -m parity` timing "
                    "('' = skip): default (fast compile), xla full compile, cache cold, cache warm, full+cache cold, "
                    "full+cache warm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as Markdown")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, batch 4, 2 steps, 1 thread; "
@@ -195,8 +197,6 @@ def main(argv=None) -> int:
     for s in sizes:
         if s not in SIZES:
             raise SystemExit(f"unknown size {s!r}; available: {', '.join(SIZES)}")
-    if args.steps < 1:
-        raise SystemExit("--steps must be >= 1")
     start = time.time()
     user_env = dict(os.environ)  # the parity suite runs as the user runs it, without our settings
     _setup_backends(args)
@@ -225,9 +225,7 @@ def main(argv=None) -> int:
     report["load_average_end"] = load_average()
     print(f"\nbenchmark done in {report['elapsed_s']:.0f} s (load {report['load_average_end']})")
     if args.json:
-        from parity.core.jsonio import write_json_atomic
-
-        write_json_atomic(args.json, report)
+        write_json(args.json, report)  # non-finite numbers as "inf" / "nan"
         print(f"wrote {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:

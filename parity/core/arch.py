@@ -273,6 +273,19 @@ def load_object(spec: str):
     return obj
 
 
+def check_sets(sets: Sequence[str], model_cfgs: Sequence) -> None:
+    """Every --set "FIELD=VALUE" names a field of at least one of `model_cfgs` (a typo is an
+    error, not a silently unmodified model)."""
+    known = set().union(*({f.name for f in dataclass_fields(c)} for c in model_cfgs))
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is not of the form FIELD=VALUE")
+        name = item.split("=", 1)[0].strip()
+        if name not in known:
+            kinds = "/".join(sorted({type(c).__name__ for c in model_cfgs}))
+            raise KeyError(f"--set {item!r}: unknown field {name!r} of {kinds}; valid: {', '.join(sorted(known))}")
+
+
 def resolve_variants(spec: str | None = None, preset: str | None = None, sets: Sequence[str] = ()) -> list[Variant]:
     """The variants a command runs, from `--arch`.
 
@@ -290,10 +303,7 @@ def resolve_variants(spec: str | None = None, preset: str | None = None, sets: S
         names = [s.strip() for s in spec.split(",") if s.strip()]
     archs = [get_arch(name) for name in names]
     fields_of = {a.name: {f.name for f in dataclass_fields(a.preset(preset))} for a in archs}
-    unknown = [s for s in sets if not any(s.split("=", 1)[0].strip() in f for f in fields_of.values())]
-    if unknown:
-        raise ValueError(f"--set {unknown[0]!r}: no model config of {', '.join(fields_of)} has field "
-                         f"{unknown[0].split('=', 1)[0].strip()!r}")
+    check_sets(sets, [a.preset(preset) for a in archs])
     out: list[Variant] = []
     for arch in archs:  # each architecture takes the fields its config has
         mine = [s for s in sets if s.split("=", 1)[0].strip() in fields_of[arch.name]]

@@ -45,12 +45,20 @@ def error_stats(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, str]:
     return max_abs, max_rel, where
 
 
-def compare(ref, got, *, quantity: str, tol: float, **labels) -> CheckResult:
+def compare(ref, got, *, quantity: str, tol: float, nonzero: bool = False, **labels) -> CheckResult:
+    """One quantity's check. nonzero: the reference must not be identically zero; agreement
+    on all-zero values (zero-initialised layers, an all-zero weight file) proves nothing, so
+    it fails, saying so."""
     max_abs, max_rel, where = error_stats(ref, got)
-    return CheckResult(
+    result = CheckResult(
         quantity=quantity, max_abs=max_abs, max_rel=max_rel, tol=tol,
         passed=bool(max_rel <= tol), where=where, **labels,
     )
+    if nonzero and not np.any(np.asarray(ref)):
+        result.passed = False
+        result.where = (f"{quantity} is identically zero on the reference side: the comparison proves nothing "
+                        "(zero-initialised or all-zero weights?)")
+    return result
 
 
 def compare_grads(ref: dict, got: dict, *, tol: float, **labels) -> list[CheckResult]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from meanflow_common.json_io import write_json as write_json_file
 from parity.core.compare import CheckResult
-from parity.core.jsonio import write_json_atomic
 from parity.core.tolerances import TOLERANCES, overrides
 
 
@@ -36,10 +36,12 @@ def format_tolerances(archs=()) -> str:
 
 
 def write_json(path: str, results: Sequence[CheckResult], meta: dict, archs=()):
-    """Write the full report atomically (a half-written report never replaces a good one)."""
+    """Write the full report atomically; non-finite errors (max_abs inf when the port produced
+    NaN) are written as the strings "inf" / "nan" (`meanflow_common.json_io`); `archs`: the
+    architectures whose tolerance overrides apply."""
     payload = {"meta": meta, "tolerances": {f"{d}/{v}": t for (d, v), t in TOLERANCES.items()},
                "tolerance_overrides": {f"{a}/{d}": {"tolerances": t, "reason": reason}
                                        for (a, d), (t, reason) in overrides(archs).items()},
                "checks": [r.as_dict() for r in results],
                "passed": all(r.passed for r in results)}
-    write_json_atomic(path, payload)
+    write_json_file(path, payload)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import os
 
+from meanflow_common.cli_args import non_negative_int, positive_int
+from meanflow_common.json_io import write_json as write_json_file
 from parity.core.arch import Variant, resolve_variants
-from parity.core.jsonio import write_json_atomic
 from parity.debug.analyse import NETWORK, DebugResult, analyse, prepare_case
 from parity.debug.capture import DEFAULT_ATTENTION, DEFAULT_ENGINE
 from torch_meanflow.attention import JVP_IMPLS
@@ -154,7 +155,7 @@ def plot_errors(res: DebugResult, path: str) -> str:
 
 def write_json(res: DebugResult, path: str, meta: dict | None = None):
     """The full debug result as strict JSON, written atomically."""
-    write_json_atomic(path, {"meta": meta or {}, **res.as_dict()})
+    write_json_file(path, {"meta": meta or {}, **res.as_dict()})  # non-finite numbers as "inf" / "nan"
 
 
 # ----------------------------------------------------------------------------------
@@ -172,8 +173,8 @@ def add_arguments(p):
                    help="override a model config field by name (repeatable)")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=6)
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
     p.add_argument("--checkpoint-key", default=None)
     p.add_argument("--control", default=None, help="inject a negative control (parity/core/controls.py, or the "

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from meanflow_common.cli_args import positive_int
+from meanflow_common.config import get_preset
 from meanflow_common.train_config import TRAIN_PRESETS, TrainConfig, apply_assignments, model_config, objective_config
 from parity.archs import DIT
 from parity.convert import jax_to_torch, torch_to_jax
@@ -190,21 +192,28 @@ def plot(trajs: list[Trajectory], png_path: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity.train_parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--dtype", default="float32,float64", help="comma-separated: float32, float64")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--preset", default="tiny", help="a digits TRAIN_PRESETS entry")
     p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="FIELD=VALUE")
     p.add_argument("--png", default="train_parity.png", help="where to write the divergence plot")
-    p.add_argument("--every", type=int, default=10, help="print a row every N steps")
+    p.add_argument("--every", type=positive_int, default=10, help="print a row every N steps")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)  # tiny matrices: extra threads only contend
+    try:  # every recipe is checked before the first run starts
+        get_preset(TRAIN_PRESETS, args.preset, "training preset")
+        cfgs = [parity_config(d.strip(), args.steps, args.batch, args.preset, args.sets) for d in args.dtype.split(",")]
+    except (KeyError, ValueError, TypeError) as err:
+        p.error(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+    for cfg in cfgs:
+        if cfg.task != "digits":
+            p.error(f"--preset {args.preset!r} is a {cfg.task} recipe; the training parity compares digits runs")
     trajs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in args.dtype.split(","):
-            cfg = parity_config(dtype, args.steps, args.batch, args.preset, args.sets)
-            trajs.append(run_pair(cfg, os.path.join(tmp, dtype))[0])
+        for cfg in cfgs:
+            trajs.append(run_pair(cfg, os.path.join(tmp, cfg.dtype))[0])
     print(format_table(trajs, args.every))
     print(f"plot: {plot(trajs, args.png)}")
     return 0
