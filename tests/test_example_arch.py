@@ -57,8 +57,9 @@ def test_api_report_passes_and_the_broken_port_raises():
     assert "conv_velocity_broken / cfg / float64 / cpu: failing u, du_dt" in msg
     assert "worst " in msg and "max rel" in msg
     assert "blamed: blocks.1 " in msg, msg
-    with pytest.raises(parity.ParityError, match="blamed: blocks.1"):
-        parity.check(BROKEN, dtypes=("float64",), raise_on_failure=True)
+    one = BROKEN.default_variants()[1]  # a single Variant is a target too
+    with pytest.raises(parity.ParityError, match=r"(?s)conv_velocity_broken / no cfg .*blamed: blocks.1 "):
+        parity.check(one, dtypes=("float64",), raise_on_failure=True)
 
 
 def test_api_takes_variants_and_specs():
@@ -85,7 +86,7 @@ def test_pytest_plugin_passes_and_fails_readably(pytester, monkeypatch):
             assert report.passed
 
         def test_broken_port(parity_check):
-            parity_check(BROKEN, dtypes=("float64",))
+            parity_check(BROKEN.default_variants()[0], dtypes=("float64",))
     """))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "parity")
     result.assert_outcomes(passed=1, failed=1)

@@ -1,6 +1,6 @@
 """Pinning and reporting the float32 precision settings of both frameworks.
 
-True float32 on GPU needs both sides pinned (SPEC section 5): JAX matmul precision
+True float32 on GPU needs both sides pinned: JAX matmul precision
 "highest"; PyTorch TF32 off for matmuls AND for cuDNN convolutions (cuDNN's TF32 is on
 by default). `pinned_precision(False)` restores each framework's defaults, which the
 report uses to measure the TF32 drift on GPU.

@@ -1,4 +1,4 @@
-"""The divergence debugger: where and why the two backends part (issue 5).
+"""The divergence debugger: where and why the two backends part.
 
 `run_debug` evaluates one variant on both sides from the same float64 input bundle as the
 harness, then:
@@ -7,7 +7,7 @@ harness, then:
    reference's v_g and the dropped labels, so the network is compared on identical inputs);
 2. compares them module by module in execution order (torch hook order): max abs error and
    max error relative to the JAX max magnitude, primal against the u tolerance and tangent
-   against the du/dt tolerance of the dtype (parity/tolerances.py);
+   against the du/dt tolerance of the dtype (parity/core/tolerances.py);
 3. blames a module: the first module over tolerance if its inputs agree (the bug is in its
    own computation), else its nearest compared ancestor (its input was computed wrongly by
    the ancestor's code between sub-modules, since every earlier module agrees);
@@ -15,8 +15,8 @@ harness, then:
    losses, gradients) and names the objective as the place of the divergence, with the
    first failing term and what that pattern means.
 
-Precision matrix and compare modes live in parity/debug_modes.py; tables, the PNG and the
-JSON and the command line (`python -m parity debug`) in parity/debug_report.py.
+Precision matrix and compare modes live in parity/debug/modes.py; tables, the PNG and the
+JSON and the command line (`python -m parity debug`) in parity/debug/report.py.
 """
 from __future__ import annotations
 

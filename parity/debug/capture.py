@@ -1,6 +1,6 @@
 """Per-module capture of the network call inside the MeanFlow JVP, on both sides.
 
-The divergence debugger (parity/debug.py) needs, for every module of the network, its
+The divergence debugger (parity/debug/analyse.py) needs, for every module of the network, its
 output AND its input, each as primal and as JVP tangent, at primals (z_t, t, r) and
 tangents (v_g, 1, 0), under the same name on both sides:
 
