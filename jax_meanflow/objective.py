@@ -73,31 +73,35 @@ class MeanFlowOutput:
 # ----------------------------------------------------------------------------------
 
 
-def _time_dist(key, batch_size: int, cfg: MeanFlowConfig, dtype) -> jax.Array:
+def _time_dist(key, batch_size: int, cfg: MeanFlowConfig, which: str, dtype) -> jax.Array:
+    """[B] draws of `which` ("t" or "r"): logit-normal(cfg.time_dist_params(which)) or U(0, 1)."""
     if cfg.noise_dist == "logit_normal":
+        mean, std = cfg.time_dist_params(which)
         n = jax.random.normal(key, (batch_size,), dtype=dtype)
-        return jax.nn.sigmoid(n * cfg.P_std + cfg.P_mean)
+        return jax.nn.sigmoid(n * std + mean)
     return jax.random.uniform(key, (batch_size,), dtype=dtype)
 
 
 def sample_tr(key, batch_size: int, cfg: MeanFlowConfig, dtype=jnp.float32):
     """Draw (t, r), each [B], with 0 <= r <= t <= 1.
 
-    t and r are drawn independently from `cfg.noise_dist`, then:
+    t and r are drawn independently from `cfg.noise_dist` (logit-normal: t with
+    (P_mean_t, P_std_t), r with (P_mean_r, P_std_r), both defaulting to (P_mean, P_std)),
+    then:
     - rt_mask "first" (JAX reference): t, r = max, min; the FIRST floor(B * data_proportion)
       samples get r = t.
-    - rt_mask "random" (py-meanflow), each sample gets r = t with probability
-      data_proportion (py-meanflow's `1 - ratio`), with two orders:
+    - rt_mask "random" (py-meanflow): a per-sample coin, True with probability
+      data_proportion (py-meanflow's `1 - ratio`), marks the samples that get r = t, in one
+      of two orders (py-meanflow uses this time convention too: z = (1 - t) x + t e):
       v0: t, r = max, min, then r = t on the masked samples;
-      v1: r = t on the masked samples, then t = max(t, r) (r keeps its own draw).
-      py-meanflow writes v1 as `t = minimum(t, r)` in its reversed time convention
-      (its t = 0 is noise, its `t` the noisy end); mapped to ours the noisy end t takes
-      the max, so in v1 r is marginally a plain draw and r == t also whenever the
-      unmasked draw had r above t (fraction p + (1 - p) / 2 of ties in total).
+      v1: r = t on the masked samples, then r = min(t, r); t keeps its own draw, so its
+      marginal is the plain t distribution, and an unmasked draw with r > t also ends at
+      r = t (a fraction p + (1 - p) P(r > t) of ties).
+    Draws: split(key, 3) -> (t, r, coins).
     """
     k_t, k_r, k_m = jax.random.split(key, 3)
-    t = _time_dist(k_t, batch_size, cfg, dtype)
-    r = _time_dist(k_r, batch_size, cfg, dtype)
+    t = _time_dist(k_t, batch_size, cfg, "t", dtype)
+    r = _time_dist(k_r, batch_size, cfg, "r", dtype)
     if cfg.rt_mask == "first":
         t, r = jnp.maximum(t, r), jnp.minimum(t, r)
         num_fm = math.floor(batch_size * cfg.data_proportion)
@@ -107,7 +111,7 @@ def sample_tr(key, batch_size: int, cfg: MeanFlowConfig, dtype=jnp.float32):
         t, r = jnp.maximum(t, r), jnp.minimum(t, r)
         return t, jnp.where(fm_mask, t, r)
     r = jnp.where(fm_mask, t, r)
-    return jnp.maximum(t, r), r
+    return t, jnp.minimum(t, r)
 
 
 def _prefix_drop_mask(key, batch_size: int, prob: float) -> jax.Array:

@@ -24,6 +24,7 @@ NOISE_DISTS = ("logit_normal", "uniform")
 GUIDANCE_EQS = ("cfg", "")
 RT_MASKS = ("first", "random")  # which samples get r = t
 TR_SAMPLERS = ("v0", "v1")  # py-meanflow: v0 order then mask, v1 mask then r = min(t, r)
+TIME_PARAMS = ("P_mean_t", "P_std_t", "P_mean_r", "P_std_r")
 TANGENTS = ("guided", "v")  # tangent of z in the JVP: v_g (JAX) or plain v (py-meanflow)
 JVP_PATHS = ("jvp", "memory_saving")
 
@@ -38,6 +39,13 @@ class MeanFlowConfig:
     noise_dist: str = "logit_normal"
     P_mean: float = -0.4
     P_std: float = 1.0
+    # t and r each from their own logit-normal (py-meanflow: t (-0.6, 1.6), r (-4.0, 1.6)).
+    # None means "the same as P_mean / P_std" (the JAX reference: one distribution for
+    # both); read them through `time_dist_params`, the one place None is resolved.
+    P_mean_t: float | None = None
+    P_std_t: float | None = None
+    P_mean_r: float | None = None
+    P_std_r: float | None = None
     data_proportion: float = 0.75
     guidance_eq: str = "cfg"
     omega: float = 1.0
@@ -72,6 +80,19 @@ class MeanFlowConfig:
         check_range(self, "norm_p", 0.0)
         check_range(self, "norm_eps", 0.0)
         check_range(self, "num_steps", 1)
+        for name in TIME_PARAMS:  # None: the same as P_mean / P_std
+            if getattr(self, name) is not None and name.startswith("P_std"):
+                check_range(self, name, 0.0, lo_open=True, why="the logit-normal's scale")
+
+    def time_dist_params(self, which: str) -> tuple[float, float]:
+        """(mean, std) of the logit-normal that draws `which` ("t" or "r").
+
+        P_mean_t / P_std_t / P_mean_r / P_std_r when set, else P_mean / P_std.
+        """
+        if which not in ("t", "r"):
+            raise ValueError(f"time_dist_params: which must be 't' or 'r', got {which!r}")
+        mean, std = getattr(self, f"P_mean_{which}"), getattr(self, f"P_std_{which}")
+        return (float(self.P_mean if mean is None else mean), float(self.P_std if std is None else std))
 
 
 # ----------------------------------------------------------------------------------

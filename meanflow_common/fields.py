@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 import typing
 from typing import Any, Sequence
 
@@ -46,6 +47,13 @@ def _label(obj, name: str) -> str:
 def _checked(obj, name: str, value: Any, typ: Any) -> Any:
     """`value` as a `typ` field holds it (an int for a float field becomes a float)."""
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # "float | None": None, or the inner type
+        inner = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None and len(inner) < len(typing.get_args(typ)):
+            return value
+        if len(inner) == 1:
+            return _checked(obj, name, value, inner[0])
+        return value
     if typ is bool:
         ok = isinstance(value, bool)
     elif typ is int:
@@ -115,6 +123,12 @@ def parse_value(text: str, typ: Any, key: str) -> Any:
     """A command-line value (the text after `field=`) read as the field's type `typ`."""
     if isinstance(typ, str):
         typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, str)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # "float | None": none/null is None
+        args = typing.get_args(typ)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) < len(args) and text.strip().lower() in ("none", "null"):
+            return None
+        return parse_value(text, inner[0], key) if len(inner) == 1 else text
     if typ is bool:
         low = text.strip().lower()
         if low not in BOOL_WORDS:

@@ -85,6 +85,7 @@ def cmd_report(args) -> int:
     from parity.convert import checkpoints
     from parity.core.arch import archs_of
     from parity.core.check import run_suite
+    from parity.extra.checks import parse_groups
     from parity.core.precision import XLA_COMPILE, pinned_precision, precision_settings, versions
     from parity.core.report import format_table, format_tolerances, write_json
 
@@ -99,7 +100,8 @@ def cmd_report(args) -> int:
         def params_for(v):
             return checkpoints.load_params(args.checkpoint, v.arch, v.model_cfg, key=args.checkpoint_key)
     results, meta_runs = run_suite(variants, dtypes, devices, seed=args.seed, batch=args.batch, params_for=params_for,
-                                   trained_steps=args.trained_steps, xla_compile=args.xla_compile)
+                                   trained_steps=args.trained_steps, xla_compile=args.xla_compile,
+                                   checks=parse_groups(args.checks))
     elapsed = time.time() - start
     print(format_table(results))
     print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s"
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xla-compile", default="fast", choices=("fast", "full"),
                    help="XLA:CPU compile of the JAX reference: fast (default; LLVM -O0, ~4x quicker to compile, "
                    "outputs differ from full by rounding only) or full (the optimised executable the trainer runs)")
+    p.add_argument("--checks", default="all", metavar="GROUPS",
+                   help="checks beyond the objective comparison: all (default), none, or a comma list of "
+                   "branches, samplers, dropout, x64off (see parity/extra/checks.py)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")

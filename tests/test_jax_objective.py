@@ -340,9 +340,9 @@ def test_sample_tr_random_mode(sampler):
     if sampler == "v0":
         assert abs(ties - p) < 0.02
         assert abs(_logit(t).mean() - E_MAX) < 0.03
-    else:  # r keeps its own draw: ties also where the unmasked r landed above t
+    else:  # t keeps its own draw; r = min(t, r) ties also where the unmasked r landed above t
         assert abs(ties - (p + (1 - p) / 2)) < 0.02
-        assert abs(_logit(r).mean() - MU) < 0.03 and abs(_logit(r).std() - SIG) < 0.03
+        assert abs(_logit(t).mean() - MU) < 0.03 and abs(_logit(t).std() - SIG) < 0.03
 
 
 @pytest.mark.parametrize("prob, lo, hi", [(0.0, 0, 0), (0.3, 240, 360), (1.0, 1000, 1000)])

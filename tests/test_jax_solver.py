@@ -87,3 +87,25 @@ def test_bad_inputs():
         solver_step(u_fn, e, jnp.ones((B, 1)), jnp.zeros((B, 1)), y)
     with pytest.raises(ValueError, match="decrease"):
         generate(u_fn, e, y, schedule=jnp.asarray([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("num_steps", [3, 5])
+def test_multi_step_schedule_is_even_from_1_to_0(num_steps):
+    """num_steps steps of h = 1 / num_steps: t_i = 1 - i / num_steps, r_i = t_{i+1}, each
+    step z <- z - (t - r) u(z, t, t - r). A wrong schedule (uneven, or h = t) gives another x."""
+    p = _params()
+    e, y = _data()
+    full = lambda v: jnp.full((B,), v, e.dtype)  # noqa: E731
+
+    def manual(times, h_of=lambda t, r: t - r):
+        z = e
+        for t, r in zip(times[:-1], times[1:]):
+            z = z - (t - r) * _u(p, z, full(t), full(h_of(t, r)), y, False)
+        return np.asarray(z)
+
+    even = [1 - i / num_steps for i in range(num_steps + 1)]
+    got = np.asarray(generate(lambda *a: _u(p, *a), e, y, num_steps=num_steps))
+    np.testing.assert_allclose(got, manual(even), rtol=1e-13, atol=1e-13)
+    geometric = [1.0] + [0.5 ** (i + 1) for i in range(num_steps - 1)] + [0.0]
+    assert np.max(np.abs(got - manual(geometric))) > 1e-3
+    assert np.max(np.abs(got - manual(even, h_of=lambda t, r: t))) > 1e-3

@@ -22,7 +22,7 @@ def _sources():
 
 def test_subpackages():
     subpackages = {rel.split("/")[0] for rel, _ in _sources() if "/" in rel}
-    assert {"core", "archs", "convert", "debug", "bench", "train_parity"} <= subpackages
+    assert {"core", "archs", "convert", "debug", "bench", "extra", "train_parity"} <= subpackages
     flat = sorted(rel for rel, _ in _sources() if "/" not in rel)
     assert flat == ["__init__.py", "__main__.py", "cli.py", "pytest_plugin.py"], flat
 

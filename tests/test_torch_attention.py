@@ -76,3 +76,51 @@ def test_dropout_one_mask_for_primal_and_tangent():
     fd = (f(q + eps * tq) - f(q - eps * tq)) / (2 * eps)
     np.testing.assert_allclose(tangent.numpy(), fd.numpy(), rtol=0, atol=1e-6)
     assert not torch.equal(f(q), attention(q, k, v))  # dropout did act
+
+
+def _sdpa_reference(q, k, v, tangents, kw):
+    """F.scaled_dot_product_attention at its default scale 1 / sqrt(d): the primal from the
+    default kernel, the tangent by torch.func.jvp through the math kernel (the one with
+    forward-mode formulas)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    primal = F.scaled_dot_product_attention(q, k, v, **kw)
+    with sdpa_kernel(SDPBackend.MATH):
+        _, tangent = torch.func.jvp(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, **kw), (q, k, v), tangents)
+    return primal, tangent
+
+
+@pytest.mark.parametrize("impl", ["fused", "math", "explicit"])
+@pytest.mark.parametrize("mode", ["plain", "causal", "mask", "cross"])
+def test_every_jvp_path_equals_sdpa_at_its_default_scale(impl, mode):
+    from torch_meanflow.attention import jvp_attention
+
+    (q, k, v), tangents = _qkv(m=7 if mode == "cross" else 5)
+    kw = {"plain": {}, "cross": {}, "causal": {"is_causal": True}}.get(mode)
+    if mode == "mask":
+        kw = {"attn_mask": torch.rand(5, 5, generator=torch.Generator().manual_seed(3)) > 0.3}
+        kw["attn_mask"].fill_diagonal_(True)
+    ref_out, ref_tangent = _sdpa_reference(q, k, v, tangents, kw)
+    with jvp_attention(impl):
+        out, tangent = torch.func.jvp(lambda a, b, c: attention(a, b, c, **kw), (q, k, v), tangents)
+    np.testing.assert_allclose(out.numpy(), ref_out.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(tangent.numpy(), ref_tangent.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(attention(q, k, v, **kw).numpy(), ref_out.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(explicit_attention(q, k, v, **kw).numpy(), ref_out.numpy(), rtol=0, atol=1e-12)
+
+
+def test_sdpa_comparison_catches_a_wrong_scale(monkeypatch):
+    """Our explicit and fused paths share the formula, so comparing them cannot see a wrong
+    scale; SDPA can: with 1 / d instead of 1 / sqrt(d) the check fails."""
+    import sys
+
+    attn_mod = sys.modules["torch_meanflow.attention"]  # the package exports a function of that name
+
+    class WrongMath:
+        sqrt = staticmethod(lambda x: x)
+
+    monkeypatch.setattr(attn_mod, "math", WrongMath)
+    with pytest.raises(AssertionError):
+        test_every_jvp_path_equals_sdpa_at_its_default_scale("fused", "plain")
+    with pytest.raises(AssertionError):
+        test_every_jvp_path_equals_sdpa_at_its_default_scale("explicit", "causal")

@@ -1,4 +1,5 @@
-"""torch DiT: state-dict names, initialisation, input checks, and du/dt against finite differences."""
+"""torch DiT: state-dict names, initialisation, input checks, and the project's tangent rules on
+the whole network against torch.func.jvp."""
 import numpy as np
 import pytest
 import torch
@@ -91,25 +92,44 @@ def test_output_shape_dtype_and_nontrivial(model):
     assert (u32.double() - u).abs().max().item() < 1e-4 * u.abs().max().item()
 
 
-def test_total_derivative_matches_central_differences(model):
-    x, t, r, y = _inputs(seed=5)
-    u_fn = make_u_fn(model)
+def test_rules_engine_matches_torch_func_on_the_dit(model, monkeypatch):
+    """The objective on the DiT under the project's tangent rules equals plain torch.func.jvp
+    (u, du/dt, the loss and every gradient, float64); a wrong LayerNorm rule is seen."""
+    from meanflow_common.config import MeanFlowConfig
+    from torch_meanflow import jvp_rules
+    from torch_meanflow.objective import jvp_engine, meanflow_loss, sample_noise
 
-    def f(z, tt, rr):
-        return u_fn(z, tt, tt - rr, y)
+    x, _, _, y = _inputs(seed=5)
+    cfg = MeanFlowConfig(data_proportion=0.34, class_dropout_prob=0.34)
+    noise = sample_noise(tuple(x.shape), cfg, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = y.clamp(max=CFG.num_classes - 1)
 
-    v = torch.from_numpy(np.random.default_rng(6).standard_normal(tuple(x.shape)))
-    ones, zeros = torch.ones_like(t), torch.zeros_like(r)
-    with torch.no_grad():
-        _, dudt = torch.func.jvp(f, (x, t, r), (v, ones, zeros))
-        eps = 1e-5
-        fd = (f(x + eps * v, t + eps, r) - f(x - eps * v, t - eps, r)) / (2 * eps)
-        scale = dudt.abs().max().item()
-        assert scale > 0.1
-        assert (dudt - fd).abs().max().item() / scale < 1e-6
-        # The check can fail: the seed guide's zero z-tangent (partial d/dt only) is not du/dt.
-        _, partial_t = torch.func.jvp(f, (x, t, r), (torch.zeros_like(x), ones, zeros))
-        assert (partial_t - fd).abs().max().item() / scale > 1e-2
+    def run(engine):
+        model.zero_grad(set_to_none=True)
+        with jvp_engine(engine):
+            out = meanflow_loss(make_u_fn(model), x, y, noise, cfg, null_y=CFG.num_classes)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (ref, g_ref), (got, g_got) = run("torch.func"), run("rules")
+    for name in ("u", "du_dt", "u_tgt", "loss"):
+        a, b = getattr(ref, name), getattr(got, name)
+        assert (a - b).abs().max() <= 1e-12 * a.abs().max(), name
+    for n in g_ref:
+        assert (g_ref[n] - g_got[n]).abs().max() <= 1e-12 * max(g_ref[n].abs().max(), 1e-30), n
+    assert ref.du_dt.abs().max() > 0.1
+    # The check can fail: a LayerNorm tangent off by 1%.
+    import torch.autograd.forward_ad as fwAD
+
+    right = jvp_rules.RULES[torch.nn.functional.layer_norm]
+
+    def off(func, args, kwargs):
+        primal, tangent = fwAD.unpack_dual(right(func, args, kwargs))
+        return fwAD.make_dual(primal, 1.01 * tangent)
+
+    monkeypatch.setitem(jvp_rules.RULES, torch.nn.functional.layer_norm, off)
+    bad, _ = run("rules")
+    assert (bad.du_dt - ref.du_dt).abs().max() > 1e-6 * ref.du_dt.abs().max()
 
 
 def test_rejects_nhwc_and_bad_shapes(model):

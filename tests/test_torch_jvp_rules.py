@@ -70,21 +70,51 @@ def test_rule_matches_torch_func_jvp(name):
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("func, name", [(F.layer_norm, "layer_norm affine"), (F.rms_norm, "rms_norm weight"),
-                                        (F.linear, "linear"), (F.gelu, "gelu tanh")])
-def test_rules_fire(func, name, monkeypatch):
+_T = torch.Tensor
+CONV_W = torch.randn(2, 5, 3, 3, dtype=torch.float64)
+# One call per entry of RULES that reaches that very entry with a dual first operand
+# (the other operand without tangent, so that no rule steps aside).
+# The operators are written as operators where that is how the entry is reached.
+FIRE_CASES = {
+    _T.add: lambda x: (x + Y) + (2.0 + x.add(Y)), torch.add: lambda x: torch.add(x, Y),
+    _T.sub: lambda x: (x - Y) + x.sub(Y), torch.sub: lambda x: torch.sub(x, Y),
+    _T.__rsub__: lambda x: 2.0 - x,
+    _T.mul: lambda x: (x * Y) + 2.0 * x.mul(Y), torch.mul: lambda x: torch.mul(x, Y),
+    _T.div: lambda x: x / (Y + 4.0) + x.div(Y + 4.0), torch.div: lambda x: torch.div(x, Y + 4.0),
+    _T.__rtruediv__: lambda x: 2.0 / (x + 9.0),
+    F.linear: CASES["linear"],
+    F.conv2d: lambda x: F.conv2d(x.reshape(3, 5, 4, 6), CONV_W, None, 1, 1),
+    F.gelu: CASES["gelu tanh"], F.silu: CASES["silu"],
+    F.dropout: lambda x: F.dropout(x, 0.3, training=True),
+    F.layer_norm: CASES["layer_norm affine"], F.rms_norm: CASES["rms_norm weight"],
+}
+
+
+def test_fire_cases_cover_every_rule():
+    assert set(FIRE_CASES) == set(jvp_rules.RULES)
+
+
+@pytest.mark.parametrize("func", list(FIRE_CASES), ids=lambda f: getattr(f, "__qualname__", str(f)))
+def test_rules_fire(func, monkeypatch):
     """The rule is what computes the tangent: replacing it with a wrong one is seen."""
     right = jvp_rules.RULES[func]
+    fired = []
 
     def wrong(f, args, kwargs):
         out = right(f, args, kwargs)
+        if out is jvp_rules._SKIP:
+            return out
+        fired.append(f)
         primal, tangent = fwAD.unpack_dual(out)
         return fwAD.make_dual(primal, 1.01 * tangent)
 
     x, xt = _inputs()
-    good = _with_rules(CASES[name], x, xt)[1]
+    torch.manual_seed(3)  # the dropout case draws the same mask twice
+    good = _with_rules(FIRE_CASES[func], x, xt)[1]
     monkeypatch.setitem(jvp_rules.RULES, func, wrong)
-    bad = _with_rules(CASES[name], x, xt)[1]
+    torch.manual_seed(3)
+    bad = _with_rules(FIRE_CASES[func], x, xt)[1]
+    assert func in fired, f"the rule for {func} never ran"
     assert not torch.allclose(good, bad, rtol=1e-3, atol=0)
 
 

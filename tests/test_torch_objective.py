@@ -11,7 +11,9 @@ from torch_meanflow.objective import (
     MeanFlowNoise,
     cond_drop,
     flow_matching_loss,
+    JVP_ENGINES,
     guidance_velocity,
+    jvp_engine,
     meanflow_loss,
     sample_noise,
     sample_tr,
@@ -147,6 +149,9 @@ def test_sample_tr_random_mask_samplers(sampler, expect):
     assert t.shape == (20000,) and torch.all(t >= r)
     assert abs((t == r).double().mean().item() - expect) < 0.015
     assert not torch.all((t == r)[:100])  # a random subset, not the first fraction
+    # v0: t is the max of two draws; v1: t keeps its own draw (logit mean P_mean = -0.4)
+    logit_mean = torch.logit(t).mean().item()
+    assert abs(logit_mean - (-0.4 + 1 / math.sqrt(math.pi) if sampler == "v0" else -0.4)) < 0.03
 
 
 def test_sample_noise_drop_counts():
@@ -260,12 +265,16 @@ def test_loss_matches_numpy_formula(clip_h, norm_p):
     np.testing.assert_allclose(out.v_loss.numpy(), ((u - v) ** 2).sum(axis=(1, 2)), rtol=1e-11)
 
 
-def test_gradient_through_jvp_primal_equals_explicit_loss():
+@pytest.mark.parametrize("engine", JVP_ENGINES)
+def test_gradient_through_jvp_primal_equals_explicit_loss(engine):
+    """The gradient is that of sum (u - u_tgt)^2 / w with u_tgt and w held fixed, under each
+    JVP engine (torch.func.jvp's tangent carries an autograd graph: only the detach stops it)."""
     torch.manual_seed(1)
     net = TinyNet().double()
     cfg = MeanFlowConfig(data_proportion=0.4, class_dropout_prob=0.3, omega=1.5)
     x, y, noise = _setup(cfg, seed=5)
-    out = meanflow_loss(net, x, y, noise, cfg, null_y=3)
+    with jvp_engine(engine):
+        out = meanflow_loss(net, x, y, noise, cfg, null_y=3)
     out.loss.backward()
     got = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
@@ -276,8 +285,25 @@ def test_gradient_through_jvp_primal_equals_explicit_loss():
     L = ((u - out.u_tgt) ** 2).sum(dim=(1, 2))
     (L / out.weight).mean().backward()
     for g, p in zip(got, net.parameters()):
-        assert torch.allclose(g, p.grad, rtol=1e-12, atol=1e-14)
+        err = (g - p.grad).abs().max().item()
+        assert torch.allclose(g, p.grad, rtol=1e-12, atol=1e-14), f"{engine}: gradient off by {err:.3e}"
     assert all(g.abs().max() > 0 for g in got)
+    # The check can fail: the loss's total derivative (target included, no stop-gradient),
+    # here a central difference in one weight, is a different number.
+    w = net.out.weight
+    eps = 1e-6
+
+    def loss_at(delta):
+        with torch.no_grad():
+            w[0, 0] += delta
+        with jvp_engine(engine):
+            value = meanflow_loss(net, x, y, noise, cfg, null_y=3).loss.item()
+        with torch.no_grad():
+            w[0, 0] -= delta
+        return value
+
+    fd = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    assert abs(fd - got[2][0, 0].item()) > 1e-3 * max(1.0, abs(fd))
 
 
 def test_memory_saving_path_equals_plain_path_with_dropout():

@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from meanflow_common.config import FLOWER_PRESETS, MeanFlowConfig, override
+from meanflow_common.config import FLOWER_PRESETS, override
 from torch_meanflow.flower import FlowerCond
 from torch_meanflow.objective import MeanFlowNoise, meanflow_loss, sample_noise
 from torch_meanflow.params import randomize_params
-from torch_meanflow.policy import FlowerPolicy, LowDimEncoder, ObservationEncoder
+from torch_meanflow.policy import FlowerPolicy, ObservationEncoder
 
 TINY = FLOWER_PRESETS["tiny"]  # A=3, T=4, cond_dim 24, dit_dim 32
 OBS_DIM = 5
@@ -173,4 +173,3 @@ def test_clip_actions_flag():
     clipped = _policy(clip_actions=True).sample_actions(obs, noise=e)
     assert raw.abs().max() > 1.0
     assert torch.equal(clipped, raw.clamp(-1, 1))
-    assert isinstance(_policy().encoder, LowDimEncoder) and MeanFlowConfig().class_dropout_prob > 0

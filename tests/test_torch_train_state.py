@@ -66,6 +66,37 @@ def test_make_optimizer_settings_and_warmup():
     assert opt.param_groups[0]["lr"] == 3e-4
 
 
+def test_two_steps_are_adamw_by_hand():
+    """train_step's updates, in float64, against AdamW written out: bias-corrected moments,
+    decoupled weight decay, the loss's gradient at the current weights; the metrics too."""
+    torch.manual_seed(0)
+    model = Net().double()
+    ocfg = OptimConfig(lr=1e-2, weight_decay=0.1, ema_decay=0.9)
+    state = create_train_state(model, ocfg)
+    x = _data(8).double()
+    noise = sample_noise(x.shape, CFG, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    b1, b2, eps, lr, wd = ocfg.b1, ocfg.b2, ocfg.eps, ocfg.lr, ocfg.weight_decay
+    params = [p.detach().clone() for p in model.parameters()]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for k in (1, 2):
+        probe = copy.deepcopy(model)
+        probe_loss = loss_fn(probe, x, noise).loss
+        grads = torch.autograd.grad(probe_loss, list(probe.parameters()))
+        metrics = train_step(state, loss_fn, x, noise, ocfg)
+        for i, g in enumerate(grads):
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            m_hat, v_hat = m[i] / (1 - b1**k), v[i] / (1 - b2**k)
+            params[i] = params[i] * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
+        for want, p in zip(params, model.parameters()):
+            assert torch.allclose(p.detach(), want, rtol=1e-12, atol=1e-14), k
+        assert torch.allclose(metrics["loss"], probe_loss.detach(), rtol=1e-13)
+        norm = torch.sqrt(sum((g * g).sum() for g in grads))
+        assert torch.allclose(metrics["grad_norm"], norm, rtol=1e-12) and metrics["lr"] == lr
+    assert state.step == 2
+
+
 def test_train_step_decreases_loss():
     """Fixed batch and fixed noise: the steps minimise one (moving-target) objective."""
     torch.manual_seed(0)
@@ -96,6 +127,44 @@ def test_ema_formula_and_buffers():
         assert torch.allclose(e, 0.9 * before[name] + 0.1 * p.detach(), rtol=1e-6, atol=1e-7)
         assert not e.requires_grad
     assert state.ema_model.calls.item() == 5.0 and not state.ema_model.training
+
+
+def _ema_after_steps(steps=3, decay=0.8):
+    torch.manual_seed(0)
+    model = Net().double()
+    ocfg = OptimConfig(lr=5e-2, ema_decay=decay)
+    state = create_train_state(model, ocfg)
+    x = _data(8).double()
+    expect = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for k in range(steps):
+        noise = sample_noise(x.shape, CFG, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        train_step(state, loss_fn, x, noise, ocfg)
+        expect = {n: decay * expect[n] + (1 - decay) * p.detach() for n, p in model.named_parameters()}
+    return state, expect
+
+
+def test_ema_formula_over_several_steps():
+    """ema_k = d ema_{k-1} + (1 - d) params_k, checked in float64 after 3 steps (one step
+    from ema_0 = params_0 cannot tell the EMA from an average of the last two parameter sets)."""
+    state, expect = _ema_after_steps()
+    for n, e in state.ema_model.named_parameters():
+        assert torch.allclose(e, expect[n], rtol=1e-13, atol=1e-15), n
+
+
+def test_ema_formula_check_can_fail(monkeypatch):
+    """A wrong EMA (d * previous params + (1 - d) * params) passes one step but not three."""
+    import torch_meanflow.train_state as ts
+
+    previous = {}
+
+    def wrong(ema_model, model, decay):
+        for (n, e), p in zip(ema_model.named_parameters(), model.parameters()):
+            e.copy_(decay * previous.get(n, e) + (1 - decay) * p.detach())
+            previous[n] = p.detach().clone()
+
+    monkeypatch.setattr(ts, "_update_ema", wrong)
+    state, expect = _ema_after_steps()
+    assert any(not torch.allclose(e, expect[n], rtol=1e-6) for n, e in state.ema_model.named_parameters())
 
 
 def test_grad_clip_and_reported_norm():

@@ -24,11 +24,15 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["TangentRules", "RULES"]
 
 _T = torch.Tensor
+# The operators reach __torch_function__ as these (torch 2.13: `a + b` and `2 + a` as
+# Tensor.add, `a - b` as Tensor.sub, `*` as Tensor.mul, `a / b` as Tensor.div, `2 - a` as
+# Tensor.__rsub__, `2 / a` as Tensor.__rdiv__ = __rtruediv__); the other dunders never arrive,
+# so they have no entry (tests/test_torch_jvp_rules.py fires every entry).
 _BINARY = {
-    _T.__add__: "add", _T.__radd__: "add", _T.add: "add", torch.add: "add",
-    _T.__sub__: "sub", _T.sub: "sub", torch.sub: "sub", _T.__rsub__: "rsub",
-    _T.__mul__: "mul", _T.__rmul__: "mul", _T.mul: "mul", torch.mul: "mul",
-    _T.__truediv__: "div", _T.div: "div", torch.div: "div", _T.__rtruediv__: "rdiv",
+    _T.add: "add", torch.add: "add",
+    _T.sub: "sub", torch.sub: "sub", _T.__rsub__: "rsub",
+    _T.mul: "mul", torch.mul: "mul",
+    _T.div: "div", torch.div: "div", _T.__rtruediv__: "rdiv",
 }
 _SKIP = object()  # a rule does not apply: PyTorch's own formula runs
 

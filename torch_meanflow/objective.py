@@ -9,13 +9,15 @@ Conventions (the JAX reference's): z_t = (1 - t) x + t e, v = e - x, t = 1 is no
 0 <= r <= t <= 1, h = t - r. Times stay [B]; they are broadcast to the data's rank only
 where they multiply data (never reshaped to [B, 1]: SPEC section 4, error 2).
 
-Time sampling options of the PyTorch reference (py-meanflow, `meanflow/models/time_sampler.py`),
-as read there: py-meanflow runs time the other way (t = 0 is noise, z = t x + (1 - t) e, its
-"t <= r"), and `ratio` is the probability that r != t. Translated to our convention, with a
-per-sample coin `keep = rand < data_proportion` (py-meanflow: `rand < 1 - ratio`):
+Time sampling options of the PyTorch reference (py-meanflow, `meanflow/models/time_sampler.py`).
+py-meanflow uses this time convention too (z = (1 - t) x + t e, v = e - x); its `ratio` is
+the probability that r != t. With a per-sample coin `keep = rand < data_proportion`
+(py-meanflow: `rand < 1 - ratio`):
   v0 ("used in paper"): t, r = max(t, r), min(t, r); then r = where(keep, t, r).
-  v1: r = where(keep, t, r); then t = max(t, r) with r left as drawn. Samples whose raw draw
-      had t < r therefore also end with r = t, so v1 yields more h = 0 samples than v0.
+  v1: r = where(keep, t, r); then r = min(t, r); t keeps its own draw. Unmasked samples
+      whose draw had r > t therefore also end with r = t, so v1 yields more h = 0 samples.
+t and r come from their own logit-normals (cfg.time_dist_params), both (P_mean, P_std)
+unless P_mean_t / P_std_t / P_mean_r / P_std_r are set.
 """
 from __future__ import annotations
 
@@ -101,26 +103,30 @@ class MeanFlowOutput:
 # ----------------------------------------------------------------------------------
 
 
-def _sample_time(n: int, cfg: MeanFlowConfig, generator, device, dtype) -> torch.Tensor:
+def _sample_time(n: int, cfg: MeanFlowConfig, which: str, generator, device, dtype) -> torch.Tensor:
+    """[n] draws of `which` ("t" or "r"): logit-normal(cfg.time_dist_params(which)) or U(0, 1)."""
     if cfg.noise_dist == "logit_normal":
+        mean, std = cfg.time_dist_params(which)
         normal = torch.randn(n, generator=generator, device=device, dtype=dtype)
-        return torch.sigmoid(normal * cfg.P_std + cfg.P_mean)
+        return torch.sigmoid(normal * std + mean)
     return torch.rand(n, generator=generator, device=device, dtype=dtype)
 
 
 def sample_tr(batch_size: int, cfg: MeanFlowConfig, generator=None, device=None, dtype=torch.float32):
     """Draw (t, r), both [batch_size], with t >= r.
 
-    rt_mask "first" (JAX reference): t, r = max, min of two draws, then the first
+    t and r are drawn from their own distributions (cfg.time_dist_params for logit-normal).
+    rt_mask "first" (JAX reference): t, r = max, min of the two draws, then the first
     floor(batch_size * data_proportion) samples get r = t. rt_mask "random": each sample
-    gets r = t with probability data_proportion, in the order of cfg.tr_sampler (module doc).
+    gets r = t with probability data_proportion, in the order of cfg.tr_sampler (module doc:
+    v1 keeps t's own draw and takes r = min(t, r)). Draws from `generator`: t, r, coins.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not torch.empty(0, dtype=dtype).is_floating_point():
         raise TypeError(f"sample_tr needs a floating dtype, got {dtype}")
-    t = _sample_time(batch_size, cfg, generator, device, dtype)
-    r = _sample_time(batch_size, cfg, generator, device, dtype)
+    t = _sample_time(batch_size, cfg, "t", generator, device, dtype)
+    r = _sample_time(batch_size, cfg, "r", generator, device, dtype)
     if cfg.rt_mask == "first":
         t, r = torch.maximum(t, r), torch.minimum(t, r)
         data_size = math.floor(batch_size * cfg.data_proportion)
@@ -131,7 +137,7 @@ def sample_tr(batch_size: int, cfg: MeanFlowConfig, generator=None, device=None,
         t, r = torch.maximum(t, r), torch.minimum(t, r)
         return t, torch.where(keep, t, r)
     r = torch.where(keep, t, r)
-    return torch.maximum(t, r), r
+    return t, torch.minimum(t, r)
 
 
 def sample_noise(x_shape, cfg: MeanFlowConfig, generator=None, device=None, dtype=torch.float32) -> MeanFlowNoise:

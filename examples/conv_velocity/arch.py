@@ -15,7 +15,7 @@ from examples.conv_velocity.config import PRESETS
 from examples.conv_velocity.table import TABLE
 from meanflow_common.config import MeanFlowConfig
 from parity.core.arch import CHANNELS_LAST_TO_FIRST, Arch, ModuleMapSpec, Variant
-from parity.core.inputs import InputBundle, drop_mask_numpy, sample_tr_numpy
+from parity.core.inputs import InputBundle, cover_guidance_window, drop_mask_numpy, sample_tr_numpy
 
 # Half the samples with r = t, at least one label dropped to the null class.
 MEANFLOW = MeanFlowConfig(data_proportion=0.5, class_dropout_prob=0.3)
@@ -30,7 +30,9 @@ def make_bundle(variant, batch: int, seed: int, **_options) -> InputBundle:
     y = rng.integers(0, cfg.num_classes, size=batch)
     e = rng.standard_normal(shape)
     t, r = sample_tr_numpy(rng, batch, variant.mf_cfg)
-    return InputBundle("conv_velocity", x, y, e, t, r, drop_mask_numpy(rng, batch, variant.mf_cfg.class_dropout_prob))
+    drop = drop_mask_numpy(rng, batch, variant.mf_cfg.class_dropout_prob)
+    t, r = cover_guidance_window(t, r, drop, variant.mf_cfg)  # kept samples inside and outside [t_start, t_end]
+    return InputBundle("conv_velocity", x, y, e, t, r, drop)
 
 
 def jax_build(cfg):

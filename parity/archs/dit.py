@@ -11,7 +11,7 @@ from meanflow_common.config import DIT_PRESETS, MeanFlowConfig
 from parity.convert.tables.dit import TABLE
 from parity.core.arch import CHANNELS_LAST_TO_FIRST, Arch, ModuleMapSpec
 from parity.core.controls import OBJECTIVE_CONTROLS, Control
-from parity.core.inputs import InputBundle, drop_mask_numpy, sample_tr_numpy
+from parity.core.inputs import InputBundle, cover_guidance_window, drop_mask_numpy, sample_tr_numpy
 
 DIT_MEANFLOW = MeanFlowConfig(data_proportion=0.5, class_dropout_prob=0.3)
 
@@ -26,6 +26,7 @@ def make_bundle(variant, batch: int, seed: int, **_options) -> InputBundle:
     e = rng.standard_normal(shape)
     t, r = sample_tr_numpy(rng, batch, variant.mf_cfg)
     drop = drop_mask_numpy(rng, batch, variant.mf_cfg.class_dropout_prob)
+    t, r = cover_guidance_window(t, r, drop, variant.mf_cfg)
     return InputBundle("dit", x, y, e, t, r, drop)
 
 
@@ -67,7 +68,7 @@ def _labels_torch(y, dtype, device):
 
 def _variants(cfg):
     return [
-        ("cfg kappa>0", cfg, DIT_MEANFLOW),
+        ("cfg kappa>0", cfg, replace(DIT_MEANFLOW, t_start=0.5)),
         ("cfg kappa=0", cfg, replace(DIT_MEANFLOW, kappa=0.0, omega=2.0, t_end=0.8)),
         ("no cfg", cfg, replace(DIT_MEANFLOW, guidance_eq="", class_dropout_prob=0.0)),
     ]

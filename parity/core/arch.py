@@ -22,6 +22,8 @@ or a `package.module:NAME` spec resolved by `resolve_variants`.
 from __future__ import annotations
 
 import importlib
+import pickle
+import sys
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any, Callable, Mapping, Sequence
@@ -127,6 +129,18 @@ class Arch:
 
     def __str__(self) -> str:
         return self.name
+
+    def __reduce__(self):
+        # Pickled by reference (its callables need not pickle, e.g. for a child process): the
+        # registered name, or the module attribute that holds this object.
+        if _REGISTRY.get(self.name) is self:
+            return (get_arch, (self.name,))
+        for mod_name, module in list(sys.modules.items()):
+            for attr, value in list(getattr(module, "__dict__", {}).items()):
+                if value is self:
+                    return (resolve_arch, (f"{mod_name}:{attr}",))
+        raise pickle.PicklingError(f"Arch {self.name!r} is neither registered nor a module attribute; "
+                                   f"register it (parity.register_arch) to pickle it")
 
     def preset(self, name: str | None = None):
         """The model config of preset `name` (default: `default_preset`)."""

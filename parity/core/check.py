@@ -97,13 +97,18 @@ class ParityReport:
 
 def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Sequence[str], *, seed: int = 0,
               batch: int = 6, params_for: Callable[[Variant], dict | None] | None = None, trained_steps: int = 0,
-              xla_compile: str = "fast", control=None, tf32_drift: bool = True) -> tuple[list, list]:
+              xla_compile: str = "fast", control=None, tf32_drift: bool = True,
+              checks: Sequence[str] = ()) -> tuple[list, list]:
     """(results, meta_runs): every variant on every device and dtype with precision pinned;
     `params_for(variant)`: given weights (None: random); `trained_steps` > 0: the first variant
     of each architecture again after that many Adam steps; on cuda float32 (with
-    `tf32_drift`) the frameworks' default precision is also measured, never failing."""
+    `tf32_drift`) the frameworks' default precision is also measured, never failing;
+    `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well."""
     from parity.core.harness import run_variant, trained_params
     from parity.core.precision import pinned_precision
+    from parity.extra.checks import once_checks, run_checks
+
+    extra = dict(seed=seed, batch=batch, xla_compile=xla_compile, random_weights=params_for is None)
 
     results: list[CheckResult] = []
     meta_runs: list = []
@@ -122,6 +127,7 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
                                              xla_compile=xla_compile, control=control):
                             r.variant = f"{r.variant} trained{trained_steps}"
                             results.append(r)
+                results += run_checks(checks, variants, dtype, device, **extra)
             if tf32_drift and device == "cuda" and dtype == "float32":
                 with pinned_precision(False) as settings:
                     for v in variants:
@@ -132,6 +138,8 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
                             r.passed = True
                         results += drift
                 meta_runs.append({"default_precision_settings": settings})
+    with pinned_precision(True):
+        results += once_checks(checks, variants, dtypes=dtypes, devices=devices, **extra)
     return results, meta_runs
 
 
@@ -150,7 +158,8 @@ def _variants_of(target, preset: str | None) -> list[Variant]:
 
 def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = "cpu", seed: int = 0,
           batch: int = 6, *, preset: str | None = None, trained_steps: int = 0, params: dict | None = None,
-          control=None, xla_compile: str = "fast", raise_on_failure: bool = False) -> ParityReport:
+          control=None, xla_compile: str = "fast", checks: str | Sequence[str] = "none",
+          raise_on_failure: bool = False) -> ParityReport:
     """Compare u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every gradient of the
     two sides of `target` and return the `ParityReport`.
 
@@ -159,7 +168,9 @@ def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = 
     device: "cpu" or "cuda"; seed: weights from `seed`, inputs from seed + 1; batch: the
     batch size B of every input [B, ...]; params: given JAX-layout weights for every variant
     (instead of random); trained_steps: also compare after that many Adam steps; control: a
-    negative control injected into the torch side; raise_on_failure: raise ParityError
+    negative control injected into the torch side; checks: the extra groups ("all", "none" or
+    names of parity.extra.checks.CHECK_GROUPS: branches, samplers, dropout, x64off);
+    raise_on_failure: raise ParityError
     (as `report.assert_ok()` does) instead of returning a failing report.
     """
     import jax
@@ -174,11 +185,15 @@ def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = 
         raise ValueError(f"device {device!r}: use cpu or cuda")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    from parity.extra.checks import parse_groups
+
+    groups = parse_groups(checks) if isinstance(checks, str) else tuple(checks)
     variants = _variants_of(target, preset)
     start = time.time()
     results, meta_runs = run_suite(variants, dtypes, [device], seed=seed, batch=batch,
                                    params_for=None if params is None else (lambda v: params),
-                                   trained_steps=trained_steps, xla_compile=xla_compile, control=control)
+                                   trained_steps=trained_steps, xla_compile=xla_compile, control=control,
+                                   checks=groups)
     report = ParityReport(results, variants, seed=seed, batch=batch, control=control,
                           elapsed_s=time.time() - start, meta_runs=meta_runs)
     if raise_on_failure:

@@ -97,10 +97,20 @@ def _no_clip(original):
     return finish
 
 
+def _window_ignored(original):
+    """omega' = omega and kappa' = kappa for every t: the guidance interval dropped."""
+
+    def guidance(u_fn, v, z_t, t, y, cfg, null_y):
+        return original(u_fn, v, z_t, t, y, dataclasses.replace(cfg, t_start=0.0, t_end=1.0), null_y)
+
+    return guidance
+
+
 # A straightforward port of the missing stop-gradient: du/dt from torch.func.jvp (whose
 # tangent carries the autograd graph; the control sets that engine) and a target without
 # stop-gradient. Our default JVP engine computes the tangent without a graph, which alone
-# would hide the missing detach.
+# would hide the missing detach. The guidance-window bug shows only on a variant whose
+# interval [t_start, t_end] leaves some t out.
 OBJECTIVE_CONTROLS: tuple[Control, ...] = (
     Control("zero_z_tangent", "du/dt from a JVP with zero z-tangent (guide, section 5)",
             objective=lambda: _patched("_u_and_du_dt", _zero_z_tangent)),
@@ -108,6 +118,8 @@ OBJECTIVE_CONTROLS: tuple[Control, ...] = (
             objective=lambda: _patched("_u_and_du_dt", _autograd_wrt_t)),
     Control("no_stop_gradient", "no stop-gradient on the target",
             objective=lambda: _patched("_finish", _no_stop_gradient), engine="torch.func"),
+    Control("guidance_window_ignored", "guidance applied outside [t_start, t_end] too",
+            objective=lambda: _patched("guidance_velocity", _window_ignored)),
 )
 
 # Not a control: for every valid input 0 <= r <= t <= 1, t - r already lies in [0, 1], so

@@ -118,15 +118,17 @@ def run_jax(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, 
 
 
 def run_torch(arch: Arch, variant: Variant, state_dict: dict, bundle: InputBundle, dtype: str, device: str,
-              control=None, jvp: JvpOptions | None = None) -> SideOutputs:
-    """The torch objective with gradients; `jvp`: the JVP engine and attention (default
-    JvpOptions(): "rules", "fused"), a control's engine taking precedence."""
+              control=None, jvp: JvpOptions | None = None, module_train: bool = False) -> SideOutputs:
+    """The torch objective with gradients, run with train=False; `jvp`: the JVP engine and
+    attention (default JvpOptions(): "rules", "fused"), a control's engine taking precedence;
+    module_train=True leaves the module in training mode, to show that dropout follows
+    `train`, not `module.training`."""
     import torch_meanflow.objective as tobj
 
     jvp = JvpOptions() if jvp is None else jvp
     if control is not None and control.engine is not None:
         jvp = JvpOptions(control.engine, jvp.attention)
-    module = build_torch(arch, variant.model_cfg, state_dict, dtype, device, control)
+    module = build_torch(arch, variant.model_cfg, state_dict, dtype, device, control, train=module_train)
     x, y, noise, null_y = torch_inputs(arch, variant, bundle, dtype, device)
     patch = control.objective() if control is not None and control.objective else contextlib.nullcontext()
     with patch:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from meanflow_common.config import MeanFlowConfig
+from parity.extra import sampler_oracle
 
 
 @dataclass(frozen=True)
@@ -41,16 +42,35 @@ def sample_tr_numpy(rng: np.random.Generator, batch: int, cfg: MeanFlowConfig):
     """(t, r) with the reference semantics (SPEC section 1), float64 [B] each.
 
     The first floor(B * data_proportion) samples get r = t (the "first" mask of the
-    JAX reference); the bundle is explicit randomness, so both sides see the same mask.
+    JAX reference; parity.extra.sampler_oracle has the formulas); the bundle is explicit
+    randomness, so both sides see the same mask.
     """
-    if cfg.noise_dist == "logit_normal":
-        draw = lambda: 1.0 / (1.0 + np.exp(-(rng.standard_normal(batch) * cfg.P_std + cfg.P_mean)))  # noqa: E731
-    else:
-        draw = lambda: rng.uniform(size=batch)  # noqa: E731
-    a, b = draw(), draw()
-    t, r = np.maximum(a, b), np.minimum(a, b)
-    n_eq = int(batch * cfg.data_proportion)
-    r[:n_eq] = t[:n_eq]
+    return sampler_oracle.draw_tr(rng, batch, replace(cfg, rt_mask="first"))
+
+
+def cover_guidance_window(t: np.ndarray, r: np.ndarray, drop_mask: np.ndarray, cfg: MeanFlowConfig):
+    """(t, r) [B] with kept samples on both sides of a guidance window narrower than [0, 1].
+
+    A dropped sample's v_g is v whatever the window says, so only kept samples show the
+    guidance branches: when the draw left one side empty, the first kept sample moves
+    inside or the last one outside (r = t stays r = t; r < t stays r < t).
+    parity.coverage checks the result.
+    """
+    kept = np.flatnonzero(~np.asarray(drop_mask))
+    if not cfg.guidance_eq or kept.size < 2 or (cfg.t_start <= 0.0 and cfg.t_end >= 1.0):
+        return t, r
+    t, r = t.copy(), r.copy()
+    inside = (t[kept] >= cfg.t_start) & (t[kept] <= cfg.t_end)
+
+    def move(i, value):
+        tied = r[i] == t[i]
+        t[i] = value
+        r[i] = value if tied else min(r[i], 0.5 * value)
+
+    if not inside.any():
+        move(kept[0], 0.5 * (max(cfg.t_start, 0.0) + min(cfg.t_end, 1.0)))
+    if inside.all():
+        move(kept[-1], 0.5 * (cfg.t_end + 1.0) if cfg.t_end < 1.0 else 0.5 * cfg.t_start)
     return t, r
 
 

@@ -10,12 +10,12 @@ from parity.core.tolerances import TOLERANCES, overrides
 
 def format_table(results: Sequence[CheckResult]) -> str:
     wa = max([len(r.arch) for r in results] + [7])
-    head = (f"{'arch':{wa}} {'variant':16} {'dtype':8} {'dev':5} {'quantity':16} {'max_abs':>10} {'max_rel':>10} "
+    head = (f"{'arch':{wa}} {'variant':22} {'dtype':8} {'dev':5} {'quantity':16} {'max_abs':>10} {'max_rel':>10} "
             f"{'tol':>8}  {'ok':4} where")
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r.arch:{wa}} {r.variant[:16]:16} {r.dtype:8} {r.device:5} {r.quantity[:16]:16} "
+            f"{r.arch:{wa}} {r.variant[:22]:22} {r.dtype:8} {r.device:5} {r.quantity[:16]:16} "
             f"{r.max_abs:10.3e} {r.max_rel:10.3e} {r.tol:8.1e}  {'PASS' if r.passed else 'FAIL':4} {r.where}"
         )
     n_fail = sum(not r.passed for r in results)
