@@ -32,8 +32,12 @@ def test_command_line_passes_on_the_example():
     proc = subprocess.run([sys.executable, "-m", "parity", "--arch", "examples.conv_velocity:ARCH"], cwd=ROOT,
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # 2 variants x 2 dtypes x 7 quantities, and the trained-weights variant in both dtypes
-    assert "42 passed, 0 failed" in proc.stdout
+    assert "passed, 0 failed" in proc.stdout
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("conv_velocity ")]
+    # 2 variants x 2 dtypes x 7 quantities and the trained-weights variant in both dtypes (42),
+    # the branch coverage of each variant (2) and float32 with JAX's x64 off (7)
+    assert len(rows) == 51 and all("PASS" in r for r in rows), len(rows)
+    assert sum(r[2] == "x64" for r in rows) == 7
 
 
 def test_command_line_fails_on_the_broken_port(capsys):
