@@ -6,26 +6,33 @@ parameter trees, directly convertible), `opt_state` ({"step", "opt_state"}) and 
 temporary folder and renames it when complete, so an interrupted save never replaces a
 good checkpoint; the manager keeps the last `keep_last`.
 
-The same three functions exist in `torch_meanflow.checkpoint`:
-`save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`,
-`latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path, state) -> (state, meta)`.
+The same functions exist in `torch_meanflow.checkpoint`:
+`save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`, `list_checkpoints(ckpt_dir)
+-> [(step, path)]`, `latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path,
+state) -> (state, meta)` (UnreadableCheckpointError for a folder that cannot be read) and
+`remove_partial(ckpt_dir)` (deletes the temporary folders of interrupted saves).
 The parameters convert to PyTorch with `parity.convert.checkpoints` (path
 `<ckpt_dir>/<step>/params` or `<ckpt_dir>/<step>/ema_params`).
 """
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jax_meanflow.parallel import host_value
 from jax_meanflow.train_state import TrainState
+from meanflow_common.checks import UnreadableCheckpointError, check_float_arrays, unreadable_checkpoint
 from meanflow_common.keys import check_keys_and_shapes
-from meanflow_common.checks import check_float_arrays, unreadable_checkpoint
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "state_tree"]
+__all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "restore_checkpoint", "remove_partial",
+           "state_tree"]
+
+_TMP = ".orbax-checkpoint-tmp"
 
 
 def _manager(ckpt_dir: str, keep_last: Optional[int]) -> ocp.CheckpointManager:
@@ -50,20 +57,25 @@ def _flat_shapes(tree) -> dict[str, tuple]:
 
 
 def _all_finite(tree) -> bool:
-    return all(bool(np.isfinite(np.asarray(leaf)).all()) for leaf in jax.tree_util.tree_leaves(tree))
+    return all(bool(np.isfinite(host_value(leaf)).all()) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int) -> str:
     """Write `state` at step `state.step` (with the JSON `meta`); returns its folder.
 
+    With several JAX processes every process calls it (orbax coordinates them).
+
     Non-finite parameters are refused (FloatingPointError), so a diverged state can
     never replace the last good checkpoint.
     """
     if not _all_finite((state.params, state.ema_params)):
-        raise FloatingPointError(f"parameters are not finite at step {int(state.step)}; checkpoint not written")
+        raise FloatingPointError(f"parameters are not finite at step {int(host_value(state.step))}; "
+                                 "checkpoint not written")
     ckpt_dir = os.path.abspath(ckpt_dir)
+    if jax.process_index() == 0:  # with several processes, the others may already be saving
+        remove_partial(ckpt_dir)
     mgr = _manager(ckpt_dir, keep_last)
-    step = int(state.step)
+    step = int(host_value(state.step))
     items = {k: ocp.args.StandardSave(v) for k, v in state_tree(state).items()}
     args = ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta))
     mgr.save(step, args=args, force=True)
@@ -72,12 +84,29 @@ def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int
     return os.path.join(ckpt_dir, str(step))
 
 
+def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """[(step, folder)] of the complete checkpoints in `ckpt_dir`, oldest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    root = os.path.abspath(ckpt_dir)
+    steps = ocp.utils.checkpoint_steps(root)  # complete (renamed) steps only
+    return [(int(s), os.path.join(root, str(s))) for s in sorted(steps)]
+
+
 def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
     """The folder of the newest complete checkpoint in `ckpt_dir`, or None."""
+    found = list_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
+
+
+def remove_partial(ckpt_dir: str) -> list[str]:
+    """Delete the temporary folders an interrupted save left in `ckpt_dir`; returns them."""
     if not os.path.isdir(ckpt_dir):
-        return None
-    steps = ocp.utils.checkpoint_steps(os.path.abspath(ckpt_dir))  # complete (renamed) steps only
-    return os.path.join(os.path.abspath(ckpt_dir), str(max(steps))) if steps else None
+        return []
+    gone = [os.path.join(ckpt_dir, n) for n in sorted(os.listdir(ckpt_dir)) if _TMP in n]
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
 
 
 def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
@@ -87,31 +116,39 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     another architecture or size raises KeyError / ValueError naming the parameter.
     """
     path = os.path.abspath(path)
-    if not all(os.path.isdir(os.path.join(path, k)) for k in _ITEMS + ("meta",)):
-        raise FileNotFoundError(f"{path} is not a checkpoint of the JAX trainer (needs {', '.join(_ITEMS)}, meta)")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    lacking = [k for k in _ITEMS + ("meta",) if not os.path.isdir(os.path.join(path, k))]
+    if lacking:
+        raise UnreadableCheckpointError(f"{path} is not a readable checkpoint of the JAX trainer: it lacks "
+                                        f"{', '.join(lacking)} (it needs {', '.join(_ITEMS)}, meta)")
     template = state_tree(state)
     tree = {}
     for item in _ITEMS:
         folder = os.path.join(path, item)
         _check_item_files(folder)
-        try:
-            saved = ocp.StandardCheckpointer().metadata(folder).item_metadata if item != "opt_state" else None
-        except (OSError, KeyError, ValueError) as err:
-            raise unreadable_checkpoint(folder, err) from err
-        if saved is not None:
+        if item != "opt_state":
+            saved = _read(folder, lambda: ocp.StandardCheckpointer().metadata(folder).item_metadata)
+            if not saved:  # orbax answers None, not an error, when the tree's metadata is damaged or gone
+                raise UnreadableCheckpointError(f"{folder} is not a readable checkpoint item: its tree metadata "
+                                                "is missing or damaged")
             _check_against(saved, template[item], item)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template[item])
-        try:
-            tree[item] = ocp.StandardCheckpointer().restore(folder, abstract)
-        except (OSError, KeyError, ValueError) as err:
-            raise unreadable_checkpoint(folder, err) from err
-    try:
-        meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(path, "meta")))
-    except (OSError, ValueError) as err:
-        raise unreadable_checkpoint(os.path.join(path, "meta"), err) from err
+        tree[item] = _read(folder, lambda: ocp.StandardCheckpointer().restore(folder, abstract))
+    meta_dir = os.path.join(path, "meta")
+    meta = dict(_read(meta_dir, lambda: ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)))
     new = TrainState(step=tree["opt_state"]["step"], params=tree["params"], ema_params=tree["ema_params"],
                      opt_state=tree["opt_state"]["opt_state"])
     return new, meta
+
+
+def _read(folder: str, fn):
+    # orbax/tensorstore report a damaged folder with assorted exception types; the shape
+    # and key checks against the model stay outside, so they keep their own errors.
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - reraised with the folder named
+        raise unreadable_checkpoint(folder, err) from err
 
 
 def _check_item_files(folder: str) -> None:
@@ -119,8 +156,8 @@ def _check_item_files(folder: str) -> None:
     would read as a checkpoint of another architecture."""
     missing = [n for n in ("_METADATA", "manifest.ocdbt") if not os.path.isfile(os.path.join(folder, n))]
     if missing:
-        raise FileNotFoundError(f"{folder} is an incomplete checkpoint item: {', '.join(missing)} missing "
-                                "(deleted or never written)")
+        raise UnreadableCheckpointError(f"{folder} is an incomplete checkpoint item: {', '.join(missing)} missing "
+                                        "(deleted or never written)")
 
 
 def _check_against(saved: Any, template: Any, part: str) -> None:

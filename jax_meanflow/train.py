@@ -1,10 +1,12 @@
 """The JAX trainer: `python -m jax_meanflow.train` (flags in meanflow_common.train_cli).
 
-A thin loop over the jitted `train_state.make_train_step`: per update k (1-based) it
-takes the batch `batch_at(dataset, seed, k - 1, batch_size)` and the randomness
-`fold_in(PRNGKey(seed), k - 1)` (noise e, times t and r, class dropout; dropout key for
-the policy), so a resumed run repeats an uninterrupted one exactly. Twin of
-`torch_meanflow.train`: the same function names, the same TrainConfig, the same run folder.
+The JAX hooks (`JaxBackend`) of the shared loop `meanflow_common.train_loop`, over the
+jitted `train_state.train_step`: per update k (1-based) the batch is `batch_at(dataset,
+seed, k - 1, batch_size)` and the randomness `fold_in(PRNGKey(seed), k - 1)` (noise e,
+times t and r, class dropout; dropout key for the policy), drawn for the global batch, so
+a resumed run repeats an uninterrupted one exactly and `devices=N` (a mesh, see
+`jax_meanflow.parallel`) repeats `devices=1`. Twin of `torch_meanflow.train`: the same
+function names, the same TrainConfig, the same run folder.
 
     digits: DiT (NHWC), labels with CFG as the MeanFlowConfig says;
     reach:  FlowerPolicy (jax_meanflow.policy) on observations -> action chunks.
@@ -18,35 +20,28 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import time
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_meanflow import dit
-from jax_meanflow.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from jax_meanflow import dit, parallel
+from jax_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
 from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
 from jax_meanflow.policy import FlowerPolicy
 from jax_meanflow.solver import generate
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
+from meanflow_common import train_loop
 from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
-from meanflow_common.config_compare import check_checkpoint_config
-from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
+from meanflow_common.metrics import tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
-from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
-from meanflow_common.train_config import (
-    TrainConfig,
-    check_batch,
-    config_from_dict,
-    config_to_dict,
-    model_config,
-    objective_config,
-)
+from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
+from meanflow_common.train_config import TrainConfig, model_config, objective_config
+from meanflow_common.train_loop import TrainBackend, World, run_training
 
-__all__ = ["BACKEND", "make_model", "make_loss_fn", "step_randomness", "to_batch", "make_sampler", "train",
+__all__ = ["BACKEND", "JaxBackend", "make_model", "make_loss_fn", "step_randomness", "to_batch", "make_sampler", "train",
            "load_run", "main"]
 
 BACKEND = "jax"
@@ -239,15 +234,6 @@ def _fast_step(loss_fn: Callable, optim_cfg) -> Callable:
     return step
 
 
-def _data(cfg: TrainConfig, dataset, batch_fn):
-    if dataset is None or batch_fn is None:
-        from meanflow_common import data
-
-        dataset = dataset if dataset is not None else data.get_dataset(cfg.task, cfg.seed)
-        batch_fn = batch_fn or data.batch_at
-    return dataset, batch_fn
-
-
 def _checked_params(given, template):
     want = jax.tree_util.tree_flatten_with_path(template)[0]
     got = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(given)[0])
@@ -258,9 +244,99 @@ def _checked_params(given, template):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), out)
 
 
-def _meta(cfg: TrainConfig, step: int) -> dict:
-    return {"step": step, "data_position": step, "seed": cfg.seed, "backend": BACKEND,
-            "rng": "fold_in(PRNGKey(seed), step) per update", "config": config_to_dict(cfg)}
+@functools.lru_cache(maxsize=16)
+def _sharded_step(loss_fn: Callable, optim_cfg, mesh):
+    """`train_step` jitted with the new state and the metrics replicated on `mesh`."""
+    rep = parallel.replicated(mesh)
+
+    def step(state, batch, noise):
+        return train_step(state, loss_fn, batch, noise, optim_cfg)
+
+    return jax.jit(step, out_shardings=(rep, rep))
+
+
+class JaxBackend(TrainBackend):
+    """The JAX hooks of `meanflow_common.train_loop`; `devices` > 1 (or several processes
+    after `jax.distributed.initialize`) runs the step on a `jax_meanflow.parallel` mesh."""
+
+    name = BACKEND
+    rng_rule = "fold_in(PRNGKey(seed), step) per update, drawn for the global batch"
+
+    def world(self, cfg: TrainConfig) -> World:
+        n = len(parallel.make_mesh(cfg.devices).devices.flat)
+        if jax.process_count() == 1:
+            return World(processes=1, rank=0, devices=n)
+        return World(processes=jax.process_count(), rank=jax.process_index(), devices=n, share=parallel.share,
+                     collective=True)
+
+    def make_model(self, cfg, example=None, obs_dim=None):
+        return make_model(cfg, example, obs_dim)
+
+    def create_state(self, cfg, model, params, init_params=None):
+        if init_params is not None:
+            params = _checked_params(init_params, params)
+        return create_train_state(params, cfg.optim)
+
+    def place(self, state, world):
+        return parallel.replicate(state, parallel.make_mesh(world.devices)) if world.devices > 1 else state
+
+    def make_step(self, cfg, model, world):
+        loss_fn = make_loss_fn(cfg, model)
+        mesh = parallel.make_mesh(world.devices) if world.devices > 1 else None
+        if mesh is None:
+            run = _fast_step(loss_fn, cfg.optim) if _fast(cfg) else make_train_step(loss_fn, cfg.optim)
+        else:
+            jitted = _sharded_step(loss_fn, cfg.optim, mesh)
+
+            def run(state, batch, noise):
+                if _fast(cfg):
+                    lower = functools.partial(jitted.lower, state, batch, noise)
+                    return _fast_call((loss_fn, cfg.optim, mesh), lower, state, batch, noise)
+                return jitted(state, batch, noise)
+
+        def step(state, s, np_batch, noise_fn, check_loss):
+            batch = to_batch(cfg, np_batch)
+            shape = batch["x"].shape if cfg.task == "digits" else batch["actions"].shape
+            noise, dropout_key = step_randomness(cfg, s, shape)
+            if noise_fn is not None:
+                noise = noise_fn(s, batch)
+            if mesh is not None:
+                batch, noise = parallel.shard_batch(batch, mesh), parallel.shard_batch(noise, mesh)
+                dropout_key = parallel.replicate(dropout_key, mesh)
+            if cfg.task == "reach":
+                batch["dropout_rng"] = dropout_key
+            new_state, metrics = run(state, batch, noise)
+            metrics = {k: parallel.host_value(v) for k, v in metrics.items()}
+            check_loss(float(metrics["loss"]))
+            if mesh is not None and s < cfg.sync_check_steps:
+                parallel.check_replicas((new_state.params, new_state.ema_params), s + 1)
+            return new_state, metrics
+
+        return step
+
+    def state_step(self, state):
+        return int(parallel.host_value(state.step))
+
+    def list_checkpoints(self, ckpt_dir):
+        return list_checkpoints(ckpt_dir)
+
+    def checkpoint_path(self, ckpt_dir, step):
+        return os.path.join(os.path.abspath(ckpt_dir), str(step))
+
+    def save_checkpoint(self, ckpt_dir, state, meta, keep_last):
+        return save_checkpoint(ckpt_dir, state, meta, keep_last)
+
+    def restore_checkpoint(self, path, state):
+        return restore_checkpoint(path, state)
+
+    def remove_partial(self, ckpt_dir):
+        return remove_partial(ckpt_dir)
+
+    def tb_writer(self, run_dir):
+        return tensorboardx_writer(os.path.join(run_dir, "tensorboard"))
+
+    def make_sampler(self, cfg, model, state, use_ema=True):
+        return make_sampler(cfg, model, state, use_ema)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -270,83 +346,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     dataset, batch_fn: the data (default `meanflow_common.data.get_dataset(task, seed)`
     and `batch_at`). eval_fn(state, step, run_dir): called every cfg.eval_every updates and
     at the end (e.g. sample grids, rollouts; see `make_sampler`). noise_fn(step, batch) ->
-    MeanFlowNoise replaces the built-in randomness (cross-backend parity); init_params
-    replaces the initial parameters (checked key by key); on_step(step, state, metrics)
-    runs after every update.
+    MeanFlowNoise of the global batch replaces the built-in randomness (cross-backend
+    parity); init_params replaces the initial parameters (checked key by key);
+    on_step(step, state, metrics) runs after every update. The loop itself is
+    `meanflow_common.train_loop.run_training`.
     """
-    mc = model_config(cfg)
-    dataset, batch_fn = _data(cfg, dataset, batch_fn)
-    example = batch_fn(dataset, cfg.seed, 0, cfg.batch_size)
-    check_batch(cfg, mc, example)
-    model, params = make_model(cfg, example)
-    if init_params is not None:
-        params = _checked_params(init_params, params)
-    info = {"obs_dim": int(example["obs"].shape[1])} if cfg.task == "reach" else {}
-    resumed = prepare_run_dir(cfg, BACKEND, mc, resume=resume, overwrite=overwrite, data_info=info)
-    run_dir, ckpt_dir = cfg.out_dir, os.path.join(cfg.out_dir, "checkpoints")
-    state = create_train_state(params, cfg.optim)
-    last = latest_checkpoint(ckpt_dir) if resumed else None
-    if last is not None:
-        state, meta = restore_checkpoint(last, state)
-        check_checkpoint_config(meta, cfg, last)
-    start = int(state.step)
-    tb_writer = tensorboardx_writer(os.path.join(run_dir, "tensorboard"))
-    logger = MetricsLogger(run_dir, start if resumed else None, tb_writer)
-    bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
-    step_fn = _fast_step(make_loss_fn(cfg, model), cfg.optim) if _fast(cfg) else make_train_step(
-        make_loss_fn(cfg, model), cfg.optim)
-    losses, saved_at = {}, start if last is not None else -1
-    t_log, s_log = time.perf_counter(), start
-    try:
-        for s in range(start, cfg.steps):
-            batch = to_batch(cfg, batch_fn(dataset, cfg.seed, s, cfg.batch_size))
-            data_shape = batch["x"].shape if cfg.task == "digits" else batch["actions"].shape
-            noise, dropout_key = step_randomness(cfg, s, data_shape)
-            if noise_fn is not None:
-                noise = noise_fn(s, batch)
-            if cfg.task == "reach":
-                batch["dropout_rng"] = dropout_key
-            new_state, metrics = step_fn(state, batch, noise)
-            loss, k = float(metrics["loss"]), s + 1
-            check_finite(k, loss, last)
-            state, losses[k] = new_state, loss
-            if on_step is not None:
-                on_step(k, state, metrics)
-            if (cfg.log_every and k % cfg.log_every == 0) or k == cfg.steps:
-                now = time.perf_counter()
-                rate = (k - s_log) / max(now - t_log, 1e-9)
-                logger.log(k, {**{n: float(v) for n, v in metrics.items()}, "steps_per_s": rate, "wall_s": now})
-                t_log, s_log = now, k
-            bar.update(k, loss)
-            if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:
-                last, saved_at = save_checkpoint(ckpt_dir, state, _meta(cfg, k), cfg.keep_last), k
-            if eval_fn is not None and ((cfg.eval_every and k % cfg.eval_every == 0) or k == cfg.steps):
-                eval_fn(state, k, run_dir)
-    finally:
-        bar.close()
-        logger.close()
-        plot_losses(logger.path, os.path.join(run_dir, "loss.png"), title=f"{cfg.task} {cfg.method} (jax)")
-    if saved_at != int(state.step):
-        last = save_checkpoint(ckpt_dir, state, _meta(cfg, int(state.step)), cfg.keep_last)
-    return RunResult(run_dir=run_dir, step=int(state.step), losses=losses, checkpoint=last, state=state, model=model)
+    return run_training(JaxBackend(), cfg, resume=resume, overwrite=overwrite, progress=progress, dataset=dataset,
+                        batch_fn=batch_fn, eval_fn=eval_fn, noise_fn=noise_fn, init_params=init_params,
+                        on_step=on_step)
 
 
 def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = True) -> LoadedRun:
     """A trained run from its folder: config, model, state of `checkpoint` (default the
-    latest) and a `make_sampler` sampler."""
-    saved = read_run_config(run_dir)
-    if saved.get("backend") != BACKEND:
-        raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend "
-                         "or convert its checkpoint with parity.convert.checkpoints")
-    cfg = config_from_dict(saved)
-    path = checkpoint or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if path is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint")
-    model, params = make_model(cfg, obs_dim=saved.get("data", {}).get("obs_dim"))
-    state, meta = restore_checkpoint(path, create_train_state(params, cfg.optim))
-    check_checkpoint_config(meta, cfg, path)
-    return LoadedRun(cfg=cfg, model=model, state=state, step=int(meta["step"]), checkpoint=path,
-                     sample=make_sampler(cfg, model, state, use_ema))
+    newest readable one) and a `make_sampler` sampler."""
+    return train_loop.load_run(JaxBackend(), run_dir, checkpoint, use_ema)
 
 
 def _prepare(cfg: TrainConfig) -> None:
@@ -354,7 +367,24 @@ def _prepare(cfg: TrainConfig) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
+def _distributed_from_env() -> None:
+    """jax.distributed.initialize() when JAX_COORDINATOR_ADDRESS is set (with
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID), before anything touches a JAX backend."""
+    if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return
+    try:
+        n, pid = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"error: JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES and JAX_PROCESS_ID must be "
+                         f"integers too ({err!r})") from None
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU meshes across processes
+    jax.distributed.initialize(num_processes=n, process_id=pid)
+
+
 def main(argv=None) -> int:
+    """The CLI; several processes join one run when JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID are set in each (see `_distributed_from_env`)."""
+    _distributed_from_env()
     return run_cli(train, BACKEND, argv, prepare=_prepare)
 
 

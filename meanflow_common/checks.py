@@ -120,7 +120,12 @@ def check_float_arrays(named: Any, source: str) -> None:
             raise TypeError(f"{source}: parameter {name!r} has dtype {dtype}, not a floating point type")
 
 
-def unreadable_checkpoint(path: str, err: BaseException) -> ValueError:
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file or folder exists but cannot be read (truncated, garbage, empty, or
+    missing the files its library reads)."""
+
+
+def unreadable_checkpoint(path: str, err: BaseException) -> UnreadableCheckpointError:
     """The error for a checkpoint file a library could not parse (truncated, garbage, empty):
     it names the file and says so, with the library's first line as the detail."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
@@ -128,4 +133,5 @@ def unreadable_checkpoint(path: str, err: BaseException) -> ValueError:
     else:
         first = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]
         detail = f"{type(err).__name__}: {first}"
-    return ValueError(f"{path} is not a readable checkpoint ({detail}); it may be truncated or corrupt")
+    return UnreadableCheckpointError(f"{path} is not a readable checkpoint ({detail}); it may be truncated or "
+                                     "corrupt")

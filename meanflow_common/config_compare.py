@@ -23,7 +23,7 @@ __all__ = ["MODEL_CONFIG_KEY", "RESUMABLE", "config_diffs", "recorded_model_conf
 MODEL_CONFIG_KEY = "meanflow_model_config"  # safetensors metadata entry: the model config as JSON
 # TrainConfig fields a checkpoint may be loaded (or resumed) under with another value
 RESUMABLE = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "eval_every", "out_dir", "fast_compile",
-                       "torch_compile"})
+                       "torch_compile", "devices", "sync_check_steps"})
 
 
 def _flat(d: Mapping, prefix: str = "") -> dict:

@@ -5,7 +5,8 @@ Framework-free: the JAX trainer must not import torch, so TensorBoard goes throu
 caller passes in (the torch trainer passes `torch.utils.tensorboard`'s when importable).
 Without either, metrics go to the CSV only.
 
-CSV columns: step (updates done), loss, v_loss, grad_norm, lr, steps_per_s, wall_s.
+CSV columns: step (updates done), loss, v_loss, grad_norm, lr, steps_per_s, samples_per_s
+(the global batch: steps_per_s * batch_size), devices (data-parallel devices), wall_s.
 Floats are written with `repr`, so a resumed run can be compared bit for bit.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = [
     "tensorboardx_writer",
 ]
 
-COLUMNS = ("step", "loss", "v_loss", "grad_norm", "lr", "steps_per_s", "wall_s")
+COLUMNS = ("step", "loss", "v_loss", "grad_norm", "lr", "steps_per_s", "samples_per_s", "devices", "wall_s")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,7 +80,7 @@ class MetricsLogger:
             w = csv.writer(f)
             w.writerow(COLUMNS)
             for r in rows:
-                w.writerow([_fmt(r[c]) for c in COLUMNS])
+                w.writerow([_fmt(r.get(c, float("nan"))) for c in COLUMNS])  # older files lack columns
         os.replace(tmp, self.path)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -121,14 +122,17 @@ def read_metrics(path: str) -> list[dict]:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr: steps done, loss, steps/s.
+    """A one-line progress bar on stderr: steps done, loss, steps/s, samples/s, devices.
 
     On a terminal it redraws in place; otherwise (logs, CI) it prints a line every
-    `every` updates. enabled=False silences it.
+    `every` updates. enabled=False silences it. batch_size: the global batch (samples/s
+    counts it); devices, processes: the data-parallel devices and trainer processes.
     """
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, every: int = 50, stream=None):
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, every: int = 50, stream=None,
+                 batch_size: int = 0, devices: int = 1, processes: int = 1):
         self.total, self.enabled, self.every = total, enabled, max(1, every)
+        self.batch_size, self.devices, self.processes = batch_size, devices, processes
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._t0, self._s0 = time.perf_counter(), start
@@ -143,6 +147,10 @@ class ProgressBar:
         width = 24
         filled = int(width * step / max(self.total, 1))
         text = f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} loss {loss:.4g} {rate:.2f} steps/s"
+        if self.batch_size:
+            text += f" {rate * self.batch_size:.1f} samples/s"
+        text += f" ({self.devices} device{'s' if self.devices != 1 else ''}"
+        text += f", {self.processes} processes)" if self.processes > 1 else ")"
         self.stream.write(("\r" + text) if self.tty else (text + "\n"))
         self.stream.flush()
 

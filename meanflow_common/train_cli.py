@@ -90,13 +90,15 @@ def check_resume_compatible(saved: Mapping, cfg: TrainConfig, backend: str) -> N
 
 
 def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = False, overwrite: bool = False,
-                    data_info: Optional[Mapping[str, Any]] = None) -> bool:
+                    data_info: Optional[Mapping[str, Any]] = None,
+                    world_info: Optional[Mapping[str, Any]] = None) -> bool:
     """Make `cfg.out_dir` ready; returns True when an existing run is to be resumed.
 
     A folder holding a run (config.json, metrics or checkpoints) is refused unless
     `resume` (the saved config must be compatible) or `overwrite` (the run's files are
     deleted first). A fresh run writes config.json (with `data_info`, e.g. {"obs_dim": 4},
-    the data facts a loader needs to rebuild the model).
+    the data facts a loader needs to rebuild the model, and `world_info`, e.g.
+    {"processes": 2, "devices": 2}, where it ran). Writes nothing when it refuses.
     """
     if resume and overwrite:
         raise ValueError("give either resume or overwrite, not both")
@@ -104,7 +106,7 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
     present = [n for n in RUN_FILES if os.path.exists(os.path.join(run_dir, n))]
     if present and resume:
         check_resume_compatible(read_run_config(run_dir), cfg, backend)
-        _write_config(cfg, backend, model_cfg, data_info)  # the new run length / cadence
+        _write_config(cfg, backend, model_cfg, data_info, world_info)  # the new run length / cadence
         return True
     if present and not overwrite:
         raise FileExistsError(
@@ -117,13 +119,13 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
         path = os.path.join(run_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(run_dir, exist_ok=True)
-    _write_config(cfg, backend, model_cfg, data_info)
+    _write_config(cfg, backend, model_cfg, data_info, world_info)
     return False
 
 
-def _write_config(cfg: TrainConfig, backend: str, model_cfg, data_info) -> None:
+def _write_config(cfg: TrainConfig, backend: str, model_cfg, data_info, world_info=None) -> None:
     data = {"backend": backend, "train": config_to_dict(cfg), "model": dataclasses.asdict(model_cfg),
-            "data": dict(data_info or {})}
+            "data": dict(data_info or {}), "world": dict(world_info or {"processes": 1, "devices": 1})}
     path = os.path.join(cfg.out_dir, "config.json")
     tmp = path + ".part"
     with open(tmp, "w") as f:
@@ -227,6 +229,8 @@ def run_cli(train_fn: Callable[..., RunResult], backend: str, argv: Optional[Seq
     except (FloatingPointError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
         print(f"error: {_message(err)}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # a torchrun rank other than 0: rank 0 reports
     last = list(result.losses.values())[-1] if result.losses else float("nan")
     print(f"done: {result.step} steps in {result.run_dir} (last loss {last:.5g}); checkpoint {result.checkpoint}")
     return 0

@@ -74,6 +74,13 @@ class TrainConfig:
     (forward and MeanFlow JVP) under torch.compile; on a 2-core CPU the MeanFlow step took
     0.59x eager's time on the small DiT and FLOWER, 0.82x on FLOWER base, 1.11x on a 6-block
     DiT, after 14-250 s of compilation (docs/BENCHMARKS.md); JAX always jits.
+    devices: data-parallel devices. JAX: the size of the device mesh the global batch is
+    sharded over (1 = one device, no mesh; 0 = every visible device). PyTorch: one device
+    per torchrun process, so the count is torchrun's; devices must be 0, 1 or that count.
+    batch_size is the global batch either way and must split evenly over the devices.
+    sync_check_steps: for the first this many updates of a data-parallel run, check (by an
+    all-gathered checksum) that every rank / device holds identical gradients and parameters
+    after the update (0 = never).
     """
 
     task: str = "digits"
@@ -92,6 +99,8 @@ class TrainConfig:
     clip_actions: bool = True
     fast_compile: bool = False
     torch_compile: bool = False
+    devices: int = 1
+    sync_check_steps: int = 3
     model_overrides: tuple = ()
     optim: OptimConfig = field(default_factory=OptimConfig)
     mf: MeanFlowConfig = field(default_factory=MeanFlowConfig)
@@ -108,6 +117,8 @@ class TrainConfig:
             check_range(self, name, 1)
         for name in ("ckpt_every", "log_every", "eval_every"):
             check_range(self, name, 0, why="0 = only at the end")
+        check_range(self, "devices", 0, why="0 = every visible device")
+        check_range(self, "sync_check_steps", 0, why="0 = no cross-replica check")
         # JAX's PRNGKey keeps 32 bits without x64: larger seeds would collide silently
         check_range(self, "seed", 0, 2**32 - 1)
         if not self.out_dir.strip():

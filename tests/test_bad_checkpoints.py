@@ -143,7 +143,7 @@ def test_a_jax_checkpoint_of_another_config_and_one_without_manifest(tmp_path):
         checkpoints.load_params(step, "dit", four_cfg, key="ema_params")  # the step folder itself
     assert checkpoints.load_params(step, "dit", model_config(cfg), key="ema_params")
     os.remove(os.path.join(step, "params", "manifest.ocdbt"))
-    with pytest.raises(FileNotFoundError, match=r"params is an incomplete checkpoint item: manifest.ocdbt missing"):
+    with pytest.raises(ValueError, match=r"params is an incomplete checkpoint item: manifest.ocdbt missing"):
         restore_checkpoint(step, state)
     with pytest.raises(FileNotFoundError, match="incomplete orbax checkpoint: manifest.ocdbt missing"):
         checkpoints.load_params(os.path.join(step, "params"), "dit", model_config(cfg))

@@ -6,9 +6,11 @@ Each file is written to a temporary name in the same folder and renamed with
 `os.replace`, so an interrupted save never leaves a partial file under a checkpoint name;
 only the newest `keep_last` files are kept.
 
-The same three functions exist in `jax_meanflow.checkpoint`:
-`save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`,
-`latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path, state) -> (state, meta)`.
+The same functions exist in `jax_meanflow.checkpoint`:
+`save_checkpoint(ckpt_dir, state, meta, keep_last) -> path`, `list_checkpoints(ckpt_dir)
+-> [(step, path)]`, `latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path,
+state) -> (state, meta)` (UnreadableCheckpointError for a file that cannot be read) and
+`remove_partial(ckpt_dir)` (deletes the `.ckpt_*.part` files of interrupted saves).
 The "model" entry is what `parity.convert.checkpoints` reads, so any checkpoint converts to JAX.
 """
 from __future__ import annotations
@@ -21,13 +23,24 @@ from typing import Optional
 
 import torch
 
+from meanflow_common.checks import UnreadableCheckpointError, check_float_arrays, unreadable_checkpoint
 from meanflow_common.keys import check_keys_and_shapes
-from meanflow_common.checks import check_float_arrays, unreadable_checkpoint
 from torch_meanflow.train_state import TrainState
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints"]
+__all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints", "remove_partial"]
 
 _NAME = re.compile(r"ckpt_(\d{8})\.pt\Z")
+_PART = re.compile(r"\.ckpt_.*\.part\Z")
+
+
+def remove_partial(ckpt_dir: str) -> list[str]:
+    """Delete the temporary files (`.ckpt_*.part`) interrupted saves left; returns them."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    gone = [os.path.join(ckpt_dir, n) for n in sorted(os.listdir(ckpt_dir)) if _PART.match(n)]
+    for path in gone:
+        os.remove(path)
+    return gone
 
 
 def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
@@ -52,6 +65,7 @@ def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int
     if not (_all_finite(state.model) and _all_finite(state.ema_model)):
         raise FloatingPointError(f"parameters are not finite at step {state.step}; checkpoint not written")
     os.makedirs(ckpt_dir, exist_ok=True)
+    remove_partial(ckpt_dir)  # one writer per run folder (its lock): no save of ours is in flight
     path = os.path.join(ckpt_dir, f"ckpt_{state.step:08d}.pt")
     payload = {
         "model": state.model.state_dict(),
@@ -100,10 +114,11 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     device = next(state.model.parameters()).device
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+    except Exception as err:  # noqa: BLE001 - truncated/garbage files fail in many ways
         raise unreadable_checkpoint(path, err) from err
     if not isinstance(payload, dict) or not {"model", "ema", "optimizer", "step"} <= set(payload):
-        raise ValueError(f"{path} is not a checkpoint of the PyTorch trainer")
+        raise UnreadableCheckpointError(f"{path} is not a checkpoint of the PyTorch trainer (it lacks model, ema, "
+                                        "optimizer or step)")
     _check_state_dict(payload["model"], state.model, "model")
     _check_state_dict(payload["ema"], state.ema_model, "ema")
     state.model.load_state_dict(payload["model"])

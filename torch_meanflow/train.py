@@ -1,11 +1,14 @@
 """The PyTorch trainer: `python -m torch_meanflow.train` (flags in meanflow_common.train_cli).
 
-A thin loop over `train_state.make_train_step`: per update k (1-based) it takes the batch
-`batch_at(dataset, seed, k - 1, batch_size)` and the randomness of a `torch.Generator`
-seeded with `step_seed(seed, k - 1)` (noise e, times t and r, class dropout; the global
-RNG, which drives dropout, is re-seeded per update inside `fork_rng`), so a resumed run
-repeats an uninterrupted one exactly. Twin of `jax_meanflow.train`: the same function
-names, the same TrainConfig, the same run folder.
+The PyTorch hooks (`TorchBackend`) of the shared loop `meanflow_common.train_loop`, over
+`train_state.train_step`: per update k (1-based) the batch is `batch_at(dataset, seed,
+k - 1, batch_size)` and the randomness comes from a `torch.Generator` seeded with
+`step_seed(seed, k - 1)` (noise e, times t and r, class dropout, drawn for the global
+batch; the global RNG, which drives dropout, is re-seeded per update and rank inside
+`fork_rng`), so a resumed run repeats an uninterrupted one exactly, and a torchrun run of
+N processes (each taking its slice; `torch_meanflow.parallel`) repeats the 1-process run
+when the model has no dropout. Twin of `jax_meanflow.train`: the same function names, the
+same TrainConfig, the same run folder.
 
     digits: DiT (NCHW: the data interface's NHWC images are transposed here);
     reach:  FlowerPolicy (torch_meanflow.policy) on observations -> action chunks.
@@ -19,35 +22,29 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from meanflow_common import train_loop
 from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
-from meanflow_common.config_compare import check_checkpoint_config
-from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses, tensorboardx_writer
+from meanflow_common.metrics import tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
-from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config, run_cli
-from meanflow_common.train_config import (
-    TrainConfig,
-    check_batch,
-    config_from_dict,
-    config_to_dict,
-    model_config,
-    objective_config,
-)
-from torch_meanflow.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
+from meanflow_common.train_config import TrainConfig, model_config, objective_config
+from meanflow_common.train_loop import TrainBackend, World, run_training
+from torch_meanflow import parallel
+from torch_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
 from torch_meanflow.dit import init_dit
 from torch_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
 from torch_meanflow.policy import FlowerPolicy
 from torch_meanflow.solver import generate
-from torch_meanflow.train_state import TrainState, compile_loss, create_train_state, make_train_step
+from torch_meanflow.train_state import TrainState, compile_loss, create_train_state, train_step
 
-__all__ = ["BACKEND", "make_model", "make_loss_fn", "step_seed", "step_randomness", "to_batch", "make_sampler",
+__all__ = ["BACKEND", "TorchBackend", "make_model", "make_loss_fn", "step_seed", "step_randomness", "to_batch", "make_sampler",
            "train", "load_run", "main"]
 
 BACKEND = "torch"
@@ -61,7 +58,8 @@ def _dtypes(cfg: TrainConfig):
 
 
 def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # under torchrun, parallel.init_world has made this process's GPU the current one
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, obs_dim: Optional[int] = None) -> nn.Module:
@@ -202,15 +200,6 @@ def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema:
     return sample
 
 
-def _data(cfg: TrainConfig, dataset, batch_fn):
-    if dataset is None or batch_fn is None:
-        from meanflow_common import data
-
-        dataset = dataset if dataset is not None else data.get_dataset(cfg.task, cfg.seed)
-        batch_fn = batch_fn or data.batch_at
-    return dataset, batch_fn
-
-
 def _load_init(model: nn.Module, init_params) -> None:
     want = model.state_dict()
     check_float_arrays(init_params, "init_params")
@@ -222,18 +211,114 @@ def _load_init(model: nn.Module, init_params) -> None:
             v.copy_(src.to(v.dtype))
 
 
-def _tb_writer(run_dir: str):
-    logdir = os.path.join(run_dir, "tensorboard")
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # needs the tensorboard package
-        return tensorboardx_writer(logdir)
-    return SummaryWriter(logdir)
+def _slice(batch: dict, noise: MeanFlowNoise, world: World):
+    """This rank's contiguous slice of the global batch and of its randomness."""
+    if world.processes == 1:
+        return batch, noise
+    b = noise.e.shape[0] // world.processes
+    part = slice(world.rank * b, (world.rank + 1) * b)
+    return ({k: v[part] for k, v in batch.items() if k in ("x", "y", "obs", "actions")},
+            MeanFlowNoise(noise.e[part], noise.t[part], noise.r[part], noise.drop_mask[part]))
 
 
-def _meta(cfg: TrainConfig, step: int) -> dict:
-    return {"step": step, "data_position": step, "seed": cfg.seed, "backend": BACKEND,
-            "rng": "torch.Generator(step_seed(seed, step)) per update", "config": config_to_dict(cfg)}
+class TorchBackend(TrainBackend):
+    """The PyTorch hooks of `meanflow_common.train_loop`; under torchrun, data-parallel
+    with the gradient all-reduce of `torch_meanflow.parallel`.
+
+    sync: all-reduce the gradients (only a negative control turns it off, to show that
+    `parallel.check_in_sync` catches the missing sync).
+    """
+
+    name = BACKEND
+    rng_rule = "torch.Generator(step_seed(seed, step)) per update, drawn for the global batch"
+
+    def __init__(self, sync: bool = True):
+        self.sync = sync
+
+    def world(self, cfg):
+        return parallel.init_world(cfg.devices)
+
+    def make_model(self, cfg, example=None, obs_dim=None):
+        model = make_model(cfg, example, obs_dim)
+        return model, model
+
+    def create_state(self, cfg, model, params, init_params=None):
+        if init_params is not None:
+            _load_init(model, init_params)
+        return create_train_state(model, cfg.optim)
+
+    def place(self, state, world):
+        if world.processes > 1:
+            parallel.broadcast_module(state.model)
+            parallel.broadcast_module(state.ema_model)
+        return state
+
+    def make_step(self, cfg, model, world):
+        loss_fn = make_loss_fn(cfg, model)
+        if cfg.torch_compile:
+            loss_fn = compile_loss(loss_fn)
+        multi = world.processes > 1
+        grad_sync = parallel.sync_gradients if (multi and self.sync) else None
+        devices = [_device()] if _device().type == "cuda" else []
+
+        def step(state, s, np_batch, noise_fn, check_loss):
+            if noise_fn is None:  # only this rank's slice of the data goes to its device
+                shape = np.shape(np_batch["x"] if cfg.task == "digits" else np_batch["actions"])
+                if cfg.task == "digits":  # the DiT's NCHW, as to_batch transposes the NHWC images
+                    shape = (shape[0], shape[3], shape[1], shape[2])
+                batch, noise = _slice(np_batch, step_randomness(cfg, s, shape), world)
+                batch = to_batch(cfg, batch)
+            else:
+                batch = to_batch(cfg, np_batch)
+                batch, noise = _slice(batch, noise_fn(s, batch), world)
+            seen = {}
+
+            def checked_loss(net, b, n):
+                out = loss_fn(net, b, n)
+                seen["loss"] = parallel.mean_over_ranks(out.loss) if multi else out.loss.detach()
+                check_loss(float(seen["loss"]))  # before backward: the state stays good
+                return out
+
+            with torch.random.fork_rng(devices=devices):
+                # dropout masks: a function of (seed, step, rank)
+                torch.manual_seed((step_seed(cfg.seed, s) ^ 1) + world.rank)
+                metrics = train_step(state, checked_loss, batch, noise, cfg.optim, grad_sync=grad_sync)
+            if multi:
+                metrics = {**metrics, "loss": seen["loss"], "v_loss": parallel.mean_over_ranks(metrics["v_loss"])}
+                if s < cfg.sync_check_steps:
+                    parallel.check_in_sync(state.model, s + 1, state.ema_model)
+            return state, metrics
+
+        return step
+
+    def state_step(self, state):
+        return int(state.step)
+
+    def list_checkpoints(self, ckpt_dir):
+        return list_checkpoints(ckpt_dir)
+
+    def checkpoint_path(self, ckpt_dir, step):
+        return os.path.join(ckpt_dir, f"ckpt_{step:08d}.pt")
+
+    def save_checkpoint(self, ckpt_dir, state, meta, keep_last):
+        return save_checkpoint(ckpt_dir, state, meta, keep_last)
+
+    def restore_checkpoint(self, path, state):
+        return restore_checkpoint(path, state)
+
+    def remove_partial(self, ckpt_dir):
+        return remove_partial(ckpt_dir)
+
+    def tb_writer(self, run_dir):
+        logdir = os.path.join(run_dir, "tensorboard")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # needs the tensorboard package
+            return tensorboardx_writer(logdir)
+        return SummaryWriter(logdir)
+
+    def make_sampler(self, cfg, model, state, use_ema=True):
+        return make_sampler(cfg, model, state, use_ema)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -241,92 +326,30 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     """Train as `cfg` says; returns a RunResult (see meanflow_common.train_cli).
 
     Arguments as `jax_meanflow.train.train`: dataset/batch_fn (default the built-in data),
-    eval_fn(state, step, run_dir) every cfg.eval_every updates and at the end,
-    noise_fn(step, batch) -> MeanFlowNoise, init_params (a state dict, checked key by
-    key), on_step(step, state, metrics) after every update.
+    eval_fn(state, step, run_dir) every cfg.eval_every updates and at the end (rank 0),
+    noise_fn(step, batch) -> MeanFlowNoise of the global batch, init_params (a state dict,
+    checked key by key), on_step(step, state, metrics) after every update. Under torchrun
+    every rank runs this; rank 0 alone writes the run folder.
     """
-    mc = model_config(cfg)
-    dataset, batch_fn = _data(cfg, dataset, batch_fn)
-    example = batch_fn(dataset, cfg.seed, 0, cfg.batch_size)
-    check_batch(cfg, mc, example)
-    model = make_model(cfg, example)
-    if init_params is not None:
-        _load_init(model, init_params)
-    info = {"obs_dim": int(example["obs"].shape[1])} if cfg.task == "reach" else {}
-    resumed = prepare_run_dir(cfg, BACKEND, mc, resume=resume, overwrite=overwrite, data_info=info)
-    run_dir, ckpt_dir = cfg.out_dir, os.path.join(cfg.out_dir, "checkpoints")
-    state = create_train_state(model, cfg.optim)
-    last = latest_checkpoint(ckpt_dir) if resumed else None
-    if last is not None:
-        check_checkpoint_config(restore_checkpoint(last, state)[1], cfg, last)
-    start = state.step
-    logger = MetricsLogger(run_dir, start if resumed else None, _tb_writer(run_dir))
-    bar = ProgressBar(cfg.steps, start, enabled=progress, every=cfg.log_every or 50)
-    loss_fn = make_loss_fn(cfg, model)
-    if cfg.torch_compile:
-        loss_fn = compile_loss(loss_fn)
-    current = {"step": start}
-
-    def checked_loss(net, batch, noise):
-        out = loss_fn(net, batch, noise)
-        check_finite(current["step"], float(out.loss.detach()), last)  # before backward: the state stays good
-        return out
-
-    step_fn = make_train_step(checked_loss, cfg.optim)
-    devices = [_device()] if _device().type == "cuda" else []
-    losses, saved_at = {}, start if last is not None else -1
-    t_log, s_log = time.perf_counter(), start
-    try:
-        for s in range(start, cfg.steps):
-            k = current["step"] = s + 1
-            batch = to_batch(cfg, batch_fn(dataset, cfg.seed, s, cfg.batch_size))
-            data_shape = batch["x"].shape if cfg.task == "digits" else batch["actions"].shape
-            noise = noise_fn(s, batch) if noise_fn is not None else step_randomness(cfg, s, data_shape)
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(step_seed(cfg.seed, s) ^ 1)  # dropout masks: a function of (seed, step)
-                metrics = step_fn(state, batch, noise)
-            losses[k] = loss = float(metrics["loss"])
-            if on_step is not None:
-                on_step(k, state, metrics)
-            if (cfg.log_every and k % cfg.log_every == 0) or k == cfg.steps:
-                now = time.perf_counter()
-                rate = (k - s_log) / max(now - t_log, 1e-9)
-                logger.log(k, {**{n: float(v) for n, v in metrics.items()}, "steps_per_s": rate, "wall_s": now})
-                t_log, s_log = now, k
-            bar.update(k, loss)
-            if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:
-                last, saved_at = save_checkpoint(ckpt_dir, state, _meta(cfg, k), cfg.keep_last), k
-            if eval_fn is not None and ((cfg.eval_every and k % cfg.eval_every == 0) or k == cfg.steps):
-                eval_fn(state, k, run_dir)
-    finally:
-        bar.close()
-        logger.close()
-        plot_losses(logger.path, os.path.join(run_dir, "loss.png"), title=f"{cfg.task} {cfg.method} (torch)")
-    if saved_at != state.step:
-        last = save_checkpoint(ckpt_dir, state, _meta(cfg, state.step), cfg.keep_last)
-    return RunResult(run_dir=run_dir, step=state.step, losses=losses, checkpoint=last, state=state, model=model)
+    return run_training(TorchBackend(), cfg, resume=resume, overwrite=overwrite, progress=progress, dataset=dataset,
+                        batch_fn=batch_fn, eval_fn=eval_fn, noise_fn=noise_fn, init_params=init_params,
+                        on_step=on_step)
 
 
 def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = True) -> LoadedRun:
     """A trained run from its folder: config, model, state of `checkpoint` (default the
-    latest) and a `make_sampler` sampler."""
-    saved = read_run_config(run_dir)
-    if saved.get("backend") != BACKEND:
-        raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend "
-                         "or convert its checkpoint with parity.convert.checkpoints")
-    cfg = config_from_dict(saved)
-    path = checkpoint or latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if path is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint")
-    model = make_model(cfg, obs_dim=saved.get("data", {}).get("obs_dim"))
-    state, meta = restore_checkpoint(path, create_train_state(model, cfg.optim))
-    check_checkpoint_config(meta, cfg, path)
-    return LoadedRun(cfg=cfg, model=model, state=state, step=int(meta["step"]), checkpoint=path,
-                     sample=make_sampler(cfg, model, state, use_ema))
+    newest readable one) and a `make_sampler` sampler."""
+    return train_loop.load_run(TorchBackend(), run_dir, checkpoint, use_ema)
 
 
 def main(argv=None) -> int:
-    return run_cli(train, BACKEND, argv)
+    ok = False
+    try:
+        status = run_cli(train, BACKEND, argv)
+        ok = status == 0
+        return status
+    finally:
+        parallel.finish(ok)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -110,8 +110,12 @@ def _update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float
         e.copy_(b)
 
 
-def train_step(state: TrainState, loss_fn: LossFn, batch, noise, optim_cfg: OptimConfig) -> dict:
+def train_step(state: TrainState, loss_fn: LossFn, batch, noise, optim_cfg: OptimConfig,
+               grad_sync: Optional[Callable[[list], None]] = None) -> dict:
     """One optimiser step on `loss_fn(state.model, batch, noise).loss`, then the EMA update.
+
+    grad_sync(parameters), when given, runs between backward and the clip: data-parallel
+    training all-reduces the gradients there (`torch_meanflow.parallel.sync_gradients`).
 
     Returns {"loss": scalar tensor, "v_loss": scalar tensor (batch mean), "grad_norm": scalar
     tensor (before clipping), "lr": float (the rate this step used)}; tensors are detached.
@@ -121,6 +125,8 @@ def train_step(state: TrainState, loss_fn: LossFn, batch, noise, optim_cfg: Opti
     state.optimizer.zero_grad(set_to_none=True)
     out = loss_fn(model, batch, noise)
     out.loss.backward()
+    if grad_sync is not None:
+        grad_sync(list(model.parameters()))
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         raise RuntimeError("the loss produced no gradient for any parameter of the model")
