@@ -7,7 +7,7 @@ The names a user needs (imported on first use: `import parity` itself loads neit
     CHANNELS_LAST_TO_FIRST the NHWC <-> NCHW layout of image networks
     register_arch, get_arch  the registry (`--arch NAME`); also the `parity.archs` entry points
     Table, Rule            the conversion table between the Flax tree and the torch state dict
-    InputBundle, sample_tr_numpy, drop_mask_numpy   the float64 inputs an Arch builds
+    InputBundle, sample_tr_numpy, drop_mask_numpy, cover_guidance_window   the float64 inputs an Arch builds
     check                  run the suite: check(arch_or_variants, dtypes=..., device=..., seed=..., batch=...)
     ParityReport, ParityError, CheckResult   what `check` returns / raises; one compared quantity
     Control                a negative control (a bug injected into the torch side)
@@ -35,6 +35,7 @@ _EXPORTS = {
     "InputBundle": "parity.core.inputs",
     "sample_tr_numpy": "parity.core.inputs",
     "drop_mask_numpy": "parity.core.inputs",
+    "cover_guidance_window": "parity.core.inputs",
     "check": "parity.core.check",
     "ParityReport": "parity.core.check",
     "ParityError": "parity.core.check",
