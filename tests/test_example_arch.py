@@ -144,3 +144,20 @@ def test_entry_point_group_registers_an_installed_arch(tmp_path, monkeypatch):
     assert parity.get_arch("conv_velocity_ep") is ARCH
     with pytest.raises(KeyError, match="unknown architecture 'conv_velocity_nope'"):
         parity.get_arch("conv_velocity_nope")
+
+
+def test_benchmark_takes_the_example(tmp_path):
+    """`python -m parity bench --arch examples.conv_velocity:ARCH`: the same train-step runners
+    on a user's network, with the cross-backend first-step check."""
+    from parity.bench import run as bench
+
+    path = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--arch", "examples.conv_velocity:ARCH", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    (case,) = report["cases"]
+    assert case["name"] == "conv_velocity" and case["arch"] == "conv_velocity"
+    names = {r["name"] for r in case["runners"]}
+    assert {"jax jit mf", "torch eager mf", "torch eager fm"} <= names
+    first = case["checks"]["first_step_jax_vs_torch"]
+    assert first["loss"] < 1e-4 and first["grad_norm"] < 1e-4
+    assert case["checks"]["du_dt_rules_vs_torch_func"] < 1e-5

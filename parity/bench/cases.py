@@ -78,12 +78,24 @@ class Case:
         return Variant(self.arch, self.name, self.model_cfg, self.mf_cfg)
 
 
-def make_case(name: str, batch: int, tokens: int, guidance: bool, seed: int = 0) -> Case:
-    """The case of size `name`: its network, objective and one bundle (`tokens` conditioning
-    tokens per sample where the network takes tokens)."""
-    if name not in SIZES:
-        raise KeyError(f"unknown size {name!r}; available: {', '.join(SIZES)}")
-    size = SIZES[name]
+def arch_sizes(variants) -> dict[str, BenchSize]:
+    """One benchmarked size per architecture of `variants` (`--arch`): its first variant's model
+    and objective configs, named by the architecture."""
+    out: dict[str, BenchSize] = {}
+    for v in variants:
+        if v.arch.name not in out:
+            out[v.arch.name] = BenchSize(v.arch, v.model_cfg, v.mf_cfg, f"{v.arch.name}, variant {v.name!r} (--arch)")
+    return out
+
+
+def make_case(name: str, batch: int, tokens: int, guidance: bool, seed: int = 0,
+              sizes: dict[str, BenchSize] | None = None) -> Case:
+    """The case of size `name` (of `sizes`, default SIZES): its network, objective and one
+    bundle (`tokens` conditioning tokens per sample where the network takes tokens)."""
+    sizes = SIZES if sizes is None else sizes
+    if name not in sizes:
+        raise KeyError(f"unknown size {name!r}; available: {', '.join(sizes)}")
+    size = sizes[name]
     arch, cfg = size.arch, size.model_cfg
     mf_cfg = replace(size.mf_cfg, guidance_eq="cfg") if guidance and arch.null_label is not None else size.mf_cfg
     variant = Variant(arch, name, cfg, mf_cfg)

@@ -96,12 +96,12 @@ def _cross_backend(case, runners) -> None:
             k: abs(jax_m[k] - torch_m[k]) / max(abs(jax_m[k]), 1e-30) for k in ("loss", "grad_norm")}
 
 
-def run_case(name: str, args, log=print, jax_in_quick: bool = True) -> dict:
-    """Time every runner of size `name`; with --quick, the JAX runner (one MeanFlow step)
-    only where `jax_in_quick` (the first size of the run)."""
+def run_case(name: str, args, log=print, jax_in_quick: bool = True, sizes=None) -> dict:
+    """Time every runner of size `name` (of `sizes`, default SIZES); with --quick, the JAX
+    runner (one MeanFlow step) only where `jax_in_quick` (the first size of the run)."""
     from parity.bench.cases import jax_runners, torch_runners
 
-    case = make_case(name, args.batch, args.tokens, args.guidance, args.seed)
+    case = make_case(name, args.batch, args.tokens, args.guidance, args.seed, sizes=sizes)
     log(f"\n== {name}: {case.info['what']}, batch {args.batch} (load {load_average()}) ==")
     with timed(case.info, "setup_s"):
         params_np, state_dict = _weights(case, args.seed)
@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--arch", default=None, help="also (or, without --sizes, only) benchmark these architectures: "
+                   "registered names or package.module:NAME (the first variant of each)")
+    p.add_argument("--preset", default=None, help="model preset of the --arch architectures")
     p.add_argument("--sizes", default=None, help=f"comma list of {', '.join(SIZES)} (default per device: "
                    f"cpu {DEFAULT_SIZES['cpu']}; cuda {DEFAULT_SIZES['cuda']})")
     p.add_argument("--steps", type=positive_int, default=7, help="timed steps per runner (median reported)")
@@ -189,11 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.sizes = args.sizes or QUICK_SIZES
+        if args.sizes is None and not args.arch:
+            args.sizes = QUICK_SIZES
         args.steps, args.warmup, args.batch, args.tokens = min(args.steps, 2), 1, min(args.batch, 4), 8
         args.no_compile, args.parity_suite, args.sampling_batches = True, "", "1"
         args.threads = args.threads or 1
-    sizes = (args.sizes or DEFAULT_SIZES[args.device]).split(",")
+    default = "" if args.arch else DEFAULT_SIZES[args.device]
+    sizes = [s for s in (args.sizes if args.sizes is not None else default).split(",") if s]
     for s in sizes:
         if s not in SIZES:
             raise SystemExit(f"unknown size {s!r}; available: {', '.join(SIZES)}")
@@ -205,11 +210,19 @@ def main(argv=None) -> int:
     report = {"environment": environment(args.device), "args": vars(args), "targets_defined": TARGETS}
     print(f"parity.bench on {args.device}: torch {report['environment']['torch']}, "
           f"jax {report['environment']['jax']}, load {report['environment']['load_average']}")
-    report["cases"] = [run_case(s, args, jax_in_quick=k == 0) for k, s in enumerate(sizes)]
+    table = dict(SIZES)
+    if args.arch:  # resolved after the backends are set up: the user's module may import them
+        from parity.bench.cases import arch_sizes
+        from parity.core.arch import resolve_variants
+
+        own = arch_sizes(resolve_variants(args.arch, args.preset))
+        table.update(own)
+        sizes += [s for s in own if s not in sizes]
+    report["cases"] = [run_case(s, args, jax_in_quick=k == 0, sizes=table) for k, s in enumerate(sizes)]
     batches = [int(b) for b in args.sampling_batches.split(",") if b]
     report["sampling"] = []
     for s in sizes:
-        if batches and SIZES[s].sampling:
+        if batches and table[s].sampling:
             print(f"\n== sampling latency, {s} ==")
             report["sampling"] += sampling_latency(s, args.device, batches=batches, tokens=args.tokens,
                                                    calls=5 if args.quick else 20,
