@@ -11,7 +11,7 @@ The same functions exist in `torch_meanflow.checkpoint`:
 -> [(step, path)]`, `latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path,
 state) -> (state, meta)` (UnreadableCheckpointError for a folder that cannot be read) and
 `remove_partial(ckpt_dir)` (deletes the temporary folders of interrupted saves).
-The parameters convert to PyTorch with `parity.checkpoints` (path
+The parameters convert to PyTorch with `parity.convert.checkpoints` (path
 `<ckpt_dir>/<step>/params` or `<ckpt_dir>/<step>/ema_params`).
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from jax_meanflow.parallel import host_value
 from jax_meanflow.train_state import TrainState
 from meanflow_common.checks import UnreadableCheckpointError, check_float_arrays, unreadable_checkpoint
+from meanflow_common.keys import check_keys_and_shapes
 
 __all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "restore_checkpoint", "remove_partial",
            "state_tree"]
@@ -160,18 +161,8 @@ def _check_item_files(folder: str) -> None:
 
 
 def _check_against(saved: Any, template: Any, part: str) -> None:
-    got, want = _flat_shapes(saved), _flat_shapes(template)
-    missing = sorted(set(want) - set(got))
-    if missing:
-        raise KeyError(f"checkpoint {part} lacks {missing[0]} ({len(missing)} missing): "
-                       "it was written for another architecture")
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise KeyError(f"checkpoint {part} has unexpected {extra[0]} ({len(extra)} unexpected): "
-                       "it was written for another architecture")
-    for k in sorted(want):
-        if got[k] != want[k]:
-            raise ValueError(f"checkpoint {part}{k} has shape {got[k]}, the model expects {want[k]}")
+    check_keys_and_shapes(_flat_shapes(saved), _flat_shapes(template), f"checkpoint {part}",
+                          "; it was written for another architecture")
     leaves = jax.tree_util.tree_flatten_with_path(saved)[0]
     check_float_arrays([(jax.tree_util.keystr(p), leaf) for p, leaf in leaves if hasattr(leaf, "dtype")],
                        f"checkpoint {part}")

@@ -26,6 +26,7 @@ from flax import linen as nn
 from jax_meanflow.attention import attention
 from jax_meanflow.layers import LayerNorm, Linear, Mlp, TimestepEmbedder, modulate
 from meanflow_common.config import DiTConfig
+from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.tables import sincos_2d_pos_embed
 
 __all__ = ["DiT", "init_dit", "make_u_fn", "load_official_params", "check_params"]
@@ -282,17 +283,8 @@ def _param_shapes(config: DiTConfig) -> dict:
 
 def check_params(params, config: DiTConfig):
     """Compare every key and shape of `params` with a fresh init's; raise naming the key."""
-    want = _param_shapes(config)
-    got = _flat(params)
-    missing = sorted(set(want) - set(got))
-    if missing:
-        raise KeyError(f"DiT parameter {missing[0]!r} is missing ({len(missing)} missing: {missing[:5]})")
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise KeyError(f"unexpected DiT parameter {extra[0]!r} ({len(extra)} unexpected: {extra[:5]})")
-    for k in sorted(want):
-        if tuple(np.shape(got[k])) != tuple(want[k].shape):
-            raise ValueError(f"DiT parameter {k!r} has shape {tuple(np.shape(got[k]))}, expected {want[k].shape}")
+    want = {k: v.shape for k, v in _param_shapes(config).items()}
+    check_keys_and_shapes({k: np.shape(v) for k, v in _flat(params).items()}, want, "DiT parameters")
 
 
 def load_official_params(tree, config: DiTConfig, dtype=None) -> dict:

@@ -6,7 +6,7 @@ only (FLOWER's `use_adaln_cond=False`), Florence-2 left out: the conditioning to
 through `FlowerCond`. Twin of `torch_meanflow.flower`; parameter paths mirror FLOWER's torch
 names (`dit_0/self_attn/qkv/kernel` <-> `dit.0.self_attn.qkv.weight`,
 `action_encoders_eef_delta/fc1` <-> `action_encoders.eef_delta.fc1`), see
-parity/tables_flower.py.
+parity/convert/tables/flower.py.
 
 The interval h = t - r enters in one of two places (`config.h_placement`):
 "adaln": global_cond gets stateless_norm(h_embedder(h)), like t;

@@ -3,7 +3,7 @@
 `FlowerPolicy` is FLOWER's flow transformer (`jax_meanflow.flower.FlowerTransformer`)
 behind an observation encoder; `LowDimEncoder` is the built-in encoder for
 low-dimensional observation vectors. The parameter tree mirrors the torch module's
-state dict (table "policy" in parity/tables_policy.py):
+state dict (table "policy" in parity/convert/tables/policy.py):
 
     model/<FlowerTransformer tree>     <->  model.<FLOWER names>
     encoder/mlp_0/{kernel,bias}        <->  encoder.mlp.0.{weight,bias}

@@ -33,6 +33,7 @@ from jax_meanflow.policy import FlowerPolicy
 from jax_meanflow.solver import generate
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
 from meanflow_common import train_loop
+from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
 from meanflow_common.metrics import tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
@@ -237,17 +238,9 @@ def _checked_params(given, template):
     want = jax.tree_util.tree_flatten_with_path(template)[0]
     got = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(given)[0])
     check_float_arrays(got, "init_params")
-    out = []
-    for path, leaf in want:
-        key = jax.tree_util.keystr(path)
-        if key not in got:
-            raise KeyError(f"init_params lacks parameter {key}")
-        if np.shape(got[key]) != leaf.shape:
-            raise ValueError(f"init_params{key} has shape {np.shape(got[key])}, the model expects {leaf.shape}")
-        out.append(jnp.asarray(got[key], leaf.dtype))
-    if len(got) != len(want):
-        extra = sorted(set(got) - {jax.tree_util.keystr(p) for p, _ in want})
-        raise KeyError(f"init_params has unexpected parameter {extra[0]}")
+    check_keys_and_shapes({k: np.shape(v) for k, v in got.items()},
+                          {jax.tree_util.keystr(p): leaf.shape for p, leaf in want}, "init_params")
+    out = [jnp.asarray(got[jax.tree_util.keystr(path)], leaf.dtype) for path, leaf in want]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), out)
 
 

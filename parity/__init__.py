@@ -1,1 +1,59 @@
-"""Parity suite: the only package importing both backends (conversion, inputs, comparison, report)."""
+"""Parity between a JAX/Flax network and its PyTorch port under the MeanFlow objective.
+
+The names a user needs (imported on first use: `import parity` itself loads neither backend):
+
+    Arch, Variant          a network pair and one configuration of it (parity.core.arch)
+    Layout, ModuleMapSpec  the data layout between the sides; the debugger's extra module pairs
+    CHANNELS_LAST_TO_FIRST the NHWC <-> NCHW layout of image networks
+    register_arch, get_arch  the registry (`--arch NAME`); also the `parity.archs` entry points
+    Table, Rule            the conversion table between the Flax tree and the torch state dict
+    InputBundle, sample_tr_numpy, drop_mask_numpy, cover_guidance_window   the float64 inputs an Arch builds
+    check                  run the suite: check(arch_or_variants, dtypes=..., device=..., seed=..., batch=...)
+    ParityReport, ParityError, CheckResult   what `check` returns / raises; one compared quantity
+    Control                a negative control (a bug injected into the torch side)
+    JvpOptions             the torch side's JVP engine and attention implementation
+
+Shapes: data x, e, u, du/dt [B, ...] (each side in its own layout); t, r, h [B]; the
+conditioning y as the Arch defines it. Walk-through: docs/EXTENDING.md.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Arch": "parity.core.arch",
+    "Variant": "parity.core.arch",
+    "Layout": "parity.core.arch",
+    "ModuleMapSpec": "parity.core.arch",
+    "CHANNELS_LAST_TO_FIRST": "parity.core.arch",
+    "SAME_LAYOUT": "parity.core.arch",
+    "register_arch": "parity.core.arch",
+    "get_arch": "parity.core.arch",
+    "resolve_variants": "parity.core.arch",
+    "Table": "parity.convert.engine",
+    "Rule": "parity.convert.engine",
+    "InputBundle": "parity.core.inputs",
+    "sample_tr_numpy": "parity.core.inputs",
+    "drop_mask_numpy": "parity.core.inputs",
+    "cover_guidance_window": "parity.core.inputs",
+    "check": "parity.core.check",
+    "ParityReport": "parity.core.check",
+    "ParityError": "parity.core.check",
+    "CheckResult": "parity.core.compare",
+    "Control": "parity.core.controls",
+    "JvpOptions": "torch_meanflow.objective",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'parity' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,36 +1,50 @@
-"""`python -m parity`: the parity report (default) and checkpoint conversion.
+"""`python -m parity`: one command line with subcommands; without one it runs the parity check.
 
     python -m parity                       # default suite: tiny DiT + tiny FLOWER, f32 + f64, cpu (+cuda)
     python -m parity --arch dit --preset small --dtype float64 --json report.json
+    python -m parity --arch mypkg.mymodule:MY_ARCH          # a network pair of your own (docs/EXTENDING.md)
     python -m parity --arch dit --preset tiny --checkpoint ckpt_dir   # given weights instead of random
     python -m parity convert SRC DST --arch dit --preset tiny         # orbax dir <-> .pt / .safetensors
     python -m parity debug --arch dit --dtype float64 --control gelu_erf --out DIR   # where the sides part
+    python -m parity bench [--quick ...]         # benchmarks (python -m parity bench --help)
+    python -m parity bench-profile [...]         # op-by-op profile of a PyTorch train step
+    python -m parity bench-report bench.json     # Markdown tables of a saved benchmark run
+    python -m parity train-parity [...]          # the two trainers follow the same trajectory
+
+`--arch` takes a registered name (dit, flower; comma-separated; "all"), or package.module:NAME
+naming an Arch, a Variant or a list of Variants importable from the current folder.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import time
 
-import jax
+from meanflow_common.cli_args import non_negative_int, positive_int
 
-jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 arrays stay float32
+# Subcommands with their own command line: (module, what). They run before JAX is imported
+# (the benchmark sets XLA flags first).
+DELEGATED = {
+    "bench": ("parity.bench.run", "benchmarks of the MeanFlow train step (see its --help)"),
+    "bench-profile": ("parity.bench.profile", "op-by-op profile of a PyTorch train step"),
+    "bench-report": ("parity.bench.report", "Markdown tables of a saved benchmark JSON"),
+    "train-parity": ("parity.train_parity.run", "the JAX and torch trainers from one initial state"),
+}
 
-from meanflow_common.cli_args import non_negative_int, positive_int  # noqa: E402
-from meanflow_common.config import get_preset, override  # noqa: E402
-from parity import checkpoints, debug_report  # noqa: E402
-from parity.archs import ARCHS, Variant, default_variants, get_arch  # noqa: E402
-from parity.extra_checks import CHECK_GROUPS, once_checks, parse_groups, run_checks  # noqa: E402
-from parity.harness import run_variant, trained_params  # noqa: E402
-from parity.precision import XLA_COMPILE, pinned_precision, precision_settings, versions  # noqa: E402
-from parity.report import format_table, format_tolerances, write_json  # noqa: E402
+
+def _setup_jax():
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64 parity needs it; float32 arrays stay float32
 
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
 
 def _devices(arg: str) -> list[str]:
+    import jax
     import torch
 
     has_cuda = torch.cuda.is_available() and any(d.platform == "gpu" for d in jax.devices())
@@ -45,57 +59,15 @@ def _devices(arg: str) -> list[str]:
     return out
 
 
-def _variants(args) -> list[Variant]:
-    archs = list(ARCHS) if args.arch == "all" else args.arch.split(",")
-    for a in archs:
-        get_arch(a)
-    dit_p = args.preset if args.preset and archs == ["dit"] else args.dit_preset
-    flower_p = args.preset if args.preset and archs == ["flower"] else args.flower_preset
-    variants = [v for v in default_variants(dit_p, flower_p) if v.arch in archs]
-    check_sets(args.set, [v.model_cfg for v in variants])
-    if args.set:
-        variants = [dataclasses.replace(v, model_cfg=_override_model(v, args.set)) for v in variants]
+def _variants(args):
+    from parity.core.arch import resolve_variants
+
+    variants = resolve_variants(args.arch, args.preset, args.set)
     if args.variant:
         variants = [v for v in variants if args.variant in v.name]
         if not variants:
             raise SystemExit(f"no variant matches {args.variant!r}")
     return variants
-
-
-def _override_model(v: Variant, sets):
-    names = {f.name for f in dataclasses.fields(v.model_cfg)}
-    mine = [s for s in sets if s.split("=", 1)[0] in names]
-    return override(v.model_cfg, mine) if mine else v.model_cfg
-
-
-def _trained_checks(args, variants, dtype, device):
-    """The first variant of each architecture again, at weights trained for a few steps."""
-    if args.trained_steps <= 0 or args.checkpoint:
-        return []
-    out, seen = [], set()
-    for v in variants:
-        if v.arch in seen:
-            continue
-        seen.add(v.arch)
-        params = trained_params(get_arch(v.arch), v, args.seed, args.trained_steps, xla_compile=args.xla_compile)
-        for r in run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params,
-                             xla_compile=args.xla_compile):
-            r.variant = f"{r.variant} trained{args.trained_steps}"
-            out.append(r)
-    return out
-
-
-def check_sets(sets, model_cfgs) -> None:
-    """Every --set names a field of at least one compared model config (a typo is an error,
-    not a silently unmodified model)."""
-    known = set().union(*({f.name for f in dataclasses.fields(c)} for c in model_cfgs))
-    for item in sets:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r} is not of the form FIELD=VALUE")
-        name = item.split("=", 1)[0].strip()
-        if name not in known:
-            kinds = "/".join(sorted({type(c).__name__ for c in model_cfgs}))
-            raise KeyError(f"--set {item!r}: unknown field {name!r} of {kinds}; valid: {', '.join(sorted(known))}")
 
 
 def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
@@ -109,39 +81,27 @@ def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
 
 
 def cmd_report(args) -> int:
+    _setup_jax()
+    from parity.convert import checkpoints
+    from parity.core.arch import archs_of
+    from parity.core.check import run_suite
+    from parity.extra.checks import parse_groups
+    from parity.core.precision import XLA_COMPILE, pinned_precision, precision_settings, versions
+    from parity.core.report import format_table, format_tolerances, write_json
+
     start = time.time()
     dtypes = check_run_args(args)
     variants = _variants(args)
+    archs = archs_of(variants)
     devices = _devices(args.device)
-    groups = parse_groups(args.checks)
-    extra = dict(seed=args.seed, batch=args.batch, xla_compile=args.xla_compile, random_weights=not args.checkpoint)
-    results, meta_runs = [], []
-    print(format_tolerances())
-    for device in devices:
-        for dtype in dtypes:
-            with pinned_precision(True):
-                for v in variants:
-                    params = None
-                    if args.checkpoint:
-                        params = checkpoints.load_params(args.checkpoint, v.arch, v.model_cfg, key=args.checkpoint_key)
-                    results += run_variant(v, dtype, device, seed=args.seed, batch=args.batch, params_np=params,
-                                           xla_compile=args.xla_compile)
-                results += _trained_checks(args, variants, dtype, device)
-                results += run_checks(groups, variants, dtype, device, **extra)
-            if device == "cuda" and dtype == "float32":
-                # The frameworks' default precision (TF32 GEMMs/convs): measured, never failing.
-                with pinned_precision(False) as settings:
-                    for v in variants:
-                        drift = run_variant(v, dtype, device, seed=args.seed, batch=args.batch,
-                                            xla_compile=args.xla_compile)
-                        for r in drift:
-                            r.variant = f"{r.variant} TF32"
-                            r.info["informational"] = True
-                            r.passed = True
-                        results += drift
-                meta_runs.append({"default_precision_settings": settings})
-    with pinned_precision(True):
-        results += once_checks(groups, variants, dtypes=dtypes, devices=devices, **extra)
+    print(format_tolerances(archs))
+    params_for = None
+    if args.checkpoint:
+        def params_for(v):
+            return checkpoints.load_params(args.checkpoint, v.arch, v.model_cfg, key=args.checkpoint_key)
+    results, meta_runs = run_suite(variants, dtypes, devices, seed=args.seed, batch=args.batch, params_for=params_for,
+                                   trained_steps=args.trained_steps, xla_compile=args.xla_compile,
+                                   checks=parse_groups(args.checks))
     elapsed = time.time() - start
     print(format_table(results))
     print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s"
@@ -150,32 +110,35 @@ def cmd_report(args) -> int:
         meta = {"versions": versions(), "precision": precision_settings(), "seed": args.seed,
                 "batch": args.batch, "elapsed_s": elapsed, "runs": meta_runs,
                 "xla_compile": {"mode": args.xla_compile, "cpu_options": XLA_COMPILE[args.xla_compile]},
-                "variants": [{"arch": v.arch, "name": v.name, "model_cfg": dataclasses.asdict(v.model_cfg),
+                "variants": [{"arch": v.arch.name, "name": v.name, "model_cfg": dataclasses.asdict(v.model_cfg),
                               "meanflow_cfg": dataclasses.asdict(v.mf_cfg)} for v in variants]}
         with pinned_precision(True) as pinned:
             meta["precision"] = pinned
-        write_json(args.json, results, meta)
+        write_json(args.json, results, meta, archs)
         print(f"wrote {args.json}")
     return 0 if all(r.passed for r in results) else 1
 
 
 def cmd_convert(args) -> int:
-    arch = get_arch(args.arch)
-    cfg = get_preset(arch.presets, args.preset, f"{arch.name} preset")
+    from meanflow_common.config import override
+    from parity.convert import checkpoints
+    from parity.core.arch import resolve_arch
+
+    arch = resolve_arch(args.arch)
+    cfg = arch.preset(args.preset)
     if args.set:
         cfg = override(cfg, args.set)
-    checkpoints.convert_file(args.src, args.dst, arch.name, cfg, key=args.checkpoint_key, overwrite=args.overwrite)
-    print(f"converted {args.src} -> {args.dst} ({arch.name} {args.preset})")
+    checkpoints.convert_file(args.src, args.dst, arch, cfg, key=args.checkpoint_key, overwrite=args.overwrite)
+    print(f"converted {args.src} -> {args.dst} ({arch.name} {args.preset or arch.default_preset})")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="all", help="dit, flower or all (default)")
-    p.add_argument("--preset", default=None, help="preset of the single --arch")
-    p.add_argument("--dit-preset", default="tiny")
-    p.add_argument("--flower-preset", default="tiny")
+    p.add_argument("--arch", default=None, help="registered names (dit, flower; comma-separated; all) or "
+                   "package.module:NAME (an Arch or a list of variants); default: the built-in suite")
+    p.add_argument("--preset", default=None, help="model preset of every --arch (default: each one's default preset)")
     p.add_argument("--variant", default=None, help="only variants whose name contains this")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model config field by name (repeatable)")
@@ -187,35 +150,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-key", default=None, help="entry of the checkpoint holding the params (e.g. ema_params)")
     p.add_argument("--trained-steps", type=non_negative_int, default=8,
                    help="also compare each architecture after N AdamW steps from the standard init (0: off)")
-    p.add_argument("--xla-compile", default="fast", choices=sorted(XLA_COMPILE),
+    p.add_argument("--xla-compile", default="fast", choices=("fast", "full"),
                    help="XLA:CPU compile of the JAX reference: fast (default; LLVM -O0, ~4x quicker to compile, "
                    "outputs differ from full by rounding only) or full (the optimised executable the trainer runs)")
     p.add_argument("--checks", default="all", metavar="GROUPS",
-                   help=f"checks beyond the objective comparison: all (default), none, or a comma list of "
-                   f"{', '.join(CHECK_GROUPS)} (see parity/extra_checks.py)")
+                   help="checks beyond the objective comparison: all (default), none, or a comma list of "
+                   "branches, samplers, dropout, x64off (see parity/extra/checks.py)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--arch", required=True, choices=sorted(ARCHS))
-    c.add_argument("--preset", required=True)
+    c.add_argument("--arch", required=True, help="a registered name or package.module:NAME (an Arch)")
+    c.add_argument("--preset", default=None, help="model preset (default: the architecture's default preset)")
     c.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     c.add_argument("--checkpoint-key", default=None)
     c.add_argument("--overwrite", action="store_true")
-    debug_report.add_arguments(sub.add_parser(
+    from parity.debug.report import add_arguments
+
+    add_arguments(sub.add_parser(
         "debug", help="the divergence debugger: the first module where the sides part "
                       "(primal and JVP tangent), see docs/DEBUGGING.md"))
+    for name, (_, what) in DELEGATED.items():
+        sub.add_parser(name, help=what, add_help=False)
     return p
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "check":  # the default command, also by name
+        argv = argv[1:]
+    if argv and argv[0] in DELEGATED:
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "convert":
             return cmd_convert(args)
         if args.command == "debug":
-            return debug_report.cmd_debug(args)
+            _setup_jax()
+            from parity.debug.report import cmd_debug
+
+            return cmd_debug(args)
         return cmd_report(args)
     except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)

@@ -3,6 +3,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["pytester"]  # tests/test_example_arch.py runs a user's test suite with the parity plugin
+
 try:  # jax is optional: the torch-only tests must run without it
     import jax
 

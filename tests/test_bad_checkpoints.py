@@ -13,10 +13,11 @@ import pytest
 
 from meanflow_common.config import DIT_PRESETS
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments, config_to_dict, model_config
-from parity import checkpoints, convert
-from parity.archs import default_variants, get_arch
+from parity import convert
+from parity.convert import checkpoints
+from parity.core.arch import default_variants, get_arch
 from parity.cli import main
-from parity.harness import random_params, run_variant
+from parity.core.harness import random_params, run_variant
 
 TINY = DIT_PRESETS["tiny"]
 TWO_HEADS = dataclasses.replace(TINY, num_heads=2)  # every tensor keeps its shape
@@ -24,7 +25,7 @@ TWO_HEADS = dataclasses.replace(TINY, num_heads=2)  # every tensor keeps its sha
 
 @pytest.fixture(scope="module")
 def dit_params():
-    v = next(v for v in default_variants() if v.arch == "dit")
+    v = next(v for v in default_variants() if v.arch.name == "dit")
     return random_params(get_arch("dit"), v, seed=5)
 
 
@@ -65,7 +66,7 @@ def test_int32_weights_are_refused_naming_key_and_dtype(tmp_path, dit_params):
 
 def test_all_zero_u_and_du_dt_fail_the_parity_check(dit_params):
     zeros = convert.unflatten_tree({k: np.zeros_like(v) for k, v in convert.flatten_tree(dit_params).items()})
-    v = next(v for v in default_variants() if v.arch == "dit" and "no cfg" in v.name)
+    v = next(v for v in default_variants() if v.arch.name == "dit" and "no cfg" in v.name)
     results = {r.quantity: r for r in run_variant(v, "float64", params_np=zeros)}
     for q in ("u", "du_dt"):
         assert results[q].max_abs == 0.0 and not results[q].passed
@@ -112,7 +113,7 @@ def test_a_checkpoint_of_another_config_is_refused_by_every_loader(tmp_path, two
     # load_run / evaluate with a checkpoint of the other run
     with pytest.raises(ValueError, match="model.num_heads: recorded 2, now 4"):
         T.load_run(four.run_dir, checkpoint=two.checkpoint)
-    assert E.main(["--run", four.run_dir, "--checkpoint", two.checkpoint, "--no-plots", "--n-per-class", "1"]) == 1
+    assert E.main(["--run", four.run_dir, "--checkpoint", two.checkpoint, "--no-plots", "--n-per-class", "2"]) == 1
     assert "trained with another config" in capsys.readouterr().err
     # resume: a foreign checkpoint in the run folder
     run = tmp_path / "resume"
@@ -162,8 +163,8 @@ def test_unreadable_trainer_checkpoint_is_named(tmp_path, two_head_runs):
 
 
 def test_json_reports_never_write_bare_infinity(tmp_path):
-    from parity.compare import compare
-    from parity.report import write_json
+    from parity.core.compare import compare
+    from parity.core.report import write_json
 
     bad = compare(np.ones(3), np.array([1.0, np.nan, 1.0]), quantity="u", tol=1e-6, arch="dit", variant="v",
                   dtype="float64", device="cpu")

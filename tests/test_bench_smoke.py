@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from parity import bench
+from parity.bench import run as bench
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_unknown_size_is_named():
 
 
 def test_bench_profile_breaks_a_step_down_by_op(capsys):
-    from parity import bench_profile
+    from parity.bench import profile as bench_profile
 
     assert bench_profile.main(["--size", "dit-tiny", "--batch", "4", "--runners", "fm,mf", "--steps", "1",
                                "--top", "5"]) == 0

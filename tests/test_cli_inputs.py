@@ -37,7 +37,7 @@ CASES = [
     ("parity.train_parity", ["--set", "depht=2"], "unknown config field 'depht'"),
     ("parity.bench", ["--batch", "0"], "argument --batch: must be an integer >= 1"),
     ("parity.bench", ["--steps", "2.5"], "argument --steps: must be an integer >= 1, got '2.5'"),
-    ("parity.bench_profile", ["--top", "0"], "argument --top"),
+    ("parity.bench.profile", ["--top", "0"], "argument --top"),
     ("torch_meanflow.evaluate", ["--run", "x", "--num-steps", "0"], "argument --num-steps: must be an integer >= 1"),
     ("jax_meanflow.evaluate", ["--run", "x", "--seed", "-1"], "argument --seed: must be an integer >= 0"),
     ("torch_meanflow.train", ["--preset", "tiny", "--set", "lr=-1e-3"], "OptimConfig.lr=-0.001 must be > 0.0"),

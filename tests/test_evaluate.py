@@ -161,13 +161,35 @@ def test_evaluate_cli_records_table_and_errors(tmp_path, digits, capsys):
     import json
 
     records = json.loads(out_json.read_text())
-    assert [(r["task"], r["num_steps"]) for r in records] == [("digits", 1), ("digits", 2), ("reach", 1), ("reach", 4)]
-    assert records[0]["accuracy"] > 0.8 and records[2]["success_rate"] == 1.0
+    runs_out = [r for r in records if r["method"] != "baseline"]
+    assert [(r["task"], r["num_steps"]) for r in runs_out] == [("digits", 1), ("digits", 2), ("reach", 1), ("reach", 4)]
+    assert runs_out[0]["accuracy"] > 0.8 and runs_out[2]["success_rate"] == 1.0
+    # The anchors follow the runs, scored on the same inputs, with the new metrics.
+    anchors = [(r["task"], r["baseline"]) for r in records if r["method"] == "baseline"]
+    assert anchors == [("digits", "class mean"), ("digits", "class mean + noise"),
+                       ("digits", "real training digits"), ("reach", "expert")]
+    by = {r["baseline"]: r for r in records if r["method"] == "baseline"}
+    assert by["real training digits"]["recall"] > by["class mean + noise"]["recall"] > by["class mean"]["recall"]
+    assert runs_out[0]["pr_k"] == 3 and runs_out[0]["pr_reference"].startswith("held-out digits")
+    for key in ("precision", "recall", "diversity_ratio"):
+        assert 0.0 <= runs_out[0][key] <= 1.5, key
+    scripted = runs_out[2]  # one side only: no start covered, zero entropy
+    assert scripted["coverage_covered"] == 0 and scripted["coverage_starts"] == 20
+    assert scripted["mode_entropy_bits"] == 0.0 and by["expert"]["coverage_covered"] == 20
+    assert scripted["clearance_vs_expert"] == pytest.approx(scripted["clearance_median"] / by["expert"]["clearance_median"])
+    assert "baseline: class mean" in table and "| starts covered |" in table and "| recall |" in table
+    assert cli.run_eval_cli(load_run, "fake", ["--run", *runs, "--n-per-class", "10", "--rollouts", "8",
+                                               "--no-anchors", "--no-plots", "--json", str(out_json)]) == 0
+    capsys.readouterr()
+    assert all(r["method"] != "baseline" for r in json.loads(out_json.read_text()))
     assert (tmp_path / "d" / "eval_1nfe.png").exists() and (tmp_path / "r" / "eval_4nfe.png").exists()
     assert cli.run_eval_cli(load_run, "fake", ["--run", str(tmp_path / "missing")]) == 1
     assert "has no checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.run_eval_cli(load_run, "fake", ["--run", *runs, "--checkpoint", "x"])
+    with pytest.raises(SystemExit):
+        cli.run_eval_cli(load_run, "fake", ["--run", *runs, "--n-per-class", "1"])
+    assert "--n-per-class must be >= 2" in capsys.readouterr().err
 
 
 def test_first_chunk_separates_committing_from_averaging():

@@ -50,3 +50,22 @@ def test_blocker_catches_a_cross_import():
     code = _BLOCKER.format(blocked={"torch"}, modules=["torch"])
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "blocked for the isolation test" in proc.stderr
+
+
+_TORCH, _JAX = ("torch", "functorch"), ("jax", "jaxlib", "flax", "optax", "orbax")
+
+
+@pytest.mark.parametrize(
+    "modules, blocked",
+    [(["examples.conv_velocity.flax_net"], _TORCH), (["examples.conv_velocity.torch_net"], _JAX),
+     # an Arch, its table and the engine load neither framework (the builders import them when called)
+     (["examples.conv_velocity", "parity", "parity.convert", "parity.core.arch"], _TORCH + _JAX)],
+    ids=["example_flax_without_torch", "example_torch_without_jax", "example_arch_without_either"],
+)
+def test_example_imports_without_other_framework(modules, blocked):
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = _BLOCKER.format(blocked=set(blocked), modules=modules)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -21,7 +21,9 @@ import torch
 import jax_meanflow.objective as jobj
 import torch_meanflow.objective as tobj
 from meanflow_common.config import MeanFlowConfig
-from parity.controls import CONTROLS
+from parity.core.controls import OBJECTIVE_CONTROLS
+
+CONTROLS = {c.name: c for c in OBJECTIVE_CONTROLS}
 
 jax.config.update("jax_enable_x64", True)
 

@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 
 from meanflow_common.config import DIT_PRESETS
-from parity import checkpoints, convert
-from parity.archs import default_variants, get_arch
+from parity import convert
+from parity.convert import checkpoints
+from parity.archs import DIT
 from parity.cli import main
-from parity.harness import random_params
+from parity.core.harness import random_params
 
 
 @pytest.fixture(scope="module")
 def dit_params():
-    v = next(v for v in default_variants() if v.arch == "dit")
-    return random_params(get_arch("dit"), v, seed=3)
+    v = DIT.default_variants()[0]
+    return random_params(DIT, v, seed=3)
 
 
 def test_report_json_and_exit_status(tmp_path, capsys):

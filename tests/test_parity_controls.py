@@ -5,14 +5,16 @@ stands far above rounding.
 """
 import pytest
 
-from parity.archs import default_variants
-from parity.controls import CONTROLS, NO_OP_PORTING_CHANGES
-from parity.harness import random_params, run_variant
-from parity.archs import get_arch
+from parity.core.arch import default_variants, get_arch
+from parity.core.controls import NO_OP_PORTING_CHANGES
+from parity.core.harness import random_params, run_variant
+
+# Every built-in architecture's negative controls: (architecture name, control).
+CONTROLS = {f"{a}:{c.name}": (a, c) for a in ("dit", "flower") for c in get_arch(a).controls}
 
 
 def _variant(arch):
-    return next(v for v in default_variants() if v.arch == arch)
+    return next(v for v in default_variants() if v.arch.name == arch)
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +45,15 @@ EXPECTED_FAILURES = {
 
 
 def test_every_control_has_its_expected_failures():
-    assert set(EXPECTED_FAILURES) == set(CONTROLS)
+    assert set(EXPECTED_FAILURES) == {c.name for _, c in CONTROLS.values()}
 
 
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_control_fails_the_harness(name, params):
-    control = CONTROLS[name]
-    results = run_variant(_variant(control.arch), "float64", params_np=params[control.arch], control=control)
+    arch, control = CONTROLS[name]
+    results = run_variant(_variant(arch), "float64", params_np=params[arch], control=control)
     failed = {r.quantity for r in results if not r.passed}
-    assert failed == EXPECTED_FAILURES[name], f"{name}: failed {sorted(failed)}"
+    assert failed == EXPECTED_FAILURES[control.name], f"{name}: failed {sorted(failed)}"
 
 
 def test_dropping_the_clip_is_a_no_op_for_valid_times(params, monkeypatch):
@@ -78,6 +80,7 @@ def test_dropping_the_clip_is_a_no_op_for_valid_times(params, monkeypatch):
     patched = run_variant(v, "float64", params_np=params["dit"], control=NO_OP_PORTING_CHANGES["no_clip"])
     assert seen == [True, False]  # the patched run formed its target without the clip
     assert [(r.quantity, r.max_abs) for r in clean] == [(r.quantity, r.max_abs) for r in patched]
+
     # Outside [0, 1] (times no sampler produces) the unclipped target differs.
     g = torch.Generator().manual_seed(0)
     u, du, vv = (torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(3))
@@ -86,3 +89,9 @@ def test_dropping_the_clip_is_a_no_op_for_valid_times(params, monkeypatch):
         unclipped = tobj._finish(u, du, vv, vv, t, r, v.mf_cfg).u_tgt
     clipped = real_finish(u, du, vv, vv, t, r, v.mf_cfg).u_tgt
     assert torch.equal(unclipped[1], clipped[1]) and not torch.allclose(unclipped[0], clipped[0])
+
+
+def test_a_control_of_another_network_is_refused(params):
+    """A model or weight bug names one network's modules: applying it to another is an error."""
+    with pytest.raises(ValueError, match="not one of flower's controls"):
+        run_variant(_variant("flower"), "float64", params_np=params["flower"], control=get_arch("dit").control("gelu_erf"))

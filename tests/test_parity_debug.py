@@ -8,16 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from parity import checkpoints, convert
-from parity.archs import default_variants, get_arch
+from parity import convert
+from parity.convert import checkpoints
+from parity.core.arch import default_variants, get_arch
 from parity.cli import main
-from parity.controls import CONTROLS, Control
+from parity.core.controls import Control
+from parity.core.sides import build_torch
 from parity.debug import NETWORK, OBJECTIVE, ModuleDiff, analyse, blame, blames, prepare_case
-from parity.debug_capture import build_torch_module, jax_capture, module_map, torch_capture
-from parity.debug_modes import compare_modes
-from parity.debug_report import format_report, plot_errors, write_json
-from parity.harness import random_params
-from parity.precision import pinned_precision
+from parity.debug.capture import jax_capture, module_map, torch_capture
+from parity.debug.modes import compare_modes
+from parity.debug.report import format_report, plot_errors, write_json
+from parity.core.harness import random_params
+from parity.core.precision import pinned_precision
 from torch_meanflow.objective import JVP_ENGINES
 
 # As `python -m parity debug` runs: pinned precision (also shares the compiled functions
@@ -31,8 +33,11 @@ def pinned():
         yield
 
 
+CONTROLS = {f"{a}:{c.name}": (a, c) for a in ("dit", "flower") for c in get_arch(a).controls}
+
+
 def _variant(arch):
-    return next(v for v in default_variants() if v.arch == arch)
+    return next(v for v in default_variants() if v.arch.name == arch)
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +56,14 @@ def clean(params):
 
 
 def test_module_map_is_derived_from_the_tables():
-    dit = module_map("dit", _variant("dit").model_cfg).jax_to_torch
+    dit = module_map(get_arch("dit"), _variant("dit").model_cfg).jax_to_torch
     assert dit["blocks/layers_1/attn/qkv"] == "blocks.1.attn.qkv"
     assert dit["blocks/layers_0/adaLN_modulation"] == "blocks.0.adaLN_modulation"
     assert dit["blocks/layers_1"] == "blocks.1"
     assert dit["blocks/layers_0/norm2"] == "blocks.0.norm2"  # declared: LayerNorm has no parameters
     assert dit["x_embedder/proj"] == "x_embedder.proj" and dit[""] == ""
     assert not any(p.endswith("_flax_linear") for p in dit)
-    flower = module_map("flower", _variant("flower").model_cfg)
+    flower = module_map(get_arch("flower"), _variant("flower").model_cfg)
     assert flower.jax_to_torch["dit_1/self_attn/q_norm"] == "dit.1.self_attn.q_norm"
     assert flower.jax_to_torch["adaln_eef_delta"] == "adaln.eef_delta"
     assert flower.blocks == ("dit.0", "dit.1")
@@ -69,11 +74,11 @@ def test_capture_names_line_up(arch, clean, params):
     case, _ = clean[arch]
     v = _variant(arch)
     jc = jax_capture(case.arch, v, params[arch], case.inputs, "float64")
-    tc = torch_capture(case.arch, v, build_torch_module(case.arch, v, case.state_dict, "float64"),
+    tc = torch_capture(case.arch, v, build_torch(case.arch, v.model_cfg, case.state_dict, "float64"),
                        case.inputs, "float64")
     assert jc.names == tc.names  # same set, same execution order
     assert len(jc.names) > 20 and jc.names[-1] == ""  # the whole network completes last
-    assert set(jc.names) <= set(module_map(arch, v.model_cfg).torch_to_jax)
+    assert set(jc.names) <= set(module_map(v.arch, v.model_cfg).torch_to_jax)
     # the network's tangent is du/dt: non-zero, so the capture sees the JVP (not a plain forward)
     assert np.abs(jc.records[-1].out_tangent[0]).max() > 1e-3
     for a, b in zip(jc.records, tc.records):
@@ -92,9 +97,8 @@ def test_clean_run_has_no_module_over_tolerance(arch, clean):
 @pytest.mark.parametrize("engine", JVP_ENGINES)
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_each_control_is_blamed_on_its_module(name, engine, params):
-    control = CONTROLS[name]
-    case = prepare_case(_variant(control.arch), "float64", params_np=params[control.arch], control=control,
-                        engine=engine)
+    arch, control = CONTROLS[name]
+    case = prepare_case(_variant(arch), "float64", params_np=params[arch], control=control, engine=engine)
     if control.model is None and control.state is None and all(r.passed for r in case.objective):
         # An objective bug the torch side cannot express on this path (e.g. a missing detach when
         # du/dt carries no autograd graph): test_parity_controls.py owns that; nothing to locate.
@@ -125,7 +129,7 @@ def test_blame_rule():
 
 def test_a_bug_in_the_networks_own_code_blames_the_network(params):
     """The position table is added in DiT.forward itself, between compared modules."""
-    bug = Control("pos_embed", "dit", "position table scaled", model=lambda m: m.pos_embed.mul_(1.001))
+    bug = Control("pos_embed", "position table scaled", model=lambda m: m.pos_embed.mul_(1.001))
     res = analyse(prepare_case(_variant("dit"), "float64", params_np=params["dit"], control=bug))
     assert res.first_over == "blocks.0.norm1" and res.blamed == NETWORK, res.diagnosis
 

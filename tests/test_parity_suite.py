@@ -6,8 +6,8 @@ architecture and head placement on CPU (compiling each JAX loss costs seconds on
 """
 import pytest
 
-from parity.archs import default_variants
-from parity.harness import run_variant
+from parity.core.arch import default_variants
+from parity.core.harness import run_variant
 
 VARIANTS = {f"{v.arch}:{v.name}": v for v in default_variants()}
 F32_CPU = ["dit:cfg kappa>0", "flower:adaln rope", "flower:decoder learned"]
@@ -37,8 +37,8 @@ def test_batch_not_power_of_two_and_other_seed():
 
 def test_checks_are_not_vacuous():
     """The compared quantities are far from zero: random weights, both r = t and r < t samples."""
-    from parity.archs import get_arch
-    from parity.harness import random_params, run_jax
+    from parity.core.arch import get_arch
+    from parity.core.harness import random_params, run_jax
 
     v = VARIANTS["dit:cfg kappa>0"]
     arch = get_arch("dit")
@@ -55,7 +55,7 @@ def test_checks_are_not_vacuous():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("key", sorted(VARIANTS))
 def test_gpu(key, dtype):
-    from parity.precision import pinned_precision
+    from parity.core.precision import pinned_precision
 
     with pinned_precision(True):
         _assert_all_pass(run_variant(VARIANTS[key], dtype, "cuda"))
@@ -64,8 +64,8 @@ def test_gpu(key, dtype):
 @pytest.mark.parametrize("key", ["dit:cfg kappa>0", "flower:adaln rope"])
 def test_after_training_steps(key):
     """Parity at trained weights too (zero-initialised layers moved off zero by AdamW)."""
-    from parity.archs import get_arch
-    from parity.harness import trained_params
+    from parity.core.arch import get_arch
+    from parity.core.harness import trained_params
 
     v = VARIANTS[key]
     params = trained_params(get_arch(v.arch), v, seed=0, steps=8)
@@ -78,8 +78,8 @@ def test_fast_xla_compile_changes_rounding_only():
     and differ (the two modes really are two executables)."""
     import numpy as np
 
-    from parity.archs import get_arch
-    from parity.harness import random_params, run_jax
+    from parity.core.arch import get_arch
+    from parity.core.harness import random_params, run_jax
 
     v = VARIANTS["flower:decoder rope"]
     arch = get_arch("flower")
@@ -93,7 +93,7 @@ def test_fast_xla_compile_changes_rounding_only():
 
 
 def test_unknown_xla_compile_mode_is_an_error():
-    from parity.precision import jax_compiler_options
+    from parity.core.precision import jax_compiler_options
 
     with pytest.raises(ValueError, match="unknown XLA compile mode 'quick'"):
         jax_compiler_options("quick", "cpu")

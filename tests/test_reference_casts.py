@@ -11,8 +11,8 @@ import pytest
 import jax_meanflow.dit as jdit
 import jax_meanflow.layers as jlayers
 from jax_meanflow.objective import MeanFlowNoise, meanflow_loss
-from parity.archs import default_variants, get_arch
-from parity.harness import random_params
+from parity.core.arch import default_variants, get_arch
+from parity.core.harness import random_params
 
 jax.config.update("jax_enable_x64", True)
 
@@ -41,7 +41,7 @@ def _terms(v, params, bundle):
 
 @pytest.mark.parametrize("name", ["cfg kappa>0"])
 def test_the_official_float32_casts_cap_float64_at_1e_8(name, monkeypatch):
-    v = next(x for x in default_variants() if x.arch == "dit" and x.name == name)
+    v = next(x for x in default_variants() if x.arch.name == "dit" and x.name == name)
     params, bundle = random_params(get_arch("dit"), v, 0), get_arch("dit").make_bundle(v, 6, 1)
     ref = _terms(v, params, bundle)
     monkeypatch.setattr(jlayers, "timestep_embedding", _emb_float32)

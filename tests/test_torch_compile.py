@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from parity.archs import default_variants, get_arch
-from parity.harness import random_params
+from parity.core.arch import default_variants, get_arch
+from parity.core.harness import random_params
 from parity import convert
-from parity.inputs import to_torch_data
-from torch_meanflow.objective import MeanFlowNoise, meanflow_loss
+from parity.core.sides import torch_inputs
+from torch_meanflow.objective import meanflow_loss
 from torch_meanflow.train_state import compile_loss
 
-VARIANTS = {v.arch: v for v in reversed(default_variants())}  # dit "cfg kappa>0", flower "adaln rope"
+VARIANTS = {v.arch.name: v for v in reversed(default_variants())}  # dit "cfg kappa>0", flower "adaln rope"
 
 
 def _setup(arch_name):
@@ -26,15 +26,7 @@ def _setup(arch_name):
     model.load_state_dict({k: torch.as_tensor(np.asarray(a, np.float32)) for k, a in sd.items()}, strict=False)
     b = arch.make_bundle(v, 6, 1)
 
-    def t_(a):
-        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
-
-    x = t_(to_torch_data(arch_name, b.x))
-    noise = MeanFlowNoise(e=t_(to_torch_data(arch_name, b.e)), t=t_(b.t), r=t_(b.r),
-                          drop_mask=torch.as_tensor(b.drop_mask))
-    null = arch.null_y(v, b.batch_size)
-    null_y = None if null is None else torch.as_tensor(null, dtype=torch.long)
-    y = arch.torch_y(b, torch.float32, "cpu")
+    x, y, noise, null_y = torch_inputs(arch, v, b, "float32")
 
     def loss_fn(m, batch, nz):
         return meanflow_loss(arch.torch_u_fn(m), batch, y, nz, v.mf_cfg, null_y=null_y, train=False)

@@ -72,7 +72,9 @@ def test_error3_autograd_grad_wrt_t_is_a_summed_partial_derivative():
     """The project's objective forms du/dt as the total derivative; the same objective with
     du/dt taken by backward-mode autograd w.r.t. t (the injected control) gets one summed
     partial derivative per sample instead."""
-    from parity.controls import CONTROLS
+    from parity.core.controls import OBJECTIVE_CONTROLS
+
+    CONTROLS = {c.name: c for c in OBJECTIVE_CONTROLS}
 
     net = Net()
     x, noise, z, v = _problem()

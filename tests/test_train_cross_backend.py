@@ -13,7 +13,7 @@ import torch
 from jax_meanflow import train as jt
 from jax_meanflow.train_state import create_train_state as jax_state
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments, model_config
-from parity.checkpoints import load_params
+from parity.convert.checkpoints import load_params
 from parity.convert import jax_to_torch, torch_to_jax
 from parity.train_parity import parity_config, run_pair
 from torch_meanflow import train as tt

@@ -4,7 +4,11 @@
 memory-efficient and CPU-flash kernels: under `torch.func.jvp` (or
 `torch.autograd.forward_ad`) they raise NotImplementedError. `attention` keeps the fast
 kernel for plain forward passes and, when any input carries a tangent, switches to the
-implementation chosen with `jvp_attention(name)`:
+implementation chosen by the caller: `torch_meanflow.objective.JvpOptions(attention=name)`
+passed to the objective, which selects it for the duration of its JVP only (a context
+variable, so two computations in one process, or in two threads, never see each other's
+choice); `jvp_attention(name)` is the same selection as a context manager for code that
+runs forward-mode AD itself:
 
 - "fused" (default): the primal is written out (scores, softmax, weights @ v) and the
   tangent comes from one closed-form rule on the saved softmax weights P:
@@ -30,6 +34,7 @@ memory-saving MeanFlow path relies on that).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 
 import torch
@@ -37,24 +42,38 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["attention", "explicit_attention", "has_tangent", "jvp_attention", "JVP_IMPLS"]
+__all__ = ["attention", "explicit_attention", "has_tangent", "jvp_attention", "current_jvp_attention",
+           "check_jvp_attention", "JVP_IMPLS"]
 
 JVP_IMPLS = ("fused", "math", "explicit", "flash")
-_impl = ["fused"]
+# The implementation for inputs that carry a tangent, scoped to a context (thread, task and
+# `with` block): set only through `jvp_attention`, reset when the block ends.
+_JVP_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("torch_meanflow_jvp_attention", default=JVP_IMPLS[0])
 
 
-@contextlib.contextmanager
-def jvp_attention(name: str):
-    """Use attention implementation `name` (one of JVP_IMPLS) for inputs that carry a tangent."""
+def check_jvp_attention(name: str) -> str:
+    """`name` if it is one of JVP_IMPLS and usable here, else an error naming the problem."""
     if name not in JVP_IMPLS:
         raise ValueError(f"unknown JVP attention implementation {name!r}; choose from {list(JVP_IMPLS)}")
     if name == "flash":
         _flash_kernel()  # fail here, with the reason, rather than inside the model
-    previous, _impl[0] = _impl[0], name
+    return name
+
+
+def current_jvp_attention() -> str:
+    """The implementation selected in this context (default "fused")."""
+    return _JVP_IMPL.get()
+
+
+@contextlib.contextmanager
+def jvp_attention(name: str):
+    """Within the block (and this context only): attention implementation `name` (one of
+    JVP_IMPLS) for inputs that carry a tangent."""
+    token = _JVP_IMPL.set(check_jvp_attention(name))
     try:
         yield
     finally:
-        _impl[0] = previous
+        _JVP_IMPL.reset(token)
 
 
 def has_tangent(*tensors: torch.Tensor) -> bool:
@@ -152,7 +171,7 @@ def attention(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, training=
         # Tangents are invisible to the tracer; the math kernel differentiates both ways.
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=is_causal)
-    impl = _impl[0] if has_tangent(q, k, v) else None
+    impl = _JVP_IMPL.get() if has_tangent(q, k, v) else None
     if impl == "flash" and _flash_fits(q, k, attn_mask, p):
         return _flash_kernel().fwd_dual(q, k, v, causal=is_causal)
     if impl in ("fused", "flash") or (impl is None and p > 0.0):

@@ -11,7 +11,7 @@ The same functions exist in `jax_meanflow.checkpoint`:
 -> [(step, path)]`, `latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path,
 state) -> (state, meta)` (UnreadableCheckpointError for a file that cannot be read) and
 `remove_partial(ckpt_dir)` (deletes the `.ckpt_*.part` files of interrupted saves).
-The "model" entry is what `parity.checkpoints` reads, so any checkpoint converts to JAX.
+The "model" entry is what `parity.convert.checkpoints` reads, so any checkpoint converts to JAX.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from meanflow_common.checks import UnreadableCheckpointError, check_float_arrays, unreadable_checkpoint
+from meanflow_common.keys import check_keys_and_shapes
 from torch_meanflow.train_state import TrainState
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints", "remove_partial"]
@@ -95,19 +96,10 @@ def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
 
 def _check_state_dict(saved: dict, module: torch.nn.Module, what: str) -> None:
     want = module.state_dict()
-    missing = sorted(set(want) - set(saved))
-    if missing:
-        raise KeyError(f"checkpoint {what} lacks {missing[0]!r} ({len(missing)} missing): "
-                       "it was written for another architecture")
-    extra = sorted(set(saved) - set(want))
-    if extra:
-        raise KeyError(f"checkpoint {what} has unexpected {extra[0]!r} ({len(extra)} unexpected): "
-                       "it was written for another architecture")
+    check_keys_and_shapes({k: tuple(v.shape) for k, v in saved.items()},
+                          {k: tuple(v.shape) for k, v in want.items()}, f"checkpoint {what}",
+                          "; it was written for another architecture")
     check_float_arrays({k: v for k, v in saved.items() if want[k].is_floating_point()}, f"checkpoint {what}")
-    for k, v in want.items():
-        if tuple(saved[k].shape) != tuple(v.shape):
-            raise ValueError(f"checkpoint {what} {k!r} has shape {tuple(saved[k].shape)}, "
-                             f"the model expects {tuple(v.shape)}")
 
 
 def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:

@@ -22,6 +22,7 @@ unless P_mean_t / P_std_t / P_mean_r / P_std_r are set.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from dataclasses import dataclass, fields
 from typing import Callable
@@ -31,7 +32,7 @@ import torch.autograd.forward_ad as fwAD
 
 from meanflow_common.checks import check_times
 from meanflow_common.config import MeanFlowConfig
-from torch_meanflow.attention import has_tangent
+from torch_meanflow.attention import JVP_IMPLS, current_jvp_attention, has_tangent, jvp_attention
 from torch_meanflow.jvp_rules import TangentRules
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "cond_drop",
     "meanflow_loss",
     "flow_matching_loss",
+    "JvpOptions",
     "jvp_engine",
     "JVP_ENGINES",
 ]
@@ -252,33 +254,65 @@ def _check_inputs(x: torch.Tensor, noise: MeanFlowNoise) -> None:
 # torch_meanflow.jvp_rules.TangentRules, which computes the tangents of the layers that
 # matter directly and without autograd history (why: that module's docstring; figures:
 # docs/BENCHMARKS.md). Under torch.compile, or inside another AD transform, and with
-# jvp_engine("torch.func"), plain torch.func.jvp is used.
+# engine "torch.func", plain torch.func.jvp is used.
 
 JVP_ENGINES = ("rules", "torch.func")
-_engine = ["rules"]
+
+
+@dataclass(frozen=True)
+class JvpOptions:
+    """How the objective computes du/dt: the JVP engine (one of JVP_ENGINES) and the
+    attention implementation under the tangent (one of torch_meanflow.attention.JVP_IMPLS).
+
+    Passed to `meanflow_loss(..., jvp=JvpOptions(...))`; the attention choice holds for the
+    objective's JVP only. Without it the objective uses the selection of the enclosing
+    `jvp_engine` / `jvp_attention` blocks (default: "rules", "fused").
+    """
+
+    engine: str = JVP_ENGINES[0]
+    attention: str = JVP_IMPLS[0]
+
+    def __post_init__(self):
+        if self.engine not in JVP_ENGINES:
+            raise ValueError(f"unknown JVP engine {self.engine!r}; choose from {list(JVP_ENGINES)}")
+        if self.attention not in JVP_IMPLS:
+            raise ValueError(f"unknown JVP attention implementation {self.attention!r}; choose from {list(JVP_IMPLS)}")
+
+
+# The engine of the enclosing `jvp_engine` block, scoped like the attention selection.
+_ENGINE: contextvars.ContextVar[str] = contextvars.ContextVar("torch_meanflow_jvp_engine", default=JVP_ENGINES[0])
 
 
 @contextlib.contextmanager
 def jvp_engine(name: str):
-    """Compute du/dt with engine `name` ("rules": default, "torch.func": plain torch.func.jvp)."""
+    """Within the block (this context only), objectives called without `jvp=` compute du/dt
+    with engine `name` ("rules": default, "torch.func": plain torch.func.jvp)."""
     if name not in JVP_ENGINES:
         raise ValueError(f"unknown JVP engine {name!r}; choose from {list(JVP_ENGINES)}")
-    previous, _engine[0] = _engine[0], name
+    token = _ENGINE.set(name)
     try:
         yield
     finally:
-        _engine[0] = previous
+        _ENGINE.reset(token)
 
 
-def _jvp(fn, primals, tangents):
-    """(fn(*primals), its JVP along `tangents`) by the selected engine."""
-    if _engine[0] == "torch.func" or torch.compiler.is_compiling() or has_tangent(*primals):
+def current_jvp_options() -> JvpOptions:
+    """The options of the enclosing `jvp_engine` / `jvp_attention` blocks."""
+    return JvpOptions(_ENGINE.get(), current_jvp_attention())
+
+
+def _jvp(fn, primals, tangents, options: JvpOptions):
+    """(fn(*primals), its JVP along `tangents`) with `options`."""
+    if torch.compiler.is_compiling():  # the traced attention takes the math kernel itself
         return torch.func.jvp(fn, primals, tangents)
-    with fwAD.dual_level():
-        duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents))
-        with TangentRules():
-            out = fn(*duals)
-        u, du_dt = fwAD.unpack_dual(out)
+    with jvp_attention(options.attention):
+        if options.engine == "torch.func" or has_tangent(*primals):
+            return torch.func.jvp(fn, primals, tangents)
+        with fwAD.dual_level():
+            duals = tuple(fwAD.make_dual(p, t) for p, t in zip(primals, tangents))
+            with TangentRules():
+                out = fn(*duals)
+            u, du_dt = fwAD.unpack_dual(out)
     return u, (torch.zeros_like(u) if du_dt is None else du_dt)
 
 
@@ -294,17 +328,17 @@ def _set_rng_state(device: torch.device, state) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def _u_and_du_dt(fn, z_t, t, r, tangent, jvp_path: str):
+def _u_and_du_dt(fn, z_t, t, r, tangent, jvp_path: str, options: JvpOptions):
     """u = fn(z_t, t, r) and its total derivative along (tangent, 1, 0)."""
     primals = (z_t, t, r)
     tangents = (tangent, torch.ones_like(t), torch.zeros_like(r))
     if jvp_path == "jvp":
-        return _jvp(fn, primals, tangents)
+        return _jvp(fn, primals, tangents, options)
     # py-meanflow's memory-saving path: the JVP keeps no graph; u gets its own forward.
     # Restoring the RNG state makes the second forward draw the same dropout masks.
     state = _rng_state(z_t.device)
     with torch.no_grad():
-        _, du_dt = _jvp(fn, primals, tangents)
+        _, du_dt = _jvp(fn, primals, tangents, options)
     _set_rng_state(z_t.device, state)
     return fn(z_t, t, r), du_dt
 
@@ -335,8 +369,10 @@ def _prepare(u_fn, x, y, noise, cfg, null_y):
     return z_t, v, v_g, y_inp
 
 
-def meanflow_loss(u_fn: UFn, x, y, noise: MeanFlowNoise, cfg: MeanFlowConfig, null_y=None, train=True) -> MeanFlowOutput:
-    """The MeanFlow loss with du/dt from one forward-mode JVP (see `jvp_engine`).
+def meanflow_loss(u_fn: UFn, x, y, noise: MeanFlowNoise, cfg: MeanFlowConfig, null_y=None, train=True,
+                  jvp: JvpOptions | None = None) -> MeanFlowOutput:
+    """The MeanFlow loss with du/dt from one forward-mode JVP (engine and attention: `jvp`,
+    a `JvpOptions`; None: those of the enclosing `jvp_engine` / `jvp_attention` blocks).
 
     x: data [B, ...]; y: labels/conditioning passed to u_fn; noise: `MeanFlowNoise` of x's
     dtype; null_y: the null label (needed with guidance or class dropout).
@@ -344,6 +380,7 @@ def meanflow_loss(u_fn: UFn, x, y, noise: MeanFlowNoise, cfg: MeanFlowConfig, nu
     (v_g, 1, 0) (or (v, 1, 0) with cfg.tangent == "v"). Autocast is disabled around the
     JVP. The primal output u stays differentiable w.r.t. the parameters u_fn closes over.
     """
+    options = current_jvp_options() if jvp is None else jvp
     z_t, v, v_g, y_inp = _prepare(u_fn, x, y, noise, cfg, null_y)
     tangent = v_g if cfg.tangent == "guided" else v
 
@@ -351,7 +388,7 @@ def meanflow_loss(u_fn: UFn, x, y, noise: MeanFlowNoise, cfg: MeanFlowConfig, nu
         return u_fn(z, t, t - r, y_inp, train)
 
     with torch.autocast(x.device.type, enabled=False):
-        u, du_dt = _u_and_du_dt(fn, z_t, noise.t, noise.r, tangent, cfg.jvp_path)
+        u, du_dt = _u_and_du_dt(fn, z_t, noise.t, noise.r, tangent, cfg.jvp_path, options)
         return _finish(u, du_dt, v, v_g, noise.t, noise.r, cfg)
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from meanflow_common import train_loop
+from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
 from meanflow_common.metrics import tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
@@ -202,14 +203,11 @@ def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema:
 def _load_init(model: nn.Module, init_params) -> None:
     want = model.state_dict()
     check_float_arrays(init_params, "init_params")
-    missing, extra = sorted(set(want) - set(init_params)), sorted(set(init_params) - set(want))
-    if missing or extra:
-        raise KeyError(f"init_params: missing {missing[:3]}, unexpected {extra[:3]}")
+    check_keys_and_shapes({k: tuple(np.shape(v)) for k, v in init_params.items()},
+                          {k: tuple(v.shape) for k, v in want.items()}, "init_params")
     with torch.no_grad():
         for k, v in want.items():
             src = torch.as_tensor(np.asarray(init_params[k]) if not torch.is_tensor(init_params[k]) else init_params[k])
-            if tuple(src.shape) != tuple(v.shape):
-                raise ValueError(f"init_params[{k!r}] has shape {tuple(src.shape)}, the model expects {tuple(v.shape)}")
             v.copy_(src.to(v.dtype))
 
 

@@ -10,15 +10,22 @@ construction:
     --raw                 evaluate the raw parameters instead of the EMA
     --num-steps N [N ...] sampling steps (default by method: digits MeanFlow 1 2, flow
                           matching 1 10; reach MeanFlow 1, flow matching 1 4, regression 1)
-    --n-per-class 100     digits: samples per class;  --rollouts 100  reach: rollouts
+    --n-per-class 100     digits: samples per class (>= 2);  --rollouts 100  reach: rollouts
     --execute 10          reach: actions executed per chunk before replanning
     --seed 0              evaluation noise / tasks (the same for every backend and method)
     --json FILE           also write the records as JSON;  --no-plots  no PNG files
+    --no-anchors          no baseline rows (see below)
 
 Digits records: accuracy (fixed classifier, conditioning class), fd (its features vs the
-held-out digits), fd_real. Reach records: success, collision and timeout rates, successes
-above / below the obstacle, and the sides the first chunk from the start commits to (open
-loop: a policy averaging the two modes goes "between"). Figures go to <run>/eval_<nfe>nfe.png.
+held-out digits), fd_real, k-NN precision / recall (with pr_k and pr_reference) and the
+within-class diversity_ratio (meanflow_common.evaluate.digits_eval). Reach records: success,
+collision and timeout rates, successes above / below the obstacle, mode entropy, per-start
+mode coverage, clearance and path length (and their ratios to the expert's), and the sides
+the first chunk from the start commits to (open loop: a policy averaging the two modes goes
+"between"); see meanflow_common.evaluate.reach_metrics. After the runs come the anchors of
+each task evaluated (meanflow_common.evaluate.anchors: the trivial digit generators and the
+real training digits; the reach expert), scored on the same noise and tasks; --no-anchors
+leaves them out. Figures go to <run>/eval_<nfe>nfe.png.
 """
 from __future__ import annotations
 
@@ -31,8 +38,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from meanflow_common.cli_args import non_negative_int, positive_int
+from meanflow_common.evaluate.anchors import add_expert_ratios, anchor_records
 from meanflow_common.evaluate.digits_eval import digit_eval_inputs, score_digits
-from meanflow_common.evaluate.rollout import first_chunk_modes, rollout, rollout_metrics
+from meanflow_common.evaluate.reach_metrics import score_policy
+from meanflow_common.evaluate.table import format_table
 from meanflow_common.json_io import write_json
 
 __all__ = ["DEFAULT_STEPS", "build_parser", "evaluate_loaded", "format_table", "run_eval_cli"]
@@ -58,6 +67,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="evaluation seed (default 0)")
     p.add_argument("--json", metavar="FILE", help="write the records as JSON")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG figures into the run folders")
+    p.add_argument("--no-anchors", action="store_true",
+                   help="leave out the baseline rows (trivial digit generators, real digits, the reach expert)")
     return p
 
 
@@ -96,8 +107,7 @@ def evaluate_loaded(loaded, run_dir: str, backend: str, num_steps: Optional[Sequ
             def policy_fn(obs, noise):
                 return loaded.sample(obs, noise=noise, num_steps=n)
 
-            result = rollout(policy_fn, n=rollouts, seed=seed, execute=execute)
-            metrics = {**rollout_metrics(result), **first_chunk_modes(policy_fn, n=rollouts, seed=seed)}
+            metrics, result = score_policy(lambda: policy_fn, rollouts, execute, seed)
             if plots:
                 from meanflow_common.evaluate.plots import save_rollouts
 
@@ -107,28 +117,6 @@ def evaluate_loaded(loaded, run_dir: str, backend: str, num_steps: Optional[Sequ
     return records
 
 
-def format_table(records: Sequence[dict]) -> str:
-    """A Markdown table of the records (digits and reach columns as present)."""
-    lines = []
-    digits = [r for r in records if r["task"] == "digits"]
-    if digits:
-        lines += ["| run | backend | method | train steps | NFE | accuracy | FD | FD real |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['run']} | {r['backend']} | {r['method']} | {r['train_steps']} | {r['num_steps']} | "
-                  f"{r['accuracy']:.3f} | {r['fd']:.2f} | {r['fd_real']:.2f} |" for r in digits]
-    acts = [r for r in records if r["task"] == "reach"]
-    if acts:
-        lines += ["" if lines else None, "| run | backend | method | train steps | NFE | success | collision | "
-                  "timeout | above / below | first chunk above / between / below |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines = [x for x in lines if x is not None]
-        lines += [f"| {r['run']} | {r['backend']} | {r['method']} | {r['train_steps']} | {r['num_steps']} | "
-                  f"{r['success_rate']:.2f} | {r['collision_rate']:.2f} | {r['timeout_rate']:.2f} | "
-                  f"{r['success_above']} / {r['success_below']} | {r['first_chunk_above']:.2f} / "
-                  f"{r['first_chunk_between']:.2f} / {r['first_chunk_below']:.2f} |" for r in acts]
-    return "\n".join(lines)
-
-
 def run_eval_cli(load_run: Callable, backend: str, argv: Optional[Sequence[str]] = None) -> int:
     """Parse `argv`, evaluate each run, print the table. Exit status 0, 1 (a run failed to
     load or evaluate: the error is printed), 2 (bad flags)."""
@@ -136,6 +124,9 @@ def run_eval_cli(load_run: Callable, backend: str, argv: Optional[Sequence[str]]
     args = parser.parse_args(argv)
     if args.checkpoint and len(args.run) > 1:
         parser.error("--checkpoint needs exactly one --run")
+    if args.n_per_class < 2:
+        parser.error(f"--n-per-class must be >= 2 (the within-class diversity needs two samples of a class), "
+                     f"got {args.n_per_class}")
     if args.execute > 10:
         parser.error(f"--execute must be in [1, 10] (the chunk length), got {args.execute}")
     records = []
@@ -148,6 +139,10 @@ def run_eval_cli(load_run: Callable, backend: str, argv: Optional[Sequence[str]]
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 1
+    if not args.no_anchors:
+        tasks = list(dict.fromkeys(r["task"] for r in records))
+        records += anchor_records(tasks, args.n_per_class, args.rollouts, args.execute, args.seed)
+        add_expert_ratios(records)
     print(format_table(records))
     if args.json:
         write_json(args.json, records, indent=2)  # non-finite metrics as "inf" / "nan"

@@ -1,4 +1,5 @@
-"""Evaluation of class-conditional digit generators: classifier accuracy and Fréchet distance.
+"""Evaluation of class-conditional digit generators: accuracy, Fréchet distance, k-NN
+precision / recall and within-class diversity.
 
 A generator is any `generate_fn(noise, labels) -> images` with noise float32 [N, 8, 8, 1]
 (NHWC, standard normal, drawn here from the evaluation seed so that every backend sees the
@@ -10,7 +11,18 @@ Metrics:
 - accuracy: fraction of samples the fixed classifier assigns to their conditioning class;
 - fd: Fréchet distance between the classifier's penultimate features of the samples and of
   the held-out digits; fd_real: the same between the training digits and the held-out
-  digits (the floor a perfect generator would reach with this many samples, roughly).
+  digits (the floor a perfect generator would reach with this many samples, roughly);
+- precision, recall: k-NN precision and recall (k = 3, Kynkäänniemi et al. 2019) of the
+  same features against the held-out digits (`meanflow_common.evaluate.knn`); the record
+  names k and the reference set (`pr_k`, `pr_reference`);
+- diversity_ratio: the within-class feature spread of the samples over that of the
+  held-out digits, averaged over the classes (spread of a class = the root-mean-square
+  distance of its features to their class mean; 0 for one repeated image per class, about
+  1 for real digits).
+
+Accuracy saturates (a repeated class-mean image scores 1.0) and FD mixes fidelity with
+diversity; recall and the diversity ratio are what separate a generator from the trivial
+baselines of `meanflow_common.evaluate.baselines`.
 """
 from __future__ import annotations
 
@@ -20,9 +32,11 @@ from typing import Callable
 import numpy as np
 
 from meanflow_common.evaluate.classifier import check_images, get_classifier
-from meanflow_common.evaluate.frechet import frechet_distance, frechet_from_stats, gaussian_stats
+from meanflow_common.evaluate.frechet import frechet_from_stats, gaussian_stats
+from meanflow_common.evaluate.knn import DEFAULT_K, knn_precision_recall
 
-__all__ = ["digit_eval_inputs", "score_digits", "evaluate_digits", "real_reference_fd"]
+__all__ = ["digit_eval_inputs", "score_digits", "evaluate_digits", "real_reference_fd", "within_class_spread",
+           "diversity_ratio"]
 
 NUM_CLASSES = 10
 
@@ -42,12 +56,37 @@ def _held_out_stats():
 
     data = get_dataset("digits")
     clf = get_classifier()
-    return gaussian_stats(clf.features(data.test["x"])), clf.features(data.train["x"])
+    test_feats = clf.features(data.test["x"])
+    return gaussian_stats(test_feats), clf.features(data.train["x"]), test_feats, data.test["y"]
+
+
+def within_class_spread(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Root-mean-square distance float64 [10] of each class's features [N, D] to their class
+    mean (NaN for a class with fewer than 2 samples)."""
+    f, labels = np.asarray(features, np.float64), np.asarray(labels)
+    if f.ndim != 2 or labels.shape != (len(f),):
+        raise ValueError(f"features must be [N, D] with labels [N], got {f.shape} and {labels.shape}")
+    out = np.full(NUM_CLASSES, np.nan)
+    for c in range(NUM_CLASSES):
+        fc = f[labels == c]
+        if len(fc) >= 2:
+            out[c] = np.sqrt(((fc - fc.mean(0)) ** 2).sum(1).mean())
+    return out
+
+
+def diversity_ratio(features: np.ndarray, labels: np.ndarray, ref_features: np.ndarray,
+                    ref_labels: np.ndarray) -> float:
+    """Mean over the classes present in both sets of spread(generated) / spread(reference)."""
+    gen, ref = within_class_spread(features, labels), within_class_spread(ref_features, ref_labels)
+    ok = np.isfinite(gen) & np.isfinite(ref) & (ref > 0)
+    if not ok.any():
+        raise ValueError("no class has >= 2 samples in both the generated and the reference set")
+    return float(np.mean(gen[ok] / ref[ok]))
 
 
 def real_reference_fd() -> float:
     """FD between the training digits and the held-out digits (the real-data floor)."""
-    (mu, cov), train_feats = _held_out_stats()
+    (mu, cov), train_feats, _, _ = _held_out_stats()
     return frechet_from_stats(*gaussian_stats(train_feats), mu, cov)
 
 
@@ -64,14 +103,21 @@ def score_digits(samples: np.ndarray, labels: np.ndarray) -> dict:
     correct = pred == labels
     per_class = [float(correct[labels == c].mean()) if np.any(labels == c) else float("nan")
                  for c in range(NUM_CLASSES)]
-    (mu, cov), _ = _held_out_stats()
-    fd = frechet_from_stats(*gaussian_stats(clf.features(x)), mu, cov)
+    (mu, cov), _, ref_feats, ref_labels = _held_out_stats()
+    feats = clf.features(x)
+    fd = frechet_from_stats(*gaussian_stats(feats), mu, cov)
+    pr = knn_precision_recall(ref_feats, feats, DEFAULT_K)
     return {
         "n": int(len(x)),
         "accuracy": float(correct.mean()),
         "per_class_accuracy": per_class,
         "fd": fd,
         "fd_real": real_reference_fd(),
+        "precision": pr["precision"],
+        "recall": pr["recall"],
+        "pr_k": pr["k"],
+        "pr_reference": f"held-out digits ({len(ref_feats)})",
+        "diversity_ratio": diversity_ratio(feats, labels, ref_feats, ref_labels),
         "out_of_range": out_of_range,
         "classifier_held_out_accuracy": clf.held_out_accuracy,
     }

@@ -1,0 +1,69 @@
+"""The Markdown table of evaluation records (runs and their anchors), one table per task."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+__all__ = ["format_table"]
+
+
+def _num(x, fmt: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-" if x is None else str(x)
+    return format(x, fmt)
+
+
+def _who(r: dict) -> list[str]:
+    if r.get("baseline"):
+        return [f"baseline: {r['baseline']}", "", "", "", ""]
+    return [str(r["run"]), str(r["backend"]), str(r["method"]), str(r["train_steps"]), str(r["num_steps"])]
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _digits(rows: Sequence[dict]) -> list[str]:
+    head = ["run", "backend", "method", "train steps", "NFE", "accuracy", "FD", "precision", "recall", "diversity"]
+    out = [_row(head), _row(["---"] * len(head))]
+    for r in rows:
+        out.append(_row(_who(r) + [_num(r["accuracy"], ".3f"), _num(r["fd"], ".2f"), _num(r["precision"], ".3f"),
+                                   _num(r["recall"], ".3f"), _num(r["diversity_ratio"], ".3f")]))
+    r0 = rows[0]
+    out.append(f"\nprecision / recall: k-NN, k = {r0['pr_k']}, classifier features, reference: {r0['pr_reference']}; "
+               f"diversity: within-class feature spread over the reference's; FD real (training vs held-out "
+               f"digits) {r0['fd_real']:.2f}")
+    return out
+
+
+def _reach(rows: Sequence[dict]) -> list[str]:
+    head = ["run", "backend", "method", "train steps", "NFE", "success", "collision", "timeout", "above / below",
+            "mode entropy (bits)", "starts covered", "clearance (x expert)", "path length (x expert)",
+            "first chunk above / between / below"]
+    out = [_row(head), _row(["---"] * len(head))]
+    for r in rows:
+        clear = _num(r["clearance_median"], ".3f")
+        length = _num(r["path_length_median"], ".2f")
+        if "clearance_vs_expert" in r and not r.get("baseline"):
+            clear += f" ({_num(r['clearance_vs_expert'], '.2f')})"
+            length += f" ({_num(r['path_length_vs_expert'], '.2f')})"
+        out.append(_row(_who(r) + [
+            _num(r["success_rate"], ".2f"), _num(r["collision_rate"], ".2f"), _num(r["timeout_rate"], ".2f"),
+            f"{r['success_above']} / {r['success_below']}", _num(r["mode_entropy_bits"], ".2f"),
+            f"{r['coverage_covered']} / {r['coverage_starts']}", clear, length,
+            f"{r['first_chunk_above']:.2f} / {r['first_chunk_between']:.2f} / {r['first_chunk_below']:.2f}"]))
+    r0 = rows[0]
+    out.append(f"\nstarts covered: {r0['coverage_starts']} starts x {r0['coverage_draws']} noise draws, covered when "
+               f"each side takes >= {r0['coverage_min_fraction']:.0%} of the draws; clearance / path length: medians "
+               f"over the successful rollouts")
+    return out
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """Markdown tables of the records: digits, then reach (each only when present)."""
+    parts = []
+    for task, fmt in (("digits", _digits), ("reach", _reach)):
+        rows = [r for r in records if r["task"] == task]
+        if rows:
+            parts.append("\n".join(fmt(rows)))
+    return "\n\n".join(parts)

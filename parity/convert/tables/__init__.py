@@ -1,0 +1,1 @@
+"""Conversion tables of the built-in networks, one module each (`TABLE = Table(...)`)."""

@@ -1,0 +1,3 @@
+"""The harness core: architectures (`arch`), input bundles (`inputs`), the two sides' runs
+(`harness`), error measures (`compare`), tolerances, precision pinning, the report and the
+negative controls."""

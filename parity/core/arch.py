@@ -1,0 +1,346 @@
+"""The extension point of the harness: an `Arch` describes one network pair completely.
+
+An `Arch` carries everything the harness, converter, debugger and benchmark need about one
+network written twice (Flax and torch): the two builders and u_fn factories, the
+conversion `Table` object, the data layout between the sides, the conditioning (how a
+bundle's y becomes each side's input, and the null label), the input bundle, the
+debugger's module map and the default variants. Nothing outside an architecture's own
+definition looks at its name except to print it.
+
+Calling conventions (both networks):
+- JAX: `jax_build(model_cfg) -> (module, init)`, `init(key, dtype) -> params` (a Flax tree);
+  `module.apply({"params": params}, z, t, h, y, train=False) -> u`;
+  `jax_u_fn(module, params, dropout_rng=None) -> u_fn(z, t, h, y, train) -> u`.
+- torch: `torch_build(model_cfg) -> nn.Module` with `forward(z, t, h, y, train=False) -> u`;
+  `torch_u_fn(module) -> u_fn(z, t, h, y, train) -> u`.
+z and u have the data's shape (in each side's layout), t and h are [B].
+
+Where the architectures come from: `register_arch(arch)` (the built-ins in `parity.archs`
+register themselves this way), the entry-point group `parity.archs` of installed packages,
+or a `package.module:NAME` spec resolved by `resolve_variants`.
+"""
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from meanflow_common.config import MeanFlowConfig, get_preset, override
+
+ENTRY_POINT_GROUP = "parity.archs"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How data arrays differ between the sides: `to_torch(a)` maps the JAX layout to
+    torch's, `from_torch(a)` back. Applied to x, e, u, du/dt and the debugger's captures."""
+
+    name: str
+    to_torch: Callable[[np.ndarray], np.ndarray]
+    from_torch: Callable[[np.ndarray], np.ndarray]
+
+
+def _nhwc_to_nchw(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+
+
+def _nchw_to_nhwc(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a
+
+
+# Images: Flax convolutions are channels-last, torch's channels-first. Arrays of another rank
+# (tokens, embeddings) are the same on both sides.
+CHANNELS_LAST_TO_FIRST = Layout("NHWC <-> NCHW (rank-4 arrays)", _nhwc_to_nchw, _nchw_to_nhwc)
+SAME_LAYOUT = Layout("same on both sides", lambda a: a, lambda a: a)
+
+
+@dataclass(frozen=True)
+class ModuleMapSpec:
+    """What the debugger needs beyond the conversion table to pair modules.
+
+    pairs: (Flax path pattern, torch name pattern) of modules without parameters (absent
+    from the table), e.g. ("blocks/layers_{i}/norm1", "blocks.{i}.norm1");
+    wrappers: Flax path segments that add a module level torch does not have;
+    block: the torch name pattern of the repeated block ("blocks.{i}"), whose outputs measure
+    the growth of error with depth ("" when there is none). Placeholders take their values
+    from the table's ranges.
+    """
+
+    pairs: tuple = ()
+    wrappers: tuple = ()
+    block: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Arch:
+    """One network pair. Compared by identity (the harness caches compiled functions per Arch).
+
+    name: printed in reports (and the registry key); presets: {name: model config};
+    default_preset: the preset of the default variants;
+    table: the `parity.convert.Table` between the Flax tree and the torch state dict;
+    make_bundle(variant, batch, seed, **options) -> `InputBundle` (float64, JAX layout);
+    jax_y(y, dtype) / torch_y(y, dtype, device): a bundle's y as each side's conditioning;
+    null_label(model_cfg) -> the null class (an int), or None for networks without class
+    labels (then no guidance and no class dropout);
+    variants(model_cfg) -> [(variant name, model config, MeanFlowConfig)]: the default suite;
+    layout: data layout between the sides; module_map: the debugger's extra module pairs;
+    tolerances: {dtype: {quantity: tolerance}} overriding the defaults, with the measured
+    reason in tolerance_reason (printed by every report);
+    controls: negative controls written for this network (`parity.core.controls.Control`);
+    dropout(model_cfg) -> the largest dropout rate in training (the benchmark's train step).
+    """
+
+    name: str
+    presets: Mapping[str, Any]
+    default_preset: str
+    table: Any
+    make_bundle: Callable[..., Any]
+    jax_build: Callable[[Any], tuple]
+    jax_u_fn: Callable[..., Callable]
+    torch_build: Callable[[Any], Any]
+    torch_u_fn: Callable[[Any], Callable]
+    jax_y: Callable[[Any, Any], Any]
+    torch_y: Callable[[Any, Any, Any], Any]
+    variants: Callable[[Any], Sequence[tuple]]
+    null_label: Callable[[Any], int] | None = None
+    layout: Layout = SAME_LAYOUT
+    module_map: ModuleMapSpec = field(default_factory=ModuleMapSpec)
+    tolerances: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    tolerance_reason: str = ""
+    controls: tuple = ()
+    dropout: Callable[[Any], float] = lambda cfg: 0.0
+
+    def __post_init__(self):
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"Arch.name must be a non-empty string, got {self.name!r}")
+        if self.default_preset not in self.presets:
+            raise ValueError(f"Arch {self.name!r}: default_preset {self.default_preset!r} is not one of "
+                             f"its presets {sorted(self.presets)}")
+        if self.tolerances and not self.tolerance_reason:
+            raise ValueError(f"Arch {self.name!r}: tolerance overrides need a tolerance_reason (the measurement)")
+
+    def __repr__(self) -> str:
+        return f"Arch({self.name!r})"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __reduce__(self):
+        # Pickled by reference (its callables need not pickle, e.g. for a child process): the
+        # registered name, or the module attribute that holds this object.
+        if _REGISTRY.get(self.name) is self:
+            return (get_arch, (self.name,))
+        for mod_name, module in list(sys.modules.items()):
+            for attr, value in list(getattr(module, "__dict__", {}).items()):
+                if value is self:
+                    return (resolve_arch, (f"{mod_name}:{attr}",))
+        raise pickle.PicklingError(f"Arch {self.name!r} is neither registered nor a module attribute; "
+                                   f"register it (parity.register_arch) to pickle it")
+
+    def preset(self, name: str | None = None):
+        """The model config of preset `name` (default: `default_preset`)."""
+        return get_preset(self.presets, name or self.default_preset, f"{self.name} preset")
+
+    def default_variants(self, preset: str | None = None, sets: Sequence[str] = ()) -> list["Variant"]:
+        """The default suite on preset `preset`, model config fields overridden by `sets`
+        ("field=value")."""
+        out = [Variant(self, name, model_cfg, mf_cfg) for name, model_cfg, mf_cfg in self.variants(self.preset(preset))]
+        if sets:  # after the variants: a field set by name holds in every variant
+            out = [replace(v, model_cfg=override(v.model_cfg, list(sets))) for v in out]
+        return out
+
+    def null_y(self, variant: "Variant", batch: int) -> np.ndarray | None:
+        """Null labels int [B] when the objective needs them (guidance or class dropout), else None."""
+        if self.null_label is None:
+            return None
+        if not (variant.mf_cfg.guidance_eq or variant.mf_cfg.class_dropout_prob > 0):
+            return None
+        return np.full((batch,), int(self.null_label(variant.model_cfg)), dtype=np.int64)
+
+    def control(self, name: str):
+        """This network's negative control `name`."""
+        by_name = {c.name: c for c in self.controls}
+        if name not in by_name:
+            raise KeyError(f"{self.name} has no control {name!r}; available: {', '.join(sorted(by_name)) or 'none'}")
+        return by_name[name]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the compared pair: the Arch object, a name, the model config and
+    the objective config."""
+
+    arch: Arch
+    name: str
+    model_cfg: Any
+    mf_cfg: MeanFlowConfig
+
+    def __post_init__(self):
+        if not isinstance(self.arch, Arch):
+            raise TypeError(f"Variant.arch must be an Arch object, got {type(self.arch).__name__} {self.arch!r} "
+                            f"(look names up with parity.get_arch)")
+        if not isinstance(self.mf_cfg, MeanFlowConfig):
+            raise TypeError(f"Variant {self.name!r}: mf_cfg must be a MeanFlowConfig, got {type(self.mf_cfg).__name__}")
+
+
+# ----------------------------------------------------------------------------------
+# Registry: built-ins, registered archs and the entry-point group
+# ----------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Arch] = {}
+
+
+def register_arch(arch: Arch, *, replace_existing: bool = False) -> Arch:
+    """Make `arch` known by its name (`--arch NAME`, `get_arch`). Returns `arch`."""
+    if not isinstance(arch, Arch):
+        raise TypeError(f"register_arch needs an Arch, got {type(arch).__name__}")
+    old = _REGISTRY.get(arch.name)
+    if old is not None and old is not arch and not replace_existing:
+        raise ValueError(f"an architecture named {arch.name!r} is already registered; "
+                         f"pass replace_existing=True to replace it")
+    _REGISTRY[arch.name] = arch
+    return arch
+
+
+def _load_builtins():
+    return importlib.import_module("parity.archs")  # registers the built-ins
+
+
+def builtin_suite() -> tuple[Arch, ...]:
+    """The architectures of the default suite (`python -m parity` without --arch), in order."""
+    return tuple(_load_builtins().DEFAULT_SUITE)
+
+
+def _entry_point(name: str):
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return ep
+    return None
+
+
+def registered() -> dict[str, Arch]:
+    """The registered architectures by name (built-ins first)."""
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def get_arch(name: str) -> Arch:
+    """A registered architecture, or one that an installed package declares in the
+    entry-point group `parity.archs`."""
+    if isinstance(name, Arch):
+        return name
+    _load_builtins()
+    if name not in _REGISTRY:
+        ep = _entry_point(name)
+        if ep is not None:
+            obj = ep.load()
+            arch = obj if isinstance(obj, Arch) else _arch_of(obj, f"entry point {ep.value}")
+            return register_arch(arch) if name == arch.name else arch
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown architecture {name!r}; registered: {', '.join(sorted(_REGISTRY))} "
+                       f"(or give package.module:NAME)")
+    return _REGISTRY[name]
+
+
+def _arch_of(obj, where: str) -> Arch:
+    variants = _as_variants(obj, where)
+    return variants[0].arch
+
+
+def _as_variants(obj, where: str, preset: str | None = None, sets: Sequence[str] = ()) -> list[Variant]:
+    if isinstance(obj, Arch):
+        return obj.default_variants(preset, sets)
+    if isinstance(obj, Variant):
+        obj = [obj]
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(v, Variant) for v in obj):
+        if preset is not None:
+            raise ValueError(f"{where} is a list of variants: --preset does not apply (their configs are fixed)")
+        out = list(obj)
+        if sets:
+            out = [replace(v, model_cfg=override(v.model_cfg, list(sets))) for v in out]
+        return out
+    raise TypeError(f"{where} is a {type(obj).__name__}, not an Arch, a Variant or a non-empty list of Variants")
+
+
+def load_object(spec: str):
+    """The object named by "package.module:NAME" (the module imported from sys.path)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{spec!r} is not of the form package.module:NAME")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"{spec!r}: cannot import module {module_name!r} ({err}); run from the folder that "
+                         f"holds it or install its package") from err
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{spec!r}: module {module_name!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_sets(sets: Sequence[str], model_cfgs: Sequence) -> None:
+    """Every --set "FIELD=VALUE" names a field of at least one of `model_cfgs` (a typo is an
+    error, not a silently unmodified model)."""
+    known = set().union(*({f.name for f in dataclass_fields(c)} for c in model_cfgs))
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is not of the form FIELD=VALUE")
+        name = item.split("=", 1)[0].strip()
+        if name not in known:
+            kinds = "/".join(sorted({type(c).__name__ for c in model_cfgs}))
+            raise KeyError(f"--set {item!r}: unknown field {name!r} of {kinds}; valid: {', '.join(sorted(known))}")
+
+
+def resolve_variants(spec: str | None = None, preset: str | None = None, sets: Sequence[str] = ()) -> list[Variant]:
+    """The variants a command runs, from `--arch`.
+
+    spec: None (the built-in suite), "all" (every registered architecture), comma-separated
+    registered names, or "package.module:NAME" naming an Arch, a Variant or a list of Variants.
+    preset and sets (model config "field=value") apply to every architecture named.
+    """
+    if spec is None:
+        names: Sequence = builtin_suite()
+    elif spec == "all":
+        names = list(registered())
+    elif ":" in spec:
+        return _as_variants(load_object(spec), spec, preset, sets)
+    else:
+        names = [s.strip() for s in spec.split(",") if s.strip()]
+    archs = [get_arch(name) for name in names]
+    fields_of = {a.name: {f.name for f in dataclass_fields(a.preset(preset))} for a in archs}
+    check_sets(sets, [a.preset(preset) for a in archs])
+    out: list[Variant] = []
+    for arch in archs:  # each architecture takes the fields its config has
+        mine = [s for s in sets if s.split("=", 1)[0].strip() in fields_of[arch.name]]
+        out += arch.default_variants(preset, mine)
+    return out
+
+
+def default_variants(preset: str | None = None) -> list[Variant]:
+    """The built-in suite: every built-in architecture's default variants (on `preset`)."""
+    return resolve_variants(None, preset)
+
+
+def resolve_arch(spec: str) -> Arch:
+    """One Arch from a registered name or "package.module:NAME"."""
+    if ":" in spec:
+        return _arch_of(load_object(spec), spec)
+    return get_arch(spec)
+
+
+def archs_of(variants: Sequence[Variant]) -> list[Arch]:
+    """The distinct architectures of `variants`, in order of appearance."""
+    out: list[Arch] = []
+    for v in variants:
+        if not any(a is v.arch for a in out):
+            out.append(v.arch)
+    return out

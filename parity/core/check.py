@@ -1,0 +1,201 @@
+"""`parity.check`: run the parity suite on any network pair and get a report that explains a failure.
+
+    report = parity.check(MY_ARCH, dtypes=("float64", "float32"))
+    report.assert_ok()   # raises ParityError: failing quantities, worst error, the debugger's blame
+
+The command line (`python -m parity`) runs the same `run_suite`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from parity.core.arch import Arch, Variant, archs_of, resolve_variants
+from parity.core.compare import CheckResult
+
+
+class ParityError(AssertionError):
+    """The two sides disagree; the message names the failing quantities, the worst error and
+    the module the divergence debugger blames."""
+
+
+@dataclass
+class ParityReport:
+    """The checks of one run: `results` (one CheckResult per quantity, variant, dtype, device).
+
+    passed: every check passed; failures: the failing checks; format(): the table the
+    command line prints; failure_message(): the readable summary `assert_ok` raises.
+    """
+
+    results: list
+    variants: list
+    seed: int = 0
+    batch: int = 6
+    control: object = None
+    elapsed_s: float = 0.0
+    meta_runs: list = field(default_factory=list)
+    _blames: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.results if not r.passed]
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def format(self) -> str:
+        from parity.core.report import format_table, format_tolerances
+
+        return format_tolerances(archs_of(self.variants)) + "\n" + format_table(self.results)
+
+    def blame(self, variant: Variant, dtype: str, device: str) -> str:
+        """The debugger's verdict for one failing (variant, dtype, device): "blamed: <module>
+        (<reason>)", computed once, with this run's seed, batch, weights and control."""
+        key = (id(variant), dtype, device)
+        if key not in self._blames:
+            try:
+                from parity.debug.analyse import analyse, prepare_case
+
+                res = analyse(prepare_case(variant, dtype if dtype in ("float64", "float32") else "float64", device,
+                                           seed=self.seed, batch=self.batch, control=self.control))
+                self._blames[key] = f"blamed: {res.blamed or '-'} ({res.diagnosis})"
+            except Exception as err:  # noqa: BLE001  the failure itself must still be reported
+                self._blames[key] = f"blame unavailable: {type(err).__name__}: {err}"
+        return self._blames[key]
+
+    def failure_message(self, blame: bool = True) -> str:
+        """Per failing (arch, variant, dtype, device): the failing quantities, the worst error
+        (max relative error, tolerance, where) and, with `blame`, the debugger's blame line."""
+        if self.passed:
+            return f"parity: all {len(self.results)} checks passed"
+        groups: dict = {}
+        for r in self.failures:
+            groups.setdefault((r.arch, r.variant, r.dtype, r.device), []).append(r)
+        lines = [f"parity: {len(self.failures)} of {len(self.results)} checks failed"]
+        by_name = {(v.arch.name, v.name): v for v in self.variants}
+        for (arch, name, dtype, device), bad in groups.items():
+            worst = max(bad, key=lambda r: r.max_rel)
+            lines.append(f"  {arch} / {name} / {dtype} / {device}: failing {', '.join(r.quantity for r in bad)}; "
+                         f"worst {worst.quantity} max rel {worst.max_rel:.3e} > tol {worst.tol:.0e}"
+                         f" (max abs {worst.max_abs:.3e}{', at ' + worst.where if worst.where else ''})")
+            variant = by_name.get((arch, name))
+            if blame and variant is not None:
+                lines.append(f"    {self.blame(variant, dtype, device)}")
+        return "\n".join(lines)
+
+    def assert_ok(self, blame: bool = True) -> "ParityReport":
+        """Raise ParityError with `failure_message()` unless every check passed; returns self."""
+        if not self.passed:
+            raise ParityError(self.failure_message(blame))
+        return self
+
+
+def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Sequence[str], *, seed: int = 0,
+              batch: int = 6, params_for: Callable[[Variant], dict | None] | None = None, trained_steps: int = 0,
+              xla_compile: str = "fast", control=None, tf32_drift: bool = True,
+              checks: Sequence[str] = ()) -> tuple[list, list]:
+    """(results, meta_runs): every variant on every device and dtype with precision pinned;
+    `params_for(variant)`: given weights (None: random); `trained_steps` > 0: the first variant
+    of each architecture again after that many Adam steps; on cuda float32 (with
+    `tf32_drift`) the frameworks' default precision is also measured, never failing;
+    `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well."""
+    from parity.core.harness import run_variant, trained_params
+    from parity.core.precision import pinned_precision
+    from parity.extra.checks import once_checks, run_checks
+
+    extra = dict(seed=seed, batch=batch, xla_compile=xla_compile, random_weights=params_for is None)
+
+    results: list[CheckResult] = []
+    meta_runs: list = []
+    for device in devices:
+        for dtype in dtypes:
+            with pinned_precision(True):
+                for v in variants:
+                    params = params_for(v) if params_for is not None else None
+                    results += run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
+                                           xla_compile=xla_compile, control=control)
+                if trained_steps > 0 and params_for is None:
+                    for arch in archs_of(variants):
+                        v = next(v for v in variants if v.arch is arch)
+                        params = trained_params(arch, v, seed, trained_steps, xla_compile=xla_compile)
+                        for r in run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
+                                             xla_compile=xla_compile, control=control):
+                            r.variant = f"{r.variant} trained{trained_steps}"
+                            results.append(r)
+                results += run_checks(checks, variants, dtype, device, **extra)
+            if tf32_drift and device == "cuda" and dtype == "float32":
+                with pinned_precision(False) as settings:
+                    for v in variants:
+                        drift = run_variant(v, dtype, device, seed=seed, batch=batch, xla_compile=xla_compile)
+                        for r in drift:
+                            r.variant = f"{r.variant} TF32"
+                            r.info["informational"] = True
+                            r.passed = True
+                        results += drift
+                meta_runs.append({"default_precision_settings": settings})
+    with pinned_precision(True):
+        results += once_checks(checks, variants, dtypes=dtypes, devices=devices, **extra)
+    return results, meta_runs
+
+
+def _variants_of(target, preset: str | None) -> list[Variant]:
+    if isinstance(target, str):
+        return resolve_variants(target, preset)
+    if isinstance(target, Arch):
+        return target.default_variants(preset)
+    if isinstance(target, Variant):
+        return [target]
+    if isinstance(target, (list, tuple)) and target and all(isinstance(v, Variant) for v in target):
+        return list(target)
+    raise TypeError(f"parity.check needs an Arch, a Variant, a non-empty list of Variants or an --arch spec "
+                    f"string, got {type(target).__name__}")
+
+
+def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = "cpu", seed: int = 0,
+          batch: int = 6, *, preset: str | None = None, trained_steps: int = 0, params: dict | None = None,
+          control=None, xla_compile: str = "fast", checks: str | Sequence[str] = "none",
+          raise_on_failure: bool = False) -> ParityReport:
+    """Compare u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every gradient of the
+    two sides of `target` and return the `ParityReport`.
+
+    target: an Arch (its default variants on `preset`), a Variant, a list of Variants, or an
+    `--arch` spec string ("dit", "pkg.module:NAME"); dtypes: of "float64", "float32";
+    device: "cpu" or "cuda"; seed: weights from `seed`, inputs from seed + 1; batch: the
+    batch size B of every input [B, ...]; params: given JAX-layout weights for every variant
+    (instead of random); trained_steps: also compare after that many Adam steps; control: a
+    negative control injected into the torch side; checks: the extra groups ("all", "none" or
+    names of parity.extra.checks.CHECK_GROUPS: branches, samplers, dropout, x64off);
+    raise_on_failure: raise ParityError
+    (as `report.assert_ok()` does) instead of returning a failing report.
+    """
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64 comparisons; float32 arrays stay float32
+    if isinstance(dtypes, str):
+        dtypes = tuple(d.strip() for d in dtypes.split(","))
+    for d in dtypes:
+        if d not in ("float32", "float64"):
+            raise ValueError(f"dtype {d!r}: the parity check compares float32 and float64")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: use cpu or cuda")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    from parity.extra.checks import parse_groups
+
+    groups = parse_groups(checks) if isinstance(checks, str) else tuple(checks)
+    variants = _variants_of(target, preset)
+    start = time.time()
+    results, meta_runs = run_suite(variants, dtypes, [device], seed=seed, batch=batch,
+                                   params_for=None if params is None else (lambda v: params),
+                                   trained_steps=trained_steps, xla_compile=xla_compile, control=control,
+                                   checks=groups)
+    report = ParityReport(results, variants, seed=seed, batch=batch, control=control,
+                          elapsed_s=time.time() - start, meta_runs=meta_runs)
+    if raise_on_failure:
+        report.assert_ok()
+    return report

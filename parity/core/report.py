@@ -1,0 +1,47 @@
+"""The parity report: a table for people, a JSON file for machines."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from meanflow_common.json_io import write_json as write_json_file
+from parity.core.compare import CheckResult
+from parity.core.tolerances import TOLERANCES, overrides
+
+
+def format_table(results: Sequence[CheckResult]) -> str:
+    wa = max([len(r.arch) for r in results] + [7])
+    head = (f"{'arch':{wa}} {'variant':22} {'dtype':8} {'dev':5} {'quantity':16} {'max_abs':>10} {'max_rel':>10} "
+            f"{'tol':>8}  {'ok':4} where")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{r.arch:{wa}} {r.variant[:22]:22} {r.dtype:8} {r.device:5} {r.quantity[:16]:16} "
+            f"{r.max_abs:10.3e} {r.max_rel:10.3e} {r.tol:8.1e}  {'PASS' if r.passed else 'FAIL':4} {r.where}"
+        )
+    n_fail = sum(not r.passed for r in results)
+    lines.append("-" * len(head))
+    lines.append(f"{len(results) - n_fail} passed, {n_fail} failed")
+    return "\n".join(lines)
+
+
+def format_tolerances(archs=()) -> str:
+    """The default tolerances and the overrides of the architectures `archs` (Arch objects)."""
+    lines = ["tolerances (max error relative to the reference's max magnitude):"]
+    for (dtype, device), tols in TOLERANCES.items():
+        lines.append(f"  {dtype:8} {device:5} " + ", ".join(f"{k} {v:.0e}" for k, v in tols.items()))
+    for (arch, dtype), (tols, reason) in overrides(archs).items():
+        lines.append(f"  except {arch} {dtype}: " + ", ".join(f"{k} {v:.0e}" for k, v in tols.items())
+                     + f" ({reason})")
+    return "\n".join(lines)
+
+
+def write_json(path: str, results: Sequence[CheckResult], meta: dict, archs=()):
+    """Write the full report atomically; non-finite errors (max_abs inf when the port produced
+    NaN) are written as the strings "inf" / "nan" (`meanflow_common.json_io`); `archs`: the
+    architectures whose tolerance overrides apply."""
+    payload = {"meta": meta, "tolerances": {f"{d}/{v}": t for (d, v), t in TOLERANCES.items()},
+               "tolerance_overrides": {f"{a}/{d}": {"tolerances": t, "reason": reason}
+                                       for (a, d), (t, reason) in overrides(archs).items()},
+               "checks": [r.as_dict() for r in results],
+               "passed": all(r.passed for r in results)}
+    write_json_file(path, payload)

@@ -1,0 +1,41 @@
+"""The parity pytest plugin, registered through the `pytest11` entry point `parity` (so an
+installed meanflow-parity makes it available to every test suite; loading it imports neither
+framework). Opt-in: a test that asks for the `parity_check` fixture.
+
+    def test_port(parity_check):
+        parity_check(MY_ARCH, dtypes=("float64", "float32"))
+
+`parity_check(target, **options)` runs `parity.check(target, **options)` and fails the test
+with the report's readable summary: the failing quantities, the worst error and the line of
+the divergence debugger that blames a module. It returns the `ParityReport` when every check
+passes. Tests using the fixture carry the `parity` marker (`pytest -m parity` selects them).
+"""
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "parity: a parity check of a JAX/PyTorch network pair (the parity_check fixture)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "parity_check" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.parity)
+
+
+@pytest.fixture
+def parity_check():
+    """parity_check(target, dtypes=("float32", "float64"), device="cpu", seed=0, batch=6, **options)
+    -> ParityReport; target: an Arch, a Variant, a list of Variants or an --arch spec string."""
+
+    def run(target, dtypes=("float32", "float64"), **options):
+        from parity.core.check import check
+
+        report = check(target, dtypes=dtypes, **options)
+        if not report.passed:
+            pytest.fail(report.failure_message(), pytrace=False)
+        return report
+
+    return run
