@@ -1,14 +1,16 @@
 # make parity : the parity report on the built-in default models (the main job)
 # make test   : the test suite
+# make gpu-check : every GPU measurement in one run, under 5 minutes (reports/gpu_check/);
+#                  without .venv (the GPU machine): make gpu-check PY=python3
 # Both create .venv and install what they need on a fresh machine; quick once set up.
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
 # CPU build (lies on this project's machines). GPU users: see README, "CUDA install".
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: parity test bench clean setup
+.PHONY: parity test bench clean setup gpu-check
 
 setup: $(STAMP)
 
@@ -24,6 +26,10 @@ parity: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# No $(STAMP) dependency: it must also run with a system python that has the packages.
+gpu-check:
+	$(PY) -m parity gpu-check $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,6 +10,7 @@
     python -m parity bench-profile [...]         # op-by-op profile of a PyTorch train step
     python -m parity bench-report bench.json     # Markdown tables of a saved benchmark run
     python -m parity train-parity [...]          # the two trainers follow the same trajectory
+    python -m parity gpu-check [--out DIR]       # every GPU measurement, one JSON + Markdown (make gpu-check)
 
 `--arch` takes a registered name (dit, flower; comma-separated; "all"), or package.module:NAME
 naming an Arch, a Variant or a list of Variants importable from the current folder.
@@ -31,6 +32,7 @@ DELEGATED = {
     "bench-profile": ("parity.bench.profile", "op-by-op profile of a PyTorch train step"),
     "bench-report": ("parity.bench.report", "Markdown tables of a saved benchmark JSON"),
     "train-parity": ("parity.train_parity.run", "the JAX and torch trainers from one initial state"),
+    "gpu-check": ("parity.extra.gpu_check", "every GPU measurement in one run (skips cleanly without a GPU)"),
 }
 
 
