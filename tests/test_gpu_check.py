@@ -44,17 +44,20 @@ def test_bad_arguments_are_named(tmp_path):
 
 def test_a_stale_flag_in_a_part_fails_the_dry_run(tmp_path, monkeypatch):
     """Negative control: the dry run parses each part's command line with its CLI's parser."""
-    name, what, budget, argv = gpu_check.PARTS[1]
-    monkeypatch.setattr(gpu_check, "PARTS", (gpu_check.PARTS[0], (name, what, budget, argv + ["--no-such-flag"])))
+    name, what, budget, command = gpu_check.PARTS[1]
+    monkeypatch.setattr(gpu_check, "PARTS", (gpu_check.PARTS[0], (name, what, budget, command + " --no-such-flag")))
     with pytest.raises(SystemExit):
+        gpu_check.main(["--out", str(tmp_path)])
+    monkeypatch.setattr(gpu_check, "PARTS", ((name, what, budget, command.replace("kappa>0", "kappa>9")),))
+    with pytest.raises(SystemExit, match="no variant matches"):
         gpu_check.main(["--out", str(tmp_path)])
 
 
 def test_run_part_on_a_real_cpu_command(tmp_path):
     """The runner and the summary on a real (tiny, CPU, float64) parity report; and a part
     that overruns its budget is stopped and reported as timed out."""
-    argv = ["parity", "--arch", "dit", "--variant", "cfg kappa>0", "--dtype", "float64", "--device", "cpu",
-            "--checks", "none", "--trained-steps", "0", "--batch", "2", "--json", "{out}"]
+    argv = ("parity --arch dit --variant 'cfg kappa>0' --dtype float64 --device cpu --checks none "
+            "--trained-steps 0 --batch 2 --json {out}")
     rec = gpu_check.run_part("suite", argv, 120, str(tmp_path), sys.executable)
     assert rec["status"] == "ran" and rec["reason"] == "", rec
     s = rec["summary"]

@@ -27,23 +27,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 
-# (name, what, budget in seconds, argv after `python -m`); {out} is the part's JSON path.
+# (name, what, budget in seconds, command line after `python -m`); {out} is the part's JSON path.
 PARTS = (
     ("suite", "parity report, cuda rows: every default variant, float32 (pinned) + float64, then the TF32 drift",
-     110, ["parity", "--device", "cuda", "--dtype", "float32,float64", "--checks", "none", "--json", "{out}"]),
+     110, "parity --device cuda --dtype float32,float64 --checks none --json {out}"),
     ("dit-b4", "float32 check, official DiT-B/4, batch 2, variant 'cfg kappa>0'",
-     45, ["parity", "--arch", "dit", "--preset", "DiT-B/4", "--dtype", "float32", "--batch", "2",
-          "--variant", "cfg kappa>0", "--device", "cuda", "--checks", "none", "--json", "{out}"]),
+     45, "parity --arch dit --preset DiT-B/4 --dtype float32 --batch 2 --variant 'cfg kappa>0' --device cuda "
+         "--checks none --json {out}"),
     ("flower-default", "float32 check, FLOWER default (width 1024, 18 layers), batch 2, variant 'adaln rope'",
-     45, ["parity", "--arch", "flower", "--preset", "default", "--dtype", "float32", "--batch", "2",
-          "--variant", "adaln rope", "--device", "cuda", "--checks", "none", "--json", "{out}"]),
+     45, "parity --arch flower --preset default --dtype float32 --batch 2 --variant 'adaln rope' --device cuda "
+         "--checks none --json {out}"),
     ("bench", "benchmark GPU table (DiT-M, DiT-B/4, FLOWER base/default; math vs fused JVP attention)",
-     80, ["parity.bench", "--device", "cuda", "--steps", "5", "--parity-suite", "", "--sampling-batches", "1",
-          "--json", "{out}"]),
+     80, "parity.bench --device cuda --steps 5 --parity-suite '' --sampling-batches 1 --json {out}"),
 )
 TOTAL_LIMIT_S = 300
 
@@ -88,12 +88,16 @@ def environment() -> dict:
 
 
 def _validate(argv: list[str]) -> None:
-    """Parse a part's command line with its own CLI's parser (SystemExit on a stale flag)."""
+    """Parse a part's command line with its own CLI's parser and resolve the parity runs'
+    variants (SystemExit on a stale flag, preset or variant name)."""
     if argv[0] == "parity":
-        from parity.cli import build_parser
+        from parity.cli import _variants, build_parser
+
+        _variants(build_parser().parse_args(argv[1:]))
     else:
         from parity.bench.run import build_parser
-    build_parser().parse_args(argv[1:])
+
+        build_parser().parse_args(argv[1:])
 
 
 def _summarise(name: str, payload: dict) -> dict:
@@ -116,9 +120,10 @@ def _summarise(name: str, payload: dict) -> dict:
             "elapsed_s": payload.get("meta", {}).get("elapsed_s"), "precision": payload.get("meta", {}).get("precision")}
 
 
-def run_part(name: str, argv: list[str], budget: float, workdir: str, python: str) -> dict:
+def run_part(name: str, command: str, budget: float, workdir: str, python: str) -> dict:
+    """Run `python -m <command>` with the budget; its JSON and log go to `workdir`."""
     out = os.path.join(workdir, f"{name}.json")
-    argv = [a.replace("{out}", out) for a in argv]
+    argv = [a.replace("{out}", out) for a in shlex.split(command)]
     cmd = [python, "-m", *argv]
     log = os.path.join(workdir, f"{name}.log")
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")  # torch and jax share the GPU
@@ -128,7 +133,7 @@ def run_part(name: str, argv: list[str], budget: float, workdir: str, python: st
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=budget).returncode
         except subprocess.TimeoutExpired:
             rc = None
-    rec = {"command": " ".join(cmd), "budget_s": budget, "wall_s": round(time.time() - start, 1), "log": log}
+    rec = {"command": shlex.join(cmd), "budget_s": budget, "wall_s": round(time.time() - start, 1), "log": log}
     with open(log) as f:
         rec["log_tail"] = f.read()[-1500:]
     if rc is None:
@@ -191,9 +196,9 @@ def main(argv=None) -> int:
     start = time.time()
     ok, why = gpu_visible()
     report = {"environment": environment(), "gpu": ok, "parts": []}
-    for name, what, budget, part_argv in PARTS:
+    for name, what, budget, command in PARTS:
         rec = {"name": name, "what": what, "budget_s": budget * args.scale}
-        _validate([a.replace("{out}", "x.json") for a in part_argv])
+        _validate(shlex.split(command.replace("{out}", "x.json")))
         if name not in names:
             rec.update(status="skipped", reason="not in --parts")
         elif not ok:
@@ -204,7 +209,7 @@ def main(argv=None) -> int:
                 rec.update(status="skipped", reason=f"the {TOTAL_LIMIT_S * args.scale:.0f} s total was spent")
             else:
                 print(f"== {name}: {what} (budget {min(rec['budget_s'], left):.0f} s)", flush=True)
-                rec.update(run_part(name, part_argv, min(rec["budget_s"], left), args.out, args.python))
+                rec.update(run_part(name, command, min(rec["budget_s"], left), args.out, args.python))
         print(f"{name}: {rec['status']}{' (' + rec['reason'] + ')' if rec['reason'] else ''}", flush=True)
         report["parts"].append(rec)
     report["elapsed_s"] = time.time() - start
