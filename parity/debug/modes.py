@@ -6,7 +6,9 @@ Both work on a `parity.debug.DebugCase` (weights, inputs and the JAX objective's
   default precision (TF32 matmuls/convolutions on an NVIDIA GPU; on CPU there is no TF32,
   so "default" computes the same as "highest") and bfloat16, for both backends: errors of
   the network's u and du/dt (the JVP at primals (z_t, t, r), tangents (v_g, 1, 0)) against
-  a float64 JAX reference, and torch against JAX at the same setting.
+  a float64 JAX reference, and torch against JAX at the same setting; then the bf16-mixed
+  rows (float32 weights, bfloat16 matmuls: torch autocast with the JVP inside it and outside
+  it, Flax layers at dtype=bfloat16; parity/debug/mixed.py).
 - `compare_modes`: the torch objective with every JVP engine (torch_meanflow.objective:
   "rules", "torch.func") and every attention implementation under a tangent
   (torch_meanflow.attention: the fused closed-form rule, SDPA's math kernel, the written-out
@@ -97,6 +99,12 @@ def precision_matrix(case) -> list[dict]:
                 du_dt_rel_vs_jax=_rel(jdu, tdu) if backend == "torch" else None,
                 settings=settings, note=note,
             ))
+        if label == "float32 highest":
+            f32_jax = (ju, jdu)
+    from parity.debug.mixed import mixed_rows
+
+    with pinned_precision(True):
+        rows += mixed_rows(case, ref_u, ref_du, f32_jax, _rel)
     return rows
 
 

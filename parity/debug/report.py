@@ -58,11 +58,11 @@ def format_depth(res: DebugResult) -> str:
 
 
 def format_precision_matrix(rows: list) -> str:
-    head = (f"{'setting':16} {'backend':7} {'u rel':>9} {'du/dt rel':>9} {'torch-jax u':>11} "
+    head = (f"{'setting':20} {'backend':7} {'u rel':>9} {'du/dt rel':>9} {'torch-jax u':>11} "
             f"{'torch-jax du/dt':>15}  note")
     lines = ["precision matrix (network u and du/dt; rel = max error / max |float64 JAX|)", head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['setting']:16} {r['backend']:7} {_e(r['u_rel']):>9} {_e(r['du_dt_rel']):>9} "
+        lines.append(f"{r['setting']:20} {r['backend']:7} {_e(r['u_rel']):>9} {_e(r['du_dt_rel']):>9} "
                      f"{_e(r['u_rel_vs_jax']):>11} {_e(r['du_dt_rel_vs_jax']):>15}  {r['note']}")
     return "\n".join(lines)
 
@@ -185,7 +185,7 @@ def add_arguments(p):
     p.add_argument("--out", default="reports/debug", help="folder for the text report and the PNG")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
     p.add_argument("--precision-matrix", action="store_true",
-                   help="float64 / float32 highest / float32 default / bfloat16, both backends")
+                   help="float64 / float32 highest / float32 default / bfloat16 / bf16-mixed, both backends")
     p.add_argument("--compare-modes", action="store_true",
                    help="every torch JVP engine x attention implementation, eager vs torch.compile")
     p.add_argument("--no-compile", action="store_true", help="with --compare-modes: skip torch.compile")
