@@ -103,7 +103,7 @@ def cmd_report(args) -> int:
             return checkpoints.load_params(args.checkpoint, v.arch, v.model_cfg, key=args.checkpoint_key)
     results, meta_runs = run_suite(variants, dtypes, devices, seed=args.seed, batch=args.batch, params_for=params_for,
                                    trained_steps=args.trained_steps, xla_compile=args.xla_compile,
-                                   checks=parse_groups(args.checks))
+                                   checks=parse_groups(args.checks), mixed=args.mixed)
     elapsed = time.time() - start
     print(format_table(results))
     print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s"
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checks", default="all", metavar="GROUPS",
                    help="checks beyond the objective comparison: all (default), none, or a comma list of "
                    "branches, samplers, dropout, x64off (see parity/extra/checks.py)")
+    p.add_argument("--mixed", action="store_true", help="also report (never fail) bf16-mixed rows per float32 "
+                   "variant: torch autocast bf16 vs Flax bfloat16 layers, and autocast off around the JVP")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")

@@ -98,12 +98,13 @@ class ParityReport:
 def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Sequence[str], *, seed: int = 0,
               batch: int = 6, params_for: Callable[[Variant], dict | None] | None = None, trained_steps: int = 0,
               xla_compile: str = "fast", control=None, tf32_drift: bool = True,
-              checks: Sequence[str] = ()) -> tuple[list, list]:
+              checks: Sequence[str] = (), mixed: bool = False) -> tuple[list, list]:
     """(results, meta_runs): every variant on every device and dtype with precision pinned;
     `params_for(variant)`: given weights (None: random); `trained_steps` > 0: the first variant
     of each architecture again after that many Adam steps; on cuda float32 (with
     `tf32_drift`) the frameworks' default precision is also measured, never failing;
-    `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well."""
+    `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well; `mixed`: the
+    float32 bf16-mixed rows (parity.extra.mixed_report), never failing."""
     from parity.core.harness import run_variant, trained_params
     from parity.core.precision import pinned_precision
     from parity.extra.checks import once_checks, run_checks
@@ -138,6 +139,11 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
                             r.passed = True
                         results += drift
                 meta_runs.append({"default_precision_settings": settings})
+            if mixed and dtype == "float32":
+                from parity.extra.mixed_report import mixed_checks
+
+                with pinned_precision(True):
+                    results += mixed_checks(variants, device, seed=seed, batch=batch)
     with pinned_precision(True):
         results += once_checks(checks, variants, dtypes=dtypes, devices=devices, **extra)
     return results, meta_runs

@@ -8,6 +8,11 @@ from parity.core.compare import CheckResult
 from parity.core.tolerances import TOLERANCES, overrides
 
 
+def _ok(r: CheckResult) -> str:
+    """PASS / FAIL; "info" for rows that are reported and never fail (TF32 drift, bf16-mixed)."""
+    return "info" if r.info.get("informational") else "PASS" if r.passed else "FAIL"
+
+
 def format_table(results: Sequence[CheckResult]) -> str:
     wa = max([len(r.arch) for r in results] + [7])
     head = (f"{'arch':{wa}} {'variant':22} {'dtype':8} {'dev':5} {'quantity':16} {'max_abs':>10} {'max_rel':>10} "
@@ -16,11 +21,13 @@ def format_table(results: Sequence[CheckResult]) -> str:
     for r in results:
         lines.append(
             f"{r.arch:{wa}} {r.variant[:22]:22} {r.dtype:8} {r.device:5} {r.quantity[:16]:16} "
-            f"{r.max_abs:10.3e} {r.max_rel:10.3e} {r.tol:8.1e}  {'PASS' if r.passed else 'FAIL':4} {r.where}"
+            f"{r.max_abs:10.3e} {r.max_rel:10.3e} {r.tol:8.1e}  {_ok(r):4} {r.where}"
         )
     n_fail = sum(not r.passed for r in results)
+    n_info = sum(bool(r.info.get("informational")) for r in results)
     lines.append("-" * len(head))
-    lines.append(f"{len(results) - n_fail} passed, {n_fail} failed")
+    lines.append(f"{len(results) - n_fail - n_info} passed, {n_fail} failed"
+                 + (f", {n_info} reported only" if n_info else ""))
     return "\n".join(lines)
 
 

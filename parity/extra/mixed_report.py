@@ -1,0 +1,40 @@
+"""The parity report's bf16-mixed rows (`python -m parity --mixed`): reported, never failed.
+
+Per float32 variant and device, the network's u and du/dt (the JVP at (z_t, t, r) along
+(v_g, 1, 0)) of torch under bfloat16 autocast against Flax with its layers at
+dtype=bfloat16, param_dtype=float32 (setting "bf16-mixed"), and of torch with autocast off
+around the JVP against JAX float32 ("bf16-mixed fp32 JVP"); see parity/debug/mixed.py. Each
+row's info also gives both sides' error against float32 JAX, the reference at this level.
+"""
+from __future__ import annotations
+
+from parity.core.compare import CheckResult, error_stats
+from parity.core.tolerances import tolerance
+
+
+def _rel(ref, got):
+    return error_stats(ref, got)[1]
+
+
+def mixed_checks(variants, device: str, *, seed: int, batch: int) -> list[CheckResult]:
+    """Informational CheckResults (passed=True, info["informational"]) for every variant."""
+    from parity.debug import prepare_case
+    from parity.debug.mixed import mixed_rows
+    from parity.debug.modes import jax_u_du
+
+    results = []
+    for v in variants:
+        case = prepare_case(v, "float32", device, seed=seed, batch=batch)
+        f32 = jax_u_du(case, "float32")
+        for row in mixed_rows(case, *f32, f32, _rel):
+            if row["backend"] != "torch":
+                continue
+            jvp_in_autocast = row["setting"] == "bf16-mixed"
+            where = "JVP in autocast, vs Flax bf16 layers" if jvp_in_autocast else "JVP fp32, vs JAX float32"
+            for q in ("u", "du_dt"):
+                results.append(CheckResult(
+                    v.arch.name, f"{v.name} bf16-mixed", "float32", device, q,
+                    row[f"{q}_abs_vs_jax"], row[f"{q}_rel_vs_jax"], tolerance("float32", device, q, v.arch), True,
+                    where, info={"informational": True, "note": row["note"],
+                                 "torch_rel_vs_float32_jax": row[f"{q}_rel"]}))
+    return results
