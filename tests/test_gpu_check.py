@@ -67,12 +67,15 @@ def test_run_part_on_a_real_cpu_command(tmp_path):
 
 
 def test_summary_separates_the_tf32_drift_from_the_checks():
-    row = dict(arch="dit", dtype="float32", device="cuda", tol=2e-6, where="")
+    row = dict(arch="dit", dtype="float32", device="cuda", tol=2e-6, where="", info={})
+    info = {"informational": True}
     payload = {"passed": False, "checks": [
         dict(row, variant="cfg", quantity="u", max_rel=1e-6, passed=True),
         dict(row, variant="cfg", quantity="grad:w", max_rel=3e-5, passed=False),
-        dict(row, variant="cfg TF32", quantity="u", max_rel=4e-4, passed=True),
-        dict(row, variant="cfg TF32", quantity="grad:w", max_rel=2e-3, passed=True)]}
+        dict(row, variant="cfg TF32", quantity="u", max_rel=4e-4, passed=True, info=info),
+        dict(row, variant="cfg TF32", quantity="grad:w", max_rel=2e-3, passed=True, info=info),
+        dict(row, variant="cfg bf16-mixed", quantity="du_dt", max_rel=2e-2, passed=True, info=info)]}
     s = gpu_check._summarise("suite", payload)
     assert s["checks"] == 2 and len(s["failed"]) == 1 and "grad:w" in s["failed"][0]
     assert s["tf32_drift_worst_rel"] == {"u": 4e-4, "grad": 2e-3}
+    assert s["bf16_mixed_worst_rel"] == {"du_dt": 2e-2}

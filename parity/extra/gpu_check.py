@@ -34,8 +34,9 @@ import time
 
 # (name, what, budget in seconds, command line after `python -m`); {out} is the part's JSON path.
 PARTS = (
-    ("suite", "parity report, cuda rows: every default variant, float32 (pinned) + float64, then the TF32 drift",
-     110, "parity --device cuda --dtype float32,float64 --checks none --json {out}"),
+    ("suite", "parity report, cuda rows: every default variant, float32 (pinned) + float64, then the TF32 drift "
+              "and the bf16-mixed rows",
+     110, "parity --device cuda --dtype float32,float64 --checks none --mixed --json {out}"),
     ("dit-b4", "float32 check, official DiT-B/4, batch 2, variant 'cfg kappa>0'",
      45, "parity --arch dit --preset DiT-B/4 --dtype float32 --batch 2 --variant 'cfg kappa>0' --device cuda "
          "--checks none --json {out}"),
@@ -107,16 +108,20 @@ def _summarise(name: str, payload: dict) -> dict:
                                                             for r in c.get("runners", [])}}
                           for c in payload.get("cases", [])], "elapsed_s": payload.get("elapsed_s")}
     checks = payload.get("checks", [])
-    strict = [c for c in checks if not c["variant"].endswith(" TF32")]
-    drift = [c for c in checks if c["variant"].endswith(" TF32")]
-    worst = {}
-    for c in drift:
-        key = c["quantity"] if c["quantity"] in ("u", "du_dt", "loss") else "grad" if "grad" in c["quantity"] else None
-        if key and c["max_rel"] != "nan" and (key not in worst or float(c["max_rel"]) > worst[key]):
-            worst[key] = float(c["max_rel"])
+    strict = [c for c in checks if not c.get("info", {}).get("informational")]
+
+    def worst(suffix):
+        out = {}
+        for c in checks:
+            q = c["quantity"] if c["quantity"] in ("u", "du_dt", "loss") else "grad" if "grad" in c["quantity"] else None
+            if c["variant"].endswith(suffix) and q and c["max_rel"] != "nan":
+                out[q] = max(out.get(q, 0.0), float(c["max_rel"]))
+        return out or None
+
     return {"passed": payload.get("passed"), "checks": len(strict), "failed": [
         f"{c['arch']} {c['variant']} {c['dtype']} {c['quantity']} rel {c['max_rel']} > {c['tol']}"
-        for c in strict if not c["passed"]], "tf32_drift_worst_rel": worst or None,
+        for c in strict if not c["passed"]], "tf32_drift_worst_rel": worst(" TF32"),
+            "bf16_mixed_worst_rel": worst(" bf16-mixed"),
             "elapsed_s": payload.get("meta", {}).get("elapsed_s"), "precision": payload.get("meta", {}).get("precision")}
 
 
@@ -164,7 +169,8 @@ def markdown(report: dict) -> str:
         elif s:
             res = (f"{s['checks']} checks, {len(s['failed'])} failed" + (f" ({'; '.join(s['failed'][:3])})"
                                                                          if s["failed"] else "")
-                   + (f"; TF32 drift worst rel {s['tf32_drift_worst_rel']}" if s.get("tf32_drift_worst_rel") else ""))
+                   + (f"; TF32 drift worst rel {s['tf32_drift_worst_rel']}" if s.get("tf32_drift_worst_rel") else "")
+                   + (f"; bf16-mixed worst rel {s['bf16_mixed_worst_rel']}" if s.get("bf16_mixed_worst_rel") else ""))
         else:
             res = ""
         out.append(f"| {p['name']} | {p['status']}{': ' + p['reason'] if p['reason'] else ''} | "
