@@ -5,7 +5,7 @@
 # Both create .venv and install what they need on a fresh machine; quick once set up.
 PYTHON ?= python3
 VENV ?= .venv
-PY ?= $(VENV)/bin/python
+PY := $(VENV)/bin/python
 # CPU build (lies on this project's machines). GPU users: see README, "CUDA install".
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
