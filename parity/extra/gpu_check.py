@@ -43,8 +43,10 @@ PARTS = (
     ("flower-default", "float32 check, FLOWER default (width 1024, 18 layers), batch 2, variant 'adaln rope'",
      45, "parity --arch flower --preset default --dtype float32 --batch 2 --variant 'adaln rope' --device cuda "
          "--checks none --json {out}"),
-    ("bench", "benchmark GPU table (DiT-M, DiT-B/4, FLOWER base/default; math vs fused JVP attention)",
-     80, "parity.bench --device cuda --steps 5 --parity-suite '' --sampling-batches 1 --json {out}"),
+    # eager runners only: torch.compile of one large network alone can take a minute
+    ("bench", "benchmark GPU table, DiT-B/4 and FLOWER default, eager (math vs fused JVP attention)",
+     80, "parity.bench --device cuda --sizes dit-b4,flower-default --no-compile --steps 5 --warmup 1 "
+         "--parity-suite '' --sampling-batches 1 --json {out}"),
 )
 TOTAL_LIMIT_S = 300
 
