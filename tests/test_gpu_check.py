@@ -43,13 +43,20 @@ def test_bad_arguments_are_named(tmp_path):
 
 
 def test_a_stale_flag_in_a_part_fails_the_dry_run(tmp_path, monkeypatch):
-    """Negative control: the dry run parses each part's command line with its CLI's parser."""
+    """Negative control: the dry run parses each part's command line with its CLI's parser and
+    resolves its variants and benchmark sizes."""
+    bench = next(p for p in gpu_check.PARTS if p[0] == "bench")
     name, what, budget, command = gpu_check.PARTS[1]
     monkeypatch.setattr(gpu_check, "PARTS", (gpu_check.PARTS[0], (name, what, budget, command + " --no-such-flag")))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as err:
         gpu_check.main(["--out", str(tmp_path)])
+    assert err.value.code == 2  # argparse's usage error
     monkeypatch.setattr(gpu_check, "PARTS", ((name, what, budget, command.replace("kappa>0", "kappa>9")),))
     with pytest.raises(SystemExit, match="no variant matches"):
+        gpu_check.main(["--out", str(tmp_path)])
+    name, what, budget, command = bench
+    monkeypatch.setattr(gpu_check, "PARTS", ((name, what, budget, command.replace("dit-b4", "dit-b5")),))
+    with pytest.raises(SystemExit, match="unknown size 'dit-b5'"):
         gpu_check.main(["--out", str(tmp_path)])
 
 

@@ -98,9 +98,12 @@ def _validate(argv: list[str]) -> None:
 
         _variants(build_parser().parse_args(argv[1:]))
     else:
+        from parity.bench.cases import SIZES
         from parity.bench.run import build_parser
 
-        build_parser().parse_args(argv[1:])
+        sizes = build_parser().parse_args(argv[1:]).sizes or ""
+        if bad := [x for x in sizes.split(",") if x and x not in SIZES]:
+            raise SystemExit(f"bench part: unknown size {bad[0]!r}; available: {', '.join(SIZES)}")
 
 
 def _summarise(name: str, payload: dict) -> dict:
