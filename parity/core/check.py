@@ -143,7 +143,7 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
                 from parity.extra.mixed_report import mixed_checks
 
                 with pinned_precision(True):
-                    results += mixed_checks(variants, device, seed=seed, batch=batch)
+                    results += mixed_checks(variants, device, seed=seed, batch=batch, params_for=params_for)
     with pinned_precision(True):
         results += once_checks(checks, variants, dtypes=dtypes, devices=devices, **extra)
     return results, meta_runs

@@ -16,15 +16,17 @@ def _rel(ref, got):
     return error_stats(ref, got)[1]
 
 
-def mixed_checks(variants, device: str, *, seed: int, batch: int) -> list[CheckResult]:
-    """Informational CheckResults (passed=True, info["informational"]) for every variant."""
+def mixed_checks(variants, device: str, *, seed: int, batch: int, params_for=None) -> list[CheckResult]:
+    """Informational CheckResults (passed=True, info["informational"]) for every variant;
+    `params_for(variant)`: given JAX-layout weights (None: the harness's random ones)."""
     from parity.debug import prepare_case
     from parity.debug.mixed import mixed_rows
     from parity.debug.modes import jax_u_du
 
     results = []
     for v in variants:
-        case = prepare_case(v, "float32", device, seed=seed, batch=batch)
+        params = params_for(v) if params_for is not None else None
+        case = prepare_case(v, "float32", device, seed=seed, batch=batch, params_np=params)
         f32 = jax_u_du(case, "float32")
         for row in mixed_rows(case, *f32, f32, _rel):
             if row["backend"] != "torch":
