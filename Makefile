@@ -27,8 +27,8 @@ parity: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-# No $(STAMP) dependency: it must also run with a system python that has the packages.
-gpu-check:
+# Sets up .venv like the others, except with PY=python3 (a machine whose system python has the packages).
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 	$(PY) -m parity gpu-check $(ARGS)
 
 clean:
