@@ -1,4 +1,4 @@
-"""The DiT image network of the official JAX MeanFlow code (SPEC section 2), Flax linen, NHWC.
+"""The DiT image network of the official JAX MeanFlow code, Flax linen, NHWC.
 
 The parameter tree is the official checkpoint tree (without the outer "net" of the
 MeanFlow wrapper), e.g.

@@ -1,4 +1,4 @@
-"""The MeanFlow objective, JAX reference (SPEC section 1; official `meanflow.py` semantics).
+"""The MeanFlow objective, JAX reference (official `meanflow.py` semantics).
 
 The loss is a pure function of explicit randomness: `sample_noise` draws a `MeanFlowNoise`
 (e, t, r, drop_mask) from a key, and `meanflow_loss` consumes it. The network enters only

@@ -31,7 +31,7 @@ JVP_PATHS = ("jvp", "memory_saving")
 
 @dataclass(frozen=True)
 class MeanFlowConfig:
-    """Hyperparameters of the MeanFlow objective (SPEC section 1).
+    """Hyperparameters of the MeanFlow objective.
 
     Every number the loss uses lives here; the loss functions take this object.
     """
@@ -102,7 +102,7 @@ class MeanFlowConfig:
 
 @dataclass(frozen=True)
 class DiTConfig:
-    """DiT hyperparameters (SPEC section 2). Defaults: DiT-B/4 on 32x32x4 latents."""
+    """DiT hyperparameters. Defaults: DiT-B/4 on 32x32x4 latents."""
 
     input_size: int = 32
     patch_size: int = 4
@@ -264,7 +264,7 @@ H_PLACEMENTS = ("adaln", "decoder")
 
 @dataclass(frozen=True)
 class FlowerConfig:
-    """FLOWER's flow transformer (SPEC section 3) plus the MeanFlow interval h.
+    """FLOWER's flow transformer plus the MeanFlow interval h.
 
     Defaults are FLOWER's conf/model/flower.yaml with CALVIN's single action space
     (`eef_delta`, 7-D) and Florence-2-large tokens (1024 features). One action space is

@@ -2,7 +2,7 @@
 
 Both backends cast these arrays to their working dtype instead of recomputing them
 with their own exp/sin/cos, which removes one honest source of cross-framework
-difference (SPEC section 5).
+difference.
 """
 from __future__ import annotations
 

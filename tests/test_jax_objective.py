@@ -77,7 +77,7 @@ def _u_fn(p):
 
 
 def _np_reference(p, x, y, noise, cfg):
-    """The whole objective of SPEC section 1, written out in numpy."""
+    """The whole MeanFlow objective, written out in numpy."""
     e, t, r, mask = (np.asarray(a) for a in (noise.e, noise.t, noise.r, noise.drop_mask))
     tb = t[:, None, None, None]
     z = (1 - tb) * x + tb * e

@@ -1,4 +1,4 @@
-"""Each error of the seed porting guide (SPEC section 4) shown to be an error, in float64 on
+"""Each error of the seed porting guide shown to be an error, in float64 on
 closed-form or small random networks, next to what this project does instead."""
 import math
 

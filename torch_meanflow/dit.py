@@ -1,4 +1,4 @@
-"""The DiT image network of the official JAX MeanFlow code (SPEC section 2), PyTorch, NCHW.
+"""The DiT image network of the official JAX MeanFlow code, PyTorch, NCHW.
 
 Twin of `jax_meanflow.dit`. State-dict names follow facebookresearch/DiT:
 

@@ -1,4 +1,4 @@
-"""The MeanFlow objective in PyTorch (SPEC section 1), twin of `jax_meanflow.objective`.
+"""The MeanFlow objective in PyTorch, twin of `jax_meanflow.objective`.
 
 The loss is a pure function of explicit randomness: `sample_noise` draws a `MeanFlowNoise`
 (e, t, r, drop_mask) from a `torch.Generator`; `meanflow_loss` consumes it. The network is
@@ -7,7 +7,7 @@ t, h of shape [B].
 
 Conventions (the JAX reference's): z_t = (1 - t) x + t e, v = e - x, t = 1 is noise,
 0 <= r <= t <= 1, h = t - r. Times stay [B]; they are broadcast to the data's rank only
-where they multiply data (never reshaped to [B, 1]: SPEC section 4, error 2).
+where they multiply data (never reshaped to [B, 1]: the seed guide did, and broadcast r to [B, B]).
 
 Time sampling options of the PyTorch reference (py-meanflow, `meanflow/models/time_sampler.py`).
 py-meanflow uses this time convention too (z = (1 - t) x + t e, v = e - x); its `ratio` is

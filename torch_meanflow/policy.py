@@ -1,4 +1,4 @@
-"""FLOWER policy trained with the MeanFlow objective (SPEC section 3): `FlowerPolicy`.
+"""FLOWER policy trained with the MeanFlow objective: `FlowerPolicy`.
 
 The policy is FLOWER's flow transformer (`torch_meanflow.flower.FlowerTransformer`, with
 the interval h in the "adaln" or "decoder" placement) behind an observation encoder. The
@@ -10,7 +10,7 @@ Training uses `torch_meanflow.objective.meanflow_loss` with guidance off and no 
 dropout (the conditioning is continuous tokens, there is no null class). Sampling follows
 the MeanFlow solver: one step by default, x = e - u(e, t=1, h=1); n steps with h = 1/n.
 
-Clamping sampled actions (the seed guide's `z.clamp(-1, 1)`, SPEC section 4, error 4) is
+Clamping sampled actions (the seed guide's `z.clamp(-1, 1)`) is
 only correct when the action data was normalised to [-1, 1] (as FLOWER's datasets are);
 on raw actions it silently truncates valid outputs. It is therefore an explicit flag,
 `clip_actions`, False by default: set it True only for data normalised to [-1, 1].

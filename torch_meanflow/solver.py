@@ -1,4 +1,4 @@
-"""MeanFlow sampling in PyTorch (SPEC section 1, "Solver"), twin of `jax_meanflow.solver`.
+"""MeanFlow sampling in PyTorch, twin of `jax_meanflow.solver`.
 
 One step from t to r: z_r = z_t - (t - r) u(z_t, t, t - r, y). The schedule runs from
 t = 1 (noise) to 0 (data); one step is 1-NFE generation x = e - u(e, 1, 1, y).

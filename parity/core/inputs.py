@@ -39,7 +39,7 @@ class InputBundle:
 
 
 def sample_tr_numpy(rng: np.random.Generator, batch: int, cfg: MeanFlowConfig):
-    """(t, r) with the reference semantics (SPEC section 1), float64 [B] each.
+    """(t, r) with the reference semantics, float64 [B] each.
 
     The first floor(B * data_proportion) samples get r = t (the "first" mask of the
     JAX reference; parity.extra.sampler_oracle has the formulas); the bundle is explicit
