@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from parity.core.arch import Arch, Variant, archs_of, resolve_variants
 from parity.core.compare import CheckResult
+from parity.core.rule import DEFAULT_RULE, Float32Rule
 
 
 class ParityError(AssertionError):
@@ -35,6 +36,7 @@ class ParityReport:
     control: object = None
     elapsed_s: float = 0.0
     meta_runs: list = field(default_factory=list)
+    rule: Float32Rule = DEFAULT_RULE
     _blames: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -51,7 +53,7 @@ class ParityReport:
     def format(self) -> str:
         from parity.core.report import format_table, format_tolerances
 
-        return format_tolerances(archs_of(self.variants)) + "\n" + format_table(self.results)
+        return format_tolerances(archs_of(self.variants), self.rule) + "\n" + format_table(self.results)
 
     def blame(self, variant: Variant, dtype: str, device: str) -> str:
         """The debugger's verdict for one failing (variant, dtype, device): "blamed: <module>
@@ -79,9 +81,12 @@ class ParityReport:
         lines = [f"parity: {len(self.failures)} of {len(self.results)} checks failed"]
         by_name = {(v.arch.name, v.name): v for v in self.variants}
         for (arch, name, dtype, device), bad in groups.items():
-            worst = max(bad, key=lambda r: r.max_rel)
+            worst = max(bad, key=lambda r: r.max_rel / r.tol if r.tol > 0 else float("inf"))
+            budget = (f"budget {worst.tol:.2e} (calibrated: own float32 error {worst.info['own_err']:.2e}, "
+                      f"fixed tol {worst.info['fixed_tol']:.0e})" if worst.info.get("rule") == "calibrated"
+                      else f"tol {worst.tol:.0e}")
             lines.append(f"  {arch} / {name} / {dtype} / {device}: failing {', '.join(r.quantity for r in bad)}; "
-                         f"worst {worst.quantity} max rel {worst.max_rel:.3e} > tol {worst.tol:.0e}"
+                         f"worst {worst.quantity} max rel {worst.max_rel:.3e} > {budget}"
                          f" (max abs {worst.max_abs:.3e}{', at ' + worst.where if worst.where else ''})")
             variant = by_name.get((arch, name))
             if blame and variant is not None:
@@ -98,14 +103,17 @@ class ParityReport:
 def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Sequence[str], *, seed: int = 0,
               batch: int = 6, params_for: Callable[[Variant], dict | None] | None = None, trained_steps: int = 0,
               xla_compile: str = "fast", control=None, tf32_drift: bool = True,
-              checks: Sequence[str] = (), mixed: bool = False) -> tuple[list, list]:
+              checks: Sequence[str] = (), mixed: bool = False, rule: Float32Rule = DEFAULT_RULE) -> tuple[list, list]:
     """(results, meta_runs): every variant on every device and dtype with precision pinned;
     `params_for(variant)`: given weights (None: random); `trained_steps` > 0: the first variant
     of each architecture again after that many Adam steps; on cuda float32 (with
     `tf32_drift`) the frameworks' default precision is also measured, never failing;
     `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well; `mixed`: the
-    float32 bf16-mixed rows (parity.extra.mixed_report), never failing."""
-    from parity.core.harness import run_variant, trained_params
+    float32 bf16-mixed rows (parity.extra.mixed_report), never failing; `rule`: how float32
+    is judged (parity.core.rule; calibrated by float64 by default). Results come grouped by
+    device and dtype; each variant's dtypes run together, so its float64 JAX run serves as
+    the float32 rule's truth."""
+    from parity.core.harness import run_variant, run_variant_dtypes, trained_params
     from parity.core.precision import pinned_precision
     from parity.extra.checks import once_checks, run_checks
 
@@ -114,25 +122,32 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
     results: list[CheckResult] = []
     meta_runs: list = []
     for device in devices:
-        for dtype in dtypes:
-            with pinned_precision(True):
-                for v in variants:
-                    params = params_for(v) if params_for is not None else None
-                    results += run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
-                                           xla_compile=xla_compile, control=control)
-                if trained_steps > 0 and params_for is None:
-                    for arch in archs_of(variants):
-                        v = next(v for v in variants if v.arch is arch)
-                        params = trained_params(arch, v, seed, trained_steps, xla_compile=xla_compile)
-                        for r in run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
-                                             xla_compile=xla_compile, control=control):
+        by_dtype: dict = {d: [] for d in dtypes}
+        trained: dict = {d: [] for d in dtypes}
+        with pinned_precision(True):
+            for v in variants:
+                params = params_for(v) if params_for is not None else None
+                for d, res in run_variant_dtypes(v, dtypes, device, seed=seed, batch=batch, params_np=params,
+                                                 xla_compile=xla_compile, control=control, rule=rule).items():
+                    by_dtype[d] += res
+            if trained_steps > 0 and params_for is None:
+                for arch in archs_of(variants):
+                    v = next(v for v in variants if v.arch is arch)
+                    params = trained_params(arch, v, seed, trained_steps, xla_compile=xla_compile)
+                    for d, res in run_variant_dtypes(v, dtypes, device, seed=seed, batch=batch, params_np=params,
+                                                     xla_compile=xla_compile, control=control, rule=rule).items():
+                        for r in res:
                             r.variant = f"{r.variant} trained{trained_steps}"
-                            results.append(r)
+                        trained[d] += res
+        for dtype in dtypes:
+            results += by_dtype[dtype] + trained[dtype]
+            with pinned_precision(True):
                 results += run_checks(checks, variants, dtype, device, **extra)
             if tf32_drift and device == "cuda" and dtype == "float32":
                 with pinned_precision(False) as settings:
                     for v in variants:
-                        drift = run_variant(v, dtype, device, seed=seed, batch=batch, xla_compile=xla_compile)
+                        drift = run_variant(v, dtype, device, seed=seed, batch=batch, xla_compile=xla_compile,
+                                            rule=rule)
                         for r in drift:
                             r.variant = f"{r.variant} TF32"
                             r.info["informational"] = True
@@ -165,7 +180,7 @@ def _variants_of(target, preset: str | None) -> list[Variant]:
 def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = "cpu", seed: int = 0,
           batch: int = 6, *, preset: str | None = None, trained_steps: int = 0, params: dict | None = None,
           control=None, xla_compile: str = "fast", checks: str | Sequence[str] = "none",
-          raise_on_failure: bool = False) -> ParityReport:
+          rule: Float32Rule = DEFAULT_RULE, raise_on_failure: bool = False) -> ParityReport:
     """Compare u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every gradient of the
     two sides of `target` and return the `ParityReport`.
 
@@ -176,6 +191,8 @@ def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = 
     (instead of random); trained_steps: also compare after that many Adam steps; control: a
     negative control injected into the torch side; checks: the extra groups ("all", "none" or
     names of parity.extra.checks.CHECK_GROUPS: branches, samplers, dropout, x64off);
+    rule: how float32 is judged (parity.core.rule.Float32Rule: calibrated by a float64 run
+    of the reference by default; Float32Rule("fixed") for the tolerance table alone);
     raise_on_failure: raise ParityError
     (as `report.assert_ok()` does) instead of returning a failing report.
     """
@@ -199,9 +216,9 @@ def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = 
     results, meta_runs = run_suite(variants, dtypes, [device], seed=seed, batch=batch,
                                    params_for=None if params is None else (lambda v: params),
                                    trained_steps=trained_steps, xla_compile=xla_compile, control=control,
-                                   checks=groups)
+                                   checks=groups, rule=rule)
     report = ParityReport(results, variants, seed=seed, batch=batch, control=control,
-                          elapsed_s=time.time() - start, meta_runs=meta_runs)
+                          elapsed_s=time.time() - start, meta_runs=meta_runs, rule=rule)
     if raise_on_failure:
         report.assert_ok()
     return report

@@ -45,14 +45,23 @@ def error_stats(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, str]:
     return max_abs, max_rel, where
 
 
-def compare(ref, got, *, quantity: str, tol: float, nonzero: bool = False, **labels) -> CheckResult:
+def compare(ref, got, *, quantity: str, tol: float, nonzero: bool = False, own_err: float | None = None,
+            rule=None, floor_scale: float = 1.0, **labels) -> CheckResult:
     """One quantity's check. nonzero: the reference must not be identically zero; agreement
     on all-zero values (zero-initialised layers, an all-zero weight file) proves nothing, so
-    it fails, saying so."""
+    it fails, saying so. With `own_err` (the reference's float32 error against its float64
+    truth, relative) and a calibrated `rule` (parity.core.rule.Float32Rule), `tol` is the
+    fixed tolerance and the budget is the rule's; info then records both verdicts."""
     max_abs, max_rel, where = error_stats(ref, got)
+    fixed = tol
+    info = {}
+    if own_err is not None and rule is not None and rule.calibrated:
+        tol = rule.budget(own_err, fixed, floor_scale)
+        info = {"rule": "calibrated", "own_err": own_err, "fixed_tol": fixed,
+                "fixed_passed": bool(max_rel <= fixed), "floor_scale": floor_scale}
     result = CheckResult(
         quantity=quantity, max_abs=max_abs, max_rel=max_rel, tol=tol,
-        passed=bool(max_rel <= tol), where=where, **labels,
+        passed=bool(max_rel <= tol), where=where, info=info, **labels,
     )
     if nonzero and not np.any(np.asarray(ref)):
         result.passed = False
@@ -61,9 +70,12 @@ def compare(ref, got, *, quantity: str, tol: float, nonzero: bool = False, **lab
     return result
 
 
-def compare_grads(ref: dict, got: dict, *, tol: float, **labels) -> list[CheckResult]:
-    """Per-parameter gradient checks over torch-named dicts (same keys required)."""
+def compare_grads(ref: dict, got: dict, *, tol: float, own=None, rule=None, **labels) -> list[CheckResult]:
+    """Per-parameter gradient checks over torch-named dicts (same keys required); `own`:
+    the reference's parity.core.rule.OwnErrors, for a calibrated `rule`."""
     missing = sorted(set(ref) ^ set(got))
     if missing:
         raise KeyError(f"gradient keys differ between the two sides: {missing[:8]}")
-    return [compare(ref[k], got[k], quantity=f"grad:{k}", tol=tol, **labels) for k in sorted(ref)]
+    return [compare(ref[k], got[k], quantity=f"grad:{k}", tol=tol, rule=rule,
+                    own_err=None if own is None else own.grads[k],
+                    floor_scale=1.0 if own is None else own.grad_floor_scale[k], **labels) for k in sorted(ref)]

@@ -26,6 +26,7 @@ from parity.core.compare import CheckResult, compare, compare_grads
 from parity.core.controls import check_control
 from parity.core.inputs import InputBundle
 from parity.core.precision import jax_compiler_options
+from parity.core.rule import DEFAULT_RULE, Float32Rule, OwnErrors, own_errors
 from parity.core.sides import build_torch, from_torch, jax_device, jax_dtype, jax_inputs, torch_inputs
 from parity.core.tolerances import tolerance
 from torch_meanflow.objective import JvpOptions
@@ -145,16 +146,19 @@ def run_torch(arch: Arch, variant: Variant, state_dict: dict, bundle: InputBundl
 
 
 def objective_checks(arch: Arch, variant: Variant, ref: SideOutputs, got: SideOutputs, dtype: str,
-                     device: str) -> list[CheckResult]:
-    """One result per objective term, then the gradients summarised as "grad" (the worst
-    parameter named; every parameter's check in its info["per_parameter"])."""
+                     device: str, own: OwnErrors | None = None, rule: Float32Rule | None = None) -> list[CheckResult]:
+    """One result per objective term, then the gradients summarised as "grad" (the parameter
+    nearest its budget named; every parameter's check in its info["per_parameter"]); `own`
+    and a calibrated `rule`: each budget from the reference's own float32 error
+    (parity.core.rule), the fixed tolerance reported beside it."""
     labels = dict(arch=arch.name, variant=variant.name, dtype=dtype, device=device)
     results = [
         compare(ref.terms[k], got.terms[k], quantity=k, tol=tolerance(dtype, device, k, arch),
-                nonzero=k in NONZERO_TERMS, **labels)
+                nonzero=k in NONZERO_TERMS, own_err=None if own is None else own.terms[k], rule=rule, **labels)
         for k in TERMS
     ]
-    grads = compare_grads(ref.grads, got.grads, tol=tolerance(dtype, device, "grad", arch), **labels)
+    grads = compare_grads(ref.grads, got.grads, tol=tolerance(dtype, device, "grad", arch), own=own, rule=rule,
+                          **labels)
     results.append(summarise_grads(grads))
     for r in results:
         r.info["per_parameter"] = None
@@ -177,25 +181,55 @@ def prepare_weights(variant: Variant, seed: int, params_np: dict | None = None, 
 
 def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
                 params_np: dict | None = None, control=None, xla_compile: str = "fast",
-                jvp: JvpOptions | None = None) -> list[CheckResult]:
+                jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE,
+                truth: SideOutputs | None = None) -> list[CheckResult]:
     """Compare every objective term and every gradient of one variant; one result each.
 
     `control` (parity.core.controls.Control) injects a known bug into the torch side;
     `xla_compile` ("fast" or "full", parity.core.precision.XLA_COMPILE) how XLA:CPU compiles
-    the JAX reference; `jvp` the torch side's JVP engine and attention.
+    the JAX reference; `jvp` the torch side's JVP engine and attention; `rule` how float32
+    is judged (parity.core.rule: calibrated by the JAX side in float64 by default); `truth`
+    that float64 JAX run when the caller has it (same weights, seed and batch), else it runs.
     """
+    return run_variant_dtypes(variant, (dtype,), device, seed=seed, batch=batch, params_np=params_np,
+                              control=control, xla_compile=xla_compile, jvp=jvp, rule=rule, truth=truth)[dtype]
+
+
+def run_variant_dtypes(variant: Variant, dtypes, device: str = "cpu", *, seed: int = 0, batch: int = 6,
+                       params_np: dict | None = None, control=None, xla_compile: str = "fast",
+                       jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE,
+                       truth: SideOutputs | None = None) -> dict:
+    """{dtype: results} of `run_variant` for each dtype on the same weights and inputs; the
+    float64 JAX run (the float64 check's reference) is also the calibrated float32 rule's
+    truth, so it runs once, and is released as soon as the float32 reference is measured."""
     arch = variant.arch
     params_np, state_dict = prepare_weights(variant, seed, params_np, control)
     bundle = arch.make_bundle(variant, batch, seed + 1)
-    ref = run_jax(arch, variant, params_np, bundle, dtype, device, xla_compile)
-    got = run_torch(arch, variant, state_dict, bundle, dtype, device, control, jvp)
-    return objective_checks(arch, variant, ref, got, dtype, device)
+    calibrate = "float32" in dtypes and rule.calibrated
+    order = sorted(dtypes, key=lambda d: d != "float64")  # float64 first: its reference is the truth
+    out = {}
+    for dtype in order:
+        ref = truth if dtype == "float64" and truth is not None else run_jax(arch, variant, params_np, bundle, dtype,
+                                                                             device, xla_compile)
+        own = None
+        if dtype == "float64" and calibrate:
+            truth = ref
+        elif dtype == "float32" and calibrate:
+            if truth is None:
+                truth = run_jax(arch, variant, params_np, bundle, "float64", device, xla_compile)
+            own = own_errors(ref, truth)
+            truth = None
+        got = run_torch(arch, variant, state_dict, bundle, dtype, device, control, jvp)
+        out[dtype] = objective_checks(arch, variant, ref, got, dtype, device, own=own, rule=rule)
+        del ref, got
+    return out
 
 
 def summarise_grads(grads: list[CheckResult]) -> CheckResult:
-    """The worst parameter gradient, named in `where`; passes when every parameter passes."""
-    worst = max(grads, key=lambda g: g.max_rel)
-    out = CheckResult(**{**worst.as_dict(), "quantity": "grad", "info": {}})
+    """The parameter gradient nearest its budget (largest max_rel / tol), named in `where`;
+    passes when every parameter passes."""
+    worst = max(grads, key=lambda g: g.max_rel / g.tol if g.tol > 0 else float("inf"))
+    out = CheckResult(**{**worst.as_dict(), "quantity": "grad", "info": dict(worst.info)})
     out.where = f"{worst.quantity[5:]} {worst.where}"
     out.passed = all(g.passed for g in grads)
     out.info["n_params"] = len(grads)

@@ -1,0 +1,120 @@
+"""The float32 rule calibrated by float64: its arithmetic, its verdicts on constructed
+errors, and on the real networks: the honest port passes, every negative control fails."""
+import numpy as np
+import pytest
+
+from parity.core.arch import default_variants, get_arch
+from parity.core.compare import compare, compare_grads
+from parity.core.controls import OBJECTIVE_CONTROLS
+from parity.core.harness import SideOutputs, random_params, run_variant
+from parity.core.rule import DEFAULT_RULE, FIXED_RULE, Float32Rule, own_errors
+
+
+def test_budget_arithmetic():
+    rule = Float32Rule(factor=4.0, floor=1e-7, ceiling_factor=10.0)
+    assert rule.budget(1e-6, 2e-6) == pytest.approx(4e-6 + 1e-7)
+    assert rule.budget(1e-3, 2e-6) == pytest.approx(2e-5 + 1e-7)  # the ceiling: 10 x fixed
+    assert rule.budget(0.0, 2e-6, floor_scale=100.0) == pytest.approx(1e-5)  # floor scaled for a small leaf
+
+
+@pytest.mark.parametrize("bad", [dict(kind="loose"), dict(factor=0.0), dict(floor=-1.0), dict(ceiling_factor=np.inf),
+                                 dict(factor="4")])
+def test_bad_rule_is_refused(bad):
+    with pytest.raises(ValueError, match="rule|Float32Rule"):
+        Float32Rule(**bad)
+
+
+L = dict(arch="a", variant="v", dtype="float32", device="cpu")
+
+
+def _sides(seed=0, n=400, err=1e-6):
+    """(truth, float32-like reference, its error size): reference = truth + noise of `err`."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=n)
+    ref = truth + err * rng.normal(size=n)
+    return truth, ref
+
+
+def test_calibrated_verdicts_on_constructed_errors():
+    truth, ref = _sides()
+    own = float(np.max(np.abs(ref - truth)) / np.max(np.abs(ref)))
+    rng = np.random.default_rng(1)
+    honest = ref + 1e-6 * rng.normal(size=ref.size)  # the port's own rounding, as large as the reference's
+    biased = ref * (1 + 2e-5)  # a systematic 2e-5 relative error: a porting bug
+    ok = compare(truth, honest, quantity="u", tol=2e-6, own_err=own, rule=DEFAULT_RULE, **L)
+    bad = compare(truth, biased, quantity="u", tol=2e-6, own_err=own, rule=DEFAULT_RULE, **L)
+    assert ok.passed and not bad.passed
+    assert ok.info["rule"] == "calibrated" and ok.info["fixed_tol"] == 2e-6 and ok.tol != 2e-6
+    assert bad.tol == ok.tol  # the budget comes from the reference alone: a bug cannot widen it
+    fixed = compare(truth, biased, quantity="u", tol=2e-6, own_err=own, rule=FIXED_RULE, **L)
+    assert fixed.tol == 2e-6 and "rule" not in fixed.info
+
+
+def test_rule_scales_with_the_reference_error():
+    """A 2e-5 difference fails next to a reference rounding of 1e-6 and passes next to one of
+    1e-5: the budget grows with the network's own float32 error, not with a fixed table."""
+    for err, expect in ((1e-6, False), (1e-5, True)):
+        truth, ref = _sides(err=err)
+        own = float(np.max(np.abs(ref - truth)) / np.max(np.abs(ref)))
+        got = ref + 2e-5 * np.max(np.abs(ref)) * np.sign(np.random.default_rng(2).normal(size=ref.size))
+        assert compare(ref, got, quantity="u", tol=2e-6, own_err=own, rule=DEFAULT_RULE, **L).passed is expect
+
+
+def test_nearly_zero_gradient_leaf_is_judged_against_the_gradient_scale():
+    """A leaf whose gradient is ~1e-6 of the largest one is float32 noise relative to its own
+    magnitude: the fixed rule fails it, the calibrated one passes it; a real error on the
+    large leaf still fails."""
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(64, 64))
+    tiny = 1e-6 * rng.normal(size=(8,))
+    truth = SideOutputs({}, {"big": big, "tiny": tiny})
+    ref = SideOutputs({}, {"big": big + 1e-7 * rng.normal(size=big.shape), "tiny": tiny + 1e-11 * rng.normal(size=8)})
+    own = own_errors(ref, truth)
+    assert own.grad_floor_scale["tiny"] > 1e5 and own.grad_floor_scale["big"] == 1.0
+    got = {"big": ref.grads["big"] + 1e-7 * rng.normal(size=big.shape),
+           "tiny": ref.grads["tiny"] + 5e-11 * rng.normal(size=8)}
+    cal = {r.quantity: r for r in compare_grads(ref.grads, got, tol=1e-5, own=own, rule=DEFAULT_RULE, **L)}
+    fix = {r.quantity: r for r in compare_grads(ref.grads, got, tol=1e-5, **L)}
+    assert not fix["grad:tiny"].passed and cal["grad:tiny"].passed and cal["grad:big"].passed
+    got["big"] = got["big"] * (1 + 1e-4)
+    assert not {r.quantity: r for r in compare_grads(ref.grads, got, tol=1e-5, own=own,
+                                                      rule=DEFAULT_RULE, **L)}["grad:big"].passed
+
+
+def _variant(arch):
+    return next(v for v in default_variants() if v.arch.name == arch)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return {a: random_params(get_arch(a), _variant(a), seed=0) for a in ("dit", "flower")}
+
+
+@pytest.mark.parametrize("arch", ["dit", "flower"])
+def test_honest_port_passes_calibrated_float32(arch, params):
+    results = run_variant(_variant(arch), "float32", params_np=params[arch])
+    assert all(r.passed for r in results), [(r.quantity, r.max_rel, r.tol) for r in results if not r.passed]
+    assert all(r.info.get("rule") == "calibrated" for r in results)
+    assert all(r.info["own_err"] > 0 for r in results if r.quantity in ("u", "du_dt", "grad"))
+
+
+def _controls(arch):
+    """The objective controls (any network) and the network's own, once each; the guidance
+    window control only where the variant has guidance with a window."""
+    v = _variant(arch)
+    out = {c.name: c for c in OBJECTIVE_CONTROLS + tuple(get_arch(arch).controls)}
+    if not v.mf_cfg.guidance_eq or (v.mf_cfg.t_start <= 0 and v.mf_cfg.t_end >= 1):
+        out.pop("guidance_window_ignored")
+    return out
+
+
+CASES = [(a, n) for a in ("dit", "flower") for n in sorted(_controls(a))]
+
+
+@pytest.mark.parametrize("arch,name", CASES, ids=[f"{a}:{n}" for a, n in CASES])
+def test_every_control_fails_calibrated_float32(arch, name, params):
+    results = run_variant(_variant(arch), "float32", params_np=params[arch], control=_controls(arch)[name])
+    failed = [r for r in results if not r.passed]
+    assert failed, f"{arch}:{name} passed the calibrated float32 rule"
+    worst = max(failed, key=lambda r: r.max_rel / r.tol)
+    assert worst.max_rel > 3 * worst.tol, f"{arch}:{name}: fails by a margin of only {worst.max_rel / worst.tol:.2f}"
