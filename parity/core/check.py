@@ -110,10 +110,8 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
     `tf32_drift`) the frameworks' default precision is also measured, never failing;
     `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well; `mixed`: the
     float32 bf16-mixed rows (parity.extra.mixed_report), never failing; `rule`: how float32
-    is judged (parity.core.rule; calibrated by float64 by default). Results come grouped by
-    device and dtype; each variant's dtypes run together, so its float64 JAX run serves as
-    the float32 rule's truth."""
-    from parity.core.harness import run_variant, run_variant_dtypes, trained_params
+    is judged (parity.core.rule: calibrated by a float64 run of the reference by default)."""
+    from parity.core.harness import run_variant, trained_params
     from parity.core.precision import pinned_precision
     from parity.extra.checks import once_checks, run_checks
 
@@ -122,26 +120,20 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
     results: list[CheckResult] = []
     meta_runs: list = []
     for device in devices:
-        by_dtype: dict = {d: [] for d in dtypes}
-        trained: dict = {d: [] for d in dtypes}
-        with pinned_precision(True):
-            for v in variants:
-                params = params_for(v) if params_for is not None else None
-                for d, res in run_variant_dtypes(v, dtypes, device, seed=seed, batch=batch, params_np=params,
-                                                 xla_compile=xla_compile, control=control, rule=rule).items():
-                    by_dtype[d] += res
-            if trained_steps > 0 and params_for is None:
-                for arch in archs_of(variants):
-                    v = next(v for v in variants if v.arch is arch)
-                    params = trained_params(arch, v, seed, trained_steps, xla_compile=xla_compile)
-                    for d, res in run_variant_dtypes(v, dtypes, device, seed=seed, batch=batch, params_np=params,
-                                                     xla_compile=xla_compile, control=control, rule=rule).items():
-                        for r in res:
-                            r.variant = f"{r.variant} trained{trained_steps}"
-                        trained[d] += res
         for dtype in dtypes:
-            results += by_dtype[dtype] + trained[dtype]
             with pinned_precision(True):
+                for v in variants:
+                    params = params_for(v) if params_for is not None else None
+                    results += run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
+                                           xla_compile=xla_compile, control=control, rule=rule)
+                if trained_steps > 0 and params_for is None:
+                    for arch in archs_of(variants):
+                        v = next(v for v in variants if v.arch is arch)
+                        params = trained_params(arch, v, seed, trained_steps, xla_compile=xla_compile)
+                        for r in run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
+                                             xla_compile=xla_compile, control=control, rule=rule):
+                            r.variant = f"{r.variant} trained{trained_steps}"
+                            results.append(r)
                 results += run_checks(checks, variants, dtype, device, **extra)
             if tf32_drift and device == "cuda" and dtype == "float32":
                 with pinned_precision(False) as settings:

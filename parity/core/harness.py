@@ -24,7 +24,7 @@ from parity import convert
 from parity.core.arch import Arch, Variant
 from parity.core.compare import CheckResult, compare, compare_grads
 from parity.core.controls import check_control
-from parity.core.inputs import InputBundle
+from parity.core.inputs import InputBundle, rounded_bundle
 from parity.core.precision import jax_compiler_options
 from parity.core.rule import DEFAULT_RULE, Float32Rule, OwnErrors, own_errors
 from parity.core.sides import build_torch, from_torch, jax_device, jax_dtype, jax_inputs, torch_inputs
@@ -179,50 +179,37 @@ def prepare_weights(variant: Variant, seed: int, params_np: dict | None = None, 
     return params_np, state_dict
 
 
+def reference_own_errors(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, ref: SideOutputs,
+                         device: str, xla_compile: str = "fast") -> OwnErrors:
+    """The float32 reference's own error: `ref` (the JAX side in float32) against the JAX side
+    in float64 on the very float32 weights and inputs both sides see, so that what it measures
+    is float32 arithmetic alone. The float64 outputs are dropped once measured."""
+    rounded = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32).astype(np.float64), params_np)
+    truth = run_jax(arch, variant, rounded, rounded_bundle(bundle, np.float32), "float64", device, xla_compile)
+    del rounded
+    return own_errors(ref, truth)
+
+
 def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
                 params_np: dict | None = None, control=None, xla_compile: str = "fast",
-                jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE,
-                truth: SideOutputs | None = None) -> list[CheckResult]:
+                jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE) -> list[CheckResult]:
     """Compare every objective term and every gradient of one variant; one result each.
 
     `control` (parity.core.controls.Control) injects a known bug into the torch side;
     `xla_compile` ("fast" or "full", parity.core.precision.XLA_COMPILE) how XLA:CPU compiles
-    the JAX reference; `jvp` the torch side's JVP engine and attention; `rule` how float32
-    is judged (parity.core.rule: calibrated by the JAX side in float64 by default); `truth`
-    that float64 JAX run when the caller has it (same weights, seed and batch), else it runs.
+    the JAX reference; `jvp` the torch side's JVP engine and attention; `rule` how float32 is
+    judged (parity.core.rule: by default calibrated by a float64 run of the reference,
+    `reference_own_errors`).
     """
-    return run_variant_dtypes(variant, (dtype,), device, seed=seed, batch=batch, params_np=params_np,
-                              control=control, xla_compile=xla_compile, jvp=jvp, rule=rule, truth=truth)[dtype]
-
-
-def run_variant_dtypes(variant: Variant, dtypes, device: str = "cpu", *, seed: int = 0, batch: int = 6,
-                       params_np: dict | None = None, control=None, xla_compile: str = "fast",
-                       jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE,
-                       truth: SideOutputs | None = None) -> dict:
-    """{dtype: results} of `run_variant` for each dtype on the same weights and inputs; the
-    float64 JAX run (the float64 check's reference) is also the calibrated float32 rule's
-    truth, so it runs once, and is released as soon as the float32 reference is measured."""
     arch = variant.arch
     params_np, state_dict = prepare_weights(variant, seed, params_np, control)
     bundle = arch.make_bundle(variant, batch, seed + 1)
-    calibrate = "float32" in dtypes and rule.calibrated
-    order = sorted(dtypes, key=lambda d: d != "float64")  # float64 first: its reference is the truth
-    out = {}
-    for dtype in order:
-        ref = truth if dtype == "float64" and truth is not None else run_jax(arch, variant, params_np, bundle, dtype,
-                                                                             device, xla_compile)
-        own = None
-        if dtype == "float64" and calibrate:
-            truth = ref
-        elif dtype == "float32" and calibrate:
-            if truth is None:
-                truth = run_jax(arch, variant, params_np, bundle, "float64", device, xla_compile)
-            own = own_errors(ref, truth)
-            truth = None
-        got = run_torch(arch, variant, state_dict, bundle, dtype, device, control, jvp)
-        out[dtype] = objective_checks(arch, variant, ref, got, dtype, device, own=own, rule=rule)
-        del ref, got
-    return out
+    ref = run_jax(arch, variant, params_np, bundle, dtype, device, xla_compile)
+    own = None
+    if dtype == "float32" and rule.calibrated:
+        own = reference_own_errors(arch, variant, params_np, bundle, ref, device, xla_compile)
+    got = run_torch(arch, variant, state_dict, bundle, dtype, device, control, jvp)
+    return objective_checks(arch, variant, ref, got, dtype, device, own=own, rule=rule)
 
 
 def summarise_grads(grads: list[CheckResult]) -> CheckResult:

@@ -89,5 +89,17 @@ def drop_mask_numpy(rng: np.random.Generator, batch: int, prob: float) -> np.nda
     return mask
 
 
+def rounded_bundle(bundle: InputBundle, dtype=np.float32) -> InputBundle:
+    """The bundle with every floating array (in y too, when it is a dict) rounded to `dtype`
+    and back to float64: the inputs a side in `dtype` sees, for a float64 run on the same
+    numbers. Integer and boolean arrays (labels, masks) are kept."""
+    def rnd(a):
+        a = np.asarray(a)
+        return a.astype(dtype).astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
+
+    y = {k: rnd(v) for k, v in bundle.y.items()} if isinstance(bundle.y, dict) else rnd(bundle.y)
+    return replace(bundle, x=rnd(bundle.x), y=y, e=rnd(bundle.e), t=rnd(bundle.t), r=rnd(bundle.r))
+
+
 def with_times(bundle: InputBundle, t: np.ndarray, r: np.ndarray) -> InputBundle:
     return replace(bundle, t=np.asarray(t, np.float64), r=np.asarray(r, np.float64))
