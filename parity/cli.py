@@ -10,6 +10,7 @@
     python -m parity bench [--quick ...]         # benchmarks (python -m parity bench --help)
     python -m parity bench-profile [...]         # op-by-op profile of a PyTorch train step
     python -m parity bench-report bench.json     # Markdown tables of a saved benchmark run
+    python -m parity rule-sizes [--sizes ...]    # the calibrated float32 rule from tiny to XL/2, controls too
     python -m parity train-parity [...]          # the two trainers follow the same trajectory
     python -m parity gpu-check [--out DIR]       # every GPU measurement, one JSON + Markdown (make gpu-check)
 
@@ -33,6 +34,7 @@ DELEGATED = {
     "bench": ("parity.bench.run", "benchmarks of the MeanFlow train step (see its --help)"),
     "bench-profile": ("parity.bench.profile", "op-by-op profile of a PyTorch train step"),
     "bench-report": ("parity.bench.report", "Markdown tables of a saved benchmark JSON"),
+    "rule-sizes": ("parity.bench.rule_sizes", "the calibrated float32 rule across network sizes, with the controls"),
     "train-parity": ("parity.train_parity.run", "the JAX and torch trainers from one initial state"),
     "gpu-check": ("parity.extra.gpu_check", "every GPU measurement in one run (skips cleanly without a GPU)"),
 }

@@ -118,3 +118,16 @@ def test_every_control_fails_calibrated_float32(arch, name, params):
     assert failed, f"{arch}:{name} passed the calibrated float32 rule"
     worst = max(failed, key=lambda r: r.max_rel / r.tol)
     assert worst.max_rel > 3 * worst.tol, f"{arch}:{name}: fails by a margin of only {worst.max_rel / worst.tol:.2f}"
+
+
+@pytest.mark.parametrize("batch", [3, 4, 6])
+def test_small_batches_reach_both_sides_of_the_guidance_window(batch):
+    """The window control can only fail where a kept sample lies inside the window and one
+    outside: every seed's bundle must have both, down to batch 3 (the size sweep's batch)."""
+    v = _variant("dit")
+    assert v.mf_cfg.guidance_eq and v.mf_cfg.t_start > 0
+    for seed in range(40):
+        b = v.arch.make_bundle(v, batch, seed)
+        kept = ~b.drop_mask
+        inside = (b.t >= v.mf_cfg.t_start) & (b.t <= v.mf_cfg.t_end)
+        assert b.drop_mask.any() and (kept & inside).any() and (kept & ~inside).any(), (seed, b.t, b.drop_mask)
