@@ -115,7 +115,7 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
     from parity.core.precision import pinned_precision
     from parity.extra.checks import once_checks, run_checks
 
-    extra = dict(seed=seed, batch=batch, xla_compile=xla_compile, random_weights=params_for is None)
+    extra = dict(seed=seed, batch=batch, xla_compile=xla_compile, random_weights=params_for is None, rule=rule)
 
     results: list[CheckResult] = []
     meta_runs: list = []

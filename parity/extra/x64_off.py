@@ -37,13 +37,16 @@ def _child(src: str, dst: str) -> None:
 
 
 def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str = "fast",
-                   timeout_s: float = 600) -> list[CheckResult]:
+                   timeout_s: float = 600, rule=None) -> list[CheckResult]:
     """Float32 checks of `variants` (each term and the worst gradient) with the JAX side in
-    a child process without x64; the variant name gets " x64 off"."""
+    a child process without x64; the variant name gets " x64 off". `rule`: how float32 is
+    judged (default: calibrated, the child's own float32 error measured here against the
+    float64 reference)."""
     from parity import convert
-    from parity.core.compare import compare, compare_grads
-    from parity.core.harness import TERMS, random_params, run_torch, summarise_grads
-    from parity.core.tolerances import tolerance
+    from parity.core.harness import SideOutputs, objective_checks, random_params, reference_own_errors, run_torch
+    from parity.core.rule import DEFAULT_RULE
+
+    rule = DEFAULT_RULE if rule is None else rule
 
     job, states = {}, {}
     for v in variants:
@@ -65,16 +68,14 @@ def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str 
     if child["x64"]:
         raise RuntimeError("parity.extra.x64_off child ran with jax_enable_x64 on")
     results = []
-    for name, (v, _, bundle, _) in job.items():
-        arch = v.arch
-        terms, grads = child["outputs"][name]
-        got = run_torch(arch, v, states[name], bundle, "float32", "cpu")
-        labels = dict(arch=v.arch.name, variant=f"{v.name} x64 off", dtype="float32", device="cpu")
-        for k in TERMS:
-            results.append(compare(terms[k], got.terms[k], quantity=k,
-                                   tol=tolerance("float32", "cpu", k, v.arch), **labels))
-        results.append(summarise_grads(compare_grads(grads, got.grads,
-                                                     tol=tolerance("float32", "cpu", "grad", v.arch), **labels)))
+    for name, (v, params, bundle, _) in job.items():
+        ref = SideOutputs(*child["outputs"][name])
+        own = reference_own_errors(v.arch, v, params, bundle, ref, "cpu", xla_compile) if rule.calibrated else None
+        got = run_torch(v.arch, v, states[name], bundle, "float32", "cpu")
+        for r in objective_checks(v.arch, v, ref, got, "float32", "cpu", own=own, rule=rule):
+            r.variant = f"{v.name} x64 off"
+            r.info["per_parameter"] = None
+            results.append(r)
     return results
 
 
