@@ -7,7 +7,7 @@ from parity.core.arch import default_variants, get_arch
 from parity.core.compare import compare, compare_grads
 from parity.core.controls import OBJECTIVE_CONTROLS
 from parity.core.harness import SideOutputs, random_params, run_variant
-from parity.core.rule import DEFAULT_RULE, FIXED_RULE, Float32Rule, own_errors
+from parity.core.rule import DEFAULT_RULE, FIXED_RULE, Float32Rule, own_errors, rel_errors
 
 
 def test_budget_arithmetic():
@@ -18,7 +18,8 @@ def test_budget_arithmetic():
 
 
 @pytest.mark.parametrize("bad", [dict(kind="loose"), dict(factor=0.0), dict(floor=-1.0), dict(ceiling_factor=np.inf),
-                                 dict(factor="4")])
+                                 dict(factor="4"), dict(rms_factor=0.0),
+                                 dict(rms_min_elements=0)])
 def test_bad_rule_is_refused(bad):
     with pytest.raises(ValueError, match="rule|Float32Rule"):
         Float32Rule(**bad)
@@ -37,7 +38,7 @@ def _sides(seed=0, n=400, err=1e-6):
 
 def test_calibrated_verdicts_on_constructed_errors():
     truth, ref = _sides()
-    own = float(np.max(np.abs(ref - truth)) / np.max(np.abs(ref)))
+    own = rel_errors(ref, truth)
     rng = np.random.default_rng(1)
     honest = ref + 1e-6 * rng.normal(size=ref.size)  # the port's own rounding, as large as the reference's
     biased = ref * (1 + 2e-5)  # a systematic 2e-5 relative error: a porting bug
@@ -51,13 +52,25 @@ def test_calibrated_verdicts_on_constructed_errors():
 
 
 def test_rule_scales_with_the_reference_error():
-    """A 2e-5 difference fails next to a reference rounding of 1e-6 and passes next to one of
-    1e-5: the budget grows with the network's own float32 error, not with a fixed table."""
+    """The same port noise (sd 1.5e-5) fails next to a reference rounding of sd 1e-6 and passes
+    next to one of 1e-5: the budget grows with the network's own float32 error."""
     for err, expect in ((1e-6, False), (1e-5, True)):
         truth, ref = _sides(err=err)
-        own = float(np.max(np.abs(ref - truth)) / np.max(np.abs(ref)))
-        got = ref + 2e-5 * np.max(np.abs(ref)) * np.sign(np.random.default_rng(2).normal(size=ref.size))
+        own = rel_errors(ref, truth)
+        got = ref + 1.5e-5 * np.random.default_rng(2).normal(size=ref.size)
         assert compare(ref, got, quantity="u", tol=2e-6, own_err=own, rule=DEFAULT_RULE, **L).passed is expect
+
+
+def test_rms_criterion_sees_a_systematic_error_under_the_max():
+    """A constant offset (say a wrong bias) whose max stays within factor x the reference's
+    max rounding (heavy-tailed) but whose rms is several times its rms fails on the rms
+    criterion alone."""
+    truth, ref = _sides(err=1e-6, n=4000)
+    own = rel_errors(ref, truth)
+    got = ref + 2.0 * own[0] * np.max(np.abs(ref))  # 2 x own max everywhere: inside the max budget (4 x)
+    res = compare(ref, got, quantity="u", tol=2e-6, own_err=own, rule=DEFAULT_RULE, **L)
+    assert res.max_rel <= res.tol and not res.passed and not res.info["rms_passed"]
+    assert "rms" in res.where and res.budget_used > 1
 
 
 def test_nearly_zero_gradient_leaf_is_judged_against_the_gradient_scale():

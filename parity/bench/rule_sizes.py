@@ -42,7 +42,8 @@ def _n_params(tree) -> int:
 
 def _row(r) -> dict:
     return {"quantity": r.quantity, "max_rel": r.max_rel, "budget": r.tol, "passed": r.passed,
-            "own_err": r.info.get("own_err"), "fixed_tol": r.info.get("fixed_tol"),
+            "own_err": r.info.get("own_err"), "own_rms": r.info.get("own_rms"), "rms_rel": r.info.get("rms_rel"),
+            "rms_budget": r.info.get("rms_budget"), "fixed_tol": r.info.get("fixed_tol"),
             "fixed_passed": r.info.get("fixed_passed"), "where": r.where}
 
 
@@ -81,10 +82,10 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
         _, state = prepare_weights(v, seed, params, c)
         res = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", "cpu", c), "float32",
                                "cpu", own=own, rule=rule)
-        worst = max(res, key=lambda r: r.max_rel / r.tol)
+        worst = max(res, key=lambda r: r.budget_used)
         out["controls"].append({"name": c.name, "failed": [r.quantity for r in res if not r.passed],
                                 "failed_fixed": [r.quantity for r in res if not r.info.get("fixed_passed", r.passed)],
-                                "margin": worst.max_rel / worst.tol, "worst": worst.quantity,
+                                "margin": worst.budget_used, "worst": worst.quantity,
                                 "seconds": time.time() - t0})
     out["seconds"]["total"] = time.time() - start
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

@@ -81,7 +81,7 @@ class ParityReport:
         lines = [f"parity: {len(self.failures)} of {len(self.results)} checks failed"]
         by_name = {(v.arch.name, v.name): v for v in self.variants}
         for (arch, name, dtype, device), bad in groups.items():
-            worst = max(bad, key=lambda r: r.max_rel / r.tol if r.tol > 0 else float("inf"))
+            worst = max(bad, key=lambda r: r.budget_used)
             budget = (f"budget {worst.tol:.2e} (calibrated: own float32 error {worst.info['own_err']:.2e}, "
                       f"fixed tol {worst.info['fixed_tol']:.0e})" if worst.info.get("rule") == "calibrated"
                       else f"tol {worst.tol:.0e}")

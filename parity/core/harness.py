@@ -213,9 +213,9 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
 
 
 def summarise_grads(grads: list[CheckResult]) -> CheckResult:
-    """The parameter gradient nearest its budget (largest max_rel / tol), named in `where`;
+    """The parameter gradient nearest its budget (largest `budget_used`), named in `where`;
     passes when every parameter passes."""
-    worst = max(grads, key=lambda g: g.max_rel / g.tol if g.tol > 0 else float("inf"))
+    worst = max(grads, key=lambda g: g.budget_used)
     out = CheckResult(**{**worst.as_dict(), "quantity": "grad", "info": dict(worst.info)})
     out.where = f"{worst.quantity[5:]} {worst.where}"
     out.passed = all(g.passed for g in grads)
