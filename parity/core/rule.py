@@ -7,7 +7,7 @@ float32 sides, the JAX reference runs in float64 on the same weights and inputs 
 truth), and each quantity passes when
 
     max|torch32 - jax32| <= min(factor * max|jax32 - jax64|, ceiling_factor * fixed) + floor * floor_scale
-    rms(torch32 - jax32) <= rms_factor * rms(jax32 - jax64) + floor * floor_scale
+    rms(torch32 - jax32) <= rms_factor * rms(jax32 - jax64) + rms_floor * floor_scale
 
 every error relative to the reference's max magnitude (the max as the fixed tolerances
 are). Rounding is random and heavy-tailed (its max several times its rms), a porting bug
@@ -40,6 +40,8 @@ class Float32Rule:
     allowed ratio of the two sides' max difference to the reference's own max float32 error;
     rms_factor: the same for the rms, on quantities of >= rms_min_elements elements;
     floor: relative error that always passes (default 2**-21, four float32 ulps);
+    rms_floor: the same for the rms (default 2**-23, one ulp: an rms over many elements
+    does not vanish by chance);
     ceiling_factor: the max budget never exceeds this times the fixed tolerance.
     """
 
@@ -48,6 +50,7 @@ class Float32Rule:
     rms_factor: float = 2.5
     rms_min_elements: int = 64
     floor: float = 2.0 ** -21
+    rms_floor: float = 2.0 ** -23
     ceiling_factor: float = 10.0
 
     def __post_init__(self):
@@ -56,7 +59,7 @@ class Float32Rule:
         if not isinstance(self.rms_min_elements, int) or isinstance(self.rms_min_elements, bool) \
                 or self.rms_min_elements < 1:
             raise ValueError(f"Float32Rule.rms_min_elements must be an int >= 1, got {self.rms_min_elements!r}")
-        for name in ("factor", "rms_factor", "floor", "ceiling_factor"):
+        for name in ("factor", "rms_factor", "floor", "rms_floor", "ceiling_factor"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ValueError(f"Float32Rule.{name} must be a positive finite number, got {value!r}")
@@ -72,19 +75,20 @@ class Float32Rule:
 
     def rms_budget(self, own_rms: float, floor_scale: float = 1.0) -> float:
         """The rms error allowed (relative to the reference's max magnitude)."""
-        return self.rms_factor * own_rms + self.floor * floor_scale
+        return self.rms_factor * own_rms + self.rms_floor * floor_scale
 
     def describe(self) -> str:
         if not self.calibrated:
             return "float32 rule: fixed (the tolerance table alone)"
         return (f"float32 rule: calibrated: max|torch32 - jax32| <= min({self.factor:g} x max|jax32 - jax64|, "
                 f"{self.ceiling_factor:g} x fixed tol) + {self.floor:.1e}, and the rms <= {self.rms_factor:g} x the "
-                f"reference's rms + {self.floor:.1e} (>= {self.rms_min_elements} elements); gradients: the floor x "
+                f"reference's rms + {self.rms_floor:.1e} (>= {self.rms_min_elements} elements); gradients: the floor x "
                 f"largest gradient / the leaf's; the fixed verdict is reported beside it")
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "factor": self.factor, "rms_factor": self.rms_factor,
-                "rms_min_elements": self.rms_min_elements, "floor": self.floor, "ceiling_factor": self.ceiling_factor}
+                "rms_min_elements": self.rms_min_elements, "floor": self.floor, "rms_floor": self.rms_floor,
+                "ceiling_factor": self.ceiling_factor}
 
 
 DEFAULT_RULE = Float32Rule()
