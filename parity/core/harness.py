@@ -12,7 +12,8 @@ For one `Variant`, `run_variant`:
 from __future__ import annotations
 
 import contextlib
-import functools
+import ctypes
+import gc
 from dataclasses import dataclass, field
 
 import jax
@@ -79,18 +80,21 @@ def random_params(arch: Arch, variant: Variant, seed: int, dtype: str = "float64
 
 
 def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: float = 3e-3, batch: int = 6,
-                   xla_compile: str = "fast") -> dict:
-    """Float64 JAX parameters after `steps` Adam steps of MeanFlow from the standard init.
+                   xla_compile: str = "fast", dtype: str = "float64") -> dict:
+    """JAX parameters (NumPy in `dtype`) after `steps` Adam steps of MeanFlow from the standard init.
 
     The other realistic weight distribution besides full randomisation: the zero-initialised
-    layers have moved off zero by training, not by fiat. Uses the cached compiled float64
-    loss-and-gradient of the variant at `batch` (the check's batch shares it) and a NumPy
-    Adam (b2 0.95) updated in place, leaf by leaf, so the run holds the weights, the two
-    moments and one gradient tree, and no temporaries of the tree's size.
+    layers have moved off zero by training, not by fiat. Trains in `dtype` (the suite passes
+    the master dtype of the check, so a float32 check trains in float32 and runs the very
+    executable it compares) with the cached compiled loss-and-gradient of the variant at
+    `batch` (the suite passes its own) and a NumPy Adam (b2 0.95) updated in place, leaf by
+    leaf: the run holds the weights, the two moments and one gradient tree, no temporaries
+    of the tree's size.
     """
     _x64()
     _, init = arch.jax_build(variant.model_cfg)
-    params = jax.tree_util.tree_map(lambda a: np.array(a, np.float64), init(jax.random.PRNGKey(seed), jnp.float64))
+    ndt = np.dtype(jax_dtype(dtype))
+    params = jax.tree_util.tree_map(lambda a: np.array(a, ndt), init(jax.random.PRNGKey(seed), jax_dtype(dtype)))
     leaves, treedef = jax.tree_util.tree_flatten(params)
     b1, b2, eps = 0.9, 0.95, 1e-8
     m = [np.zeros_like(p) for p in leaves]
@@ -99,7 +103,8 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
     fn = _jax_value_and_grad(arch, variant.model_cfg, variant.mf_cfg, xla_compile, device)
     for k in range(1, steps + 1):
         bundle = arch.make_bundle(variant, batch, seed + 1000 + k)
-        _, grads = fn(params, *jax_inputs(arch, variant, bundle, "float64"))
+        with jax.default_device(jax_device(device)):  # called as run_jax calls it: the same executable
+            _, grads = fn(jax.tree_util.tree_map(jnp.asarray, params), *jax_inputs(arch, variant, bundle, dtype))
         grads = jax.tree_util.tree_leaves(grads)
         c1, c2 = 1 - b1**k, 1 - b2**k
         for i, p in enumerate(leaves):
@@ -109,18 +114,63 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
             m[i] += (1 - b1) * g
             v[i] *= b2
             v[i] += (1 - b2) * g * g
-            # The float64 arithmetic of b1 m + (1 - b1) g etc. in the same order, in place.
+            # b1 m + (1 - b1) g etc. with the same operations in the same order, in place.
             p -= lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps)
         del grads
     del m, v
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-@functools.lru_cache(maxsize=64)
+# The jitted loss-and-gradient per (arch, model config, objective config, compile mode,
+# device), most recently used last. A compiled executable of a production-size network holds
+# hundreds of MB (its buffers), so the suite forgets a variant's once it is done with it.
+_COMPILED: dict = {}
+_COMPILED_MAX = 64
+
+
 def _jax_value_and_grad(arch: Arch, model_cfg, mf_cfg, xla_compile: str = "fast", device: str = "cpu"):
     """The jitted loss-and-gradient of one configuration, compiled once and reused
     (the negative controls and repeated runs change only the torch side); `xla_compile`:
     parity.core.precision.XLA_COMPILE. Keyed by the Arch object (compared by identity)."""
+    key = (arch, model_cfg, mf_cfg, xla_compile, device)
+    fn = _COMPILED.pop(key, None)
+    if fn is None:
+        fn = _build_value_and_grad(arch, model_cfg, mf_cfg, xla_compile, device)
+    _COMPILED[key] = fn
+    while len(_COMPILED) > _COMPILED_MAX:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    return fn
+
+
+def forget_compiled(variant: Variant) -> int:
+    """Drop the cached executables of `variant` (every dtype, compile mode and device), so
+    their memory is freed; returns how many were dropped."""
+    keys = [k for k in _COMPILED if k[0] is variant.arch and k[1] == variant.model_cfg and k[2] == variant.mf_cfg]
+    for k in keys:
+        del _COMPILED[k]
+    return len(keys)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc malloc_trim), so that
+    the next side or variant does not stack its peak on the previous one's freed arrays."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _build_value_and_grad(arch: Arch, model_cfg, mf_cfg, xla_compile: str, device: str):
     from jax_meanflow.objective import meanflow_loss
 
     module, _ = arch.jax_build(model_cfg)
@@ -246,6 +296,7 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
     ref = run_jax(arch, variant, params_np, bundle, dtype, device, xla_compile)
     state = [torch_state(variant, params_np, control)]
     del params_np  # the caller's weights stay theirs; random ones are freed here
+    release_memory()
     got = run_torch(arch, variant, state.pop(), bundle, dtype, device, control, jvp)
     return objective_checks(arch, variant, ref, got, dtype, device)
 
