@@ -51,8 +51,8 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
                  rule=None, controls: bool = True) -> dict:
     """One size: the honest rows and each control's verdict (see the module docstring)."""
     from parity.core.arch import resolve_variants
-    from parity.core.harness import (objective_checks, prepare_weights, random_params, reference_own_errors,
-                                     run_jax, run_torch)
+    from parity.core.harness import (objective_checks, random_params, reference_own_errors, release_memory,
+                                     run_jax, run_torch, torch_state)
     from parity.core.rule import DEFAULT_RULE
 
     rule = DEFAULT_RULE if rule is None else rule
@@ -62,7 +62,7 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
         raise ValueError(f"no variant of {arch_name} matches {variant!r}: {[x.name for x in variants]}")
     arch = v.arch
     start = time.time()
-    params = random_params(arch, v, seed)
+    params = random_params(arch, v, seed, "float32")
     bundle = arch.make_bundle(v, batch, seed + 1)
     ref = run_jax(arch, v, params, bundle, "float32", "cpu")
     t_ref = time.time() - start
@@ -71,7 +71,8 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
     out = {"arch": arch.name, "preset": preset, "variant": v.name, "batch": batch, "seed": seed,
            "n_params": _n_params(params), "rule": rule.as_dict(), "seconds": {"jax32": t_ref, "jax64_truth": t_truth}}
     t0 = time.time()
-    _, state = prepare_weights(v, seed, params)
+    release_memory()
+    state = torch_state(v, params)
     honest = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", "cpu"), "float32", "cpu",
                               own=own, rule=rule)
     out["seconds"]["torch32"] = time.time() - t0
@@ -79,7 +80,8 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
     out["controls"] = []
     for c in _controls(v) if controls else ():
         t0 = time.time()
-        _, state = prepare_weights(v, seed, params, c)
+        release_memory()
+        state = torch_state(v, params, c)
         res = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", "cpu", c), "float32",
                                "cpu", own=own, rule=rule)
         worst = max(res, key=lambda r: r.budget_used)

@@ -106,12 +106,13 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
               checks: Sequence[str] = (), mixed: bool = False, rule: Float32Rule = DEFAULT_RULE) -> tuple[list, list]:
     """(results, meta_runs): every variant on every device and dtype with precision pinned;
     `params_for(variant)`: given weights (None: random); `trained_steps` > 0: the first variant
-    of each architecture again after that many Adam steps; on cuda float32 (with
+    of each architecture again after that many Adam steps (at `batch`, in the check's
+    master dtype: parity.core.harness.trained_params); on cuda float32 (with
     `tf32_drift`) the frameworks' default precision is also measured, never failing;
     `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well; `mixed`: the
     float32 bf16-mixed rows (parity.extra.mixed_report), never failing; `rule`: how float32
     is judged (parity.core.rule: calibrated by a float64 run of the reference by default)."""
-    from parity.core.harness import run_variant, trained_params
+    from parity.core.harness import forget_compiled, master_dtype, release_memory, run_variant, trained_params
     from parity.core.precision import pinned_precision
     from parity.extra.checks import once_checks, run_checks
 
@@ -122,19 +123,30 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
     for device in devices:
         for dtype in dtypes:
             with pinned_precision(True):
+                firsts = {id(v.arch): v for v in reversed(variants)}
+                trained: list[CheckResult] = []
                 for v in variants:
                     params = params_for(v) if params_for is not None else None
                     results += run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
                                            xla_compile=xla_compile, control=control, rule=rule)
-                if trained_steps > 0 and params_for is None:
-                    for arch in archs_of(variants):
-                        v = next(v for v in variants if v.arch is arch)
-                        params = trained_params(arch, v, seed, trained_steps, xla_compile=xla_compile)
+                    del params
+                    if trained_steps > 0 and params_for is None and firsts[id(v.arch)] is v:
+                        # Right after its random-weights run: the same compiled executables serve.
+                        params = trained_params(v.arch, v, seed, trained_steps, batch=batch,
+                                                xla_compile=xla_compile, dtype=master_dtype(dtype))
                         for r in run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
                                              xla_compile=xla_compile, control=control, rule=rule):
                             r.variant = f"{r.variant} trained{trained_steps}"
-                            results.append(r)
+                            trained.append(r)
+                        del params
+                    if firsts[id(v.arch)] is not v:  # the first ones serve the checks below
+                        forget_compiled(v)
+                    release_memory()
+                results += trained  # reported after the random-weights rows, as ever
                 results += run_checks(checks, variants, dtype, device, **extra)
+                for v in firsts.values():
+                    forget_compiled(v)
+                release_memory()
             if tf32_drift and device == "cuda" and dtype == "float32":
                 with pinned_precision(False) as settings:
                     for v in variants:

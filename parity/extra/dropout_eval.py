@@ -13,7 +13,7 @@ from dataclasses import replace
 from parity import convert
 from parity.core.arch import Variant
 from parity.core.compare import CheckResult, compare, compare_grads
-from parity.core.harness import TERMS, random_params, run_jax, run_torch, summarise_grads
+from parity.core.harness import TERMS, master_dtype, random_params, run_jax, run_torch, summarise_grads
 from parity.core.tolerances import tolerance
 
 RATES = dict(attn_pdrop=0.1, resid_pdrop=0.1, mlp_pdrop=0.1, proprio_pdrop=0.2)
@@ -37,7 +37,7 @@ def dropout_eval_checks(variant: Variant, dtype: str, device: str = "cpu", *, se
     """Every objective term and the worst gradient, rates > 0 vs rates = 0, per side."""
     arch = variant.arch
     dropped = with_dropout(variant)
-    params = random_params(arch, variant, seed)
+    params = random_params(arch, variant, seed, master_dtype(dtype))
     state = convert.jax_to_torch(params, arch.table, variant.model_cfg)
     bundle = arch.make_bundle(variant, batch, seed + 1)
     sides = {
