@@ -144,3 +144,21 @@ def test_small_batches_reach_both_sides_of_the_guidance_window(batch):
         kept = ~b.drop_mask
         inside = (b.t >= v.mf_cfg.t_start) & (b.t <= v.mf_cfg.t_end)
         assert b.drop_mask.any() and (kept & inside).any() and (kept & ~inside).any(), (seed, b.t, b.drop_mask)
+
+
+def test_rule_sizes_command_measures_and_combines(tmp_path):
+    """`python -m parity rule-sizes`: one size with its controls, then --combine into a table and a plot."""
+    from parity.bench.rule_sizes import main
+
+    a = tmp_path / "a.json"
+    assert main(["--sizes", "flower:tiny", "--json", str(a)]) == 0
+    import json
+
+    size = json.loads(a.read_text())["sizes"][0]
+    assert size["n_params"] > 0 and all(r["passed"] for r in size["honest"])
+    assert {c["name"] for c in size["controls"]} == {"zero_z_tangent", "autograd_wrt_t", "no_stop_gradient",
+                                                     "flower_time_scale"}
+    assert all(c["failed"] and c["margin"] > 1 for c in size["controls"])
+    md, png = tmp_path / "t.md", tmp_path / "t.png"
+    assert main(["--combine", f"{a},{a}", "--markdown", str(md), "--plot", str(png)]) == 0
+    assert md.read_text().count("| flower tiny | 0.1 M | u |") == 2 and png.stat().st_size > 10_000

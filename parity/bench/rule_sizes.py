@@ -9,6 +9,7 @@ failed and by what margin (worst error / budget). The JAX runs are shared by the
 which change only the torch side.
 
     python -m parity rule-sizes --sizes dit:tiny,dit:DiT-S/4,flower:tiny --json rule.json --plot rule.png
+    python -m parity rule-sizes --combine a.json,b.json --json all.json --markdown all.md --plot all.png
 """
 from __future__ import annotations
 
@@ -155,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=3, help="batch (default 3: the guidance window's branches need 2 kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-controls", action="store_true")
+    p.add_argument("--combine", default=None, metavar="JSONS",
+                   help="comma list of earlier --json outputs: merge them (no runs) into --json/--markdown/--plot")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--markdown", default=None)
@@ -166,7 +169,15 @@ def main(argv=None) -> int:
     from parity.core.precision import pinned_precision
 
     results = []
-    for spec in args.sizes.split(","):
+    if args.combine:
+        import json
+
+        for path in args.combine.split(","):
+            with open(path) as f:
+                results += json.load(f)["sizes"]
+        if args.json:
+            write_json(args.json, {"sizes": results})
+    for spec in [] if args.combine else args.sizes.split(","):
         arch, _, preset = spec.partition(":")
         with pinned_precision(True):
             res = measure_size(arch, preset or None, variant=args.variant, batch=args.batch, seed=args.seed,
