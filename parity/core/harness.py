@@ -286,7 +286,9 @@ def reference_own_errors(arch: Arch, variant: Variant, params_np: dict, bundle: 
     """The float32 reference's own error: `ref` (the JAX side in float32) against the JAX side
     in float64 on the very float32 weights and inputs both sides see, so that what it measures
     is float32 arithmetic alone. The float64 outputs are dropped once measured."""
-    rounded = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32).astype(np.float64), params_np)
+    # float32 weights (the master copy already is) are widened to float64 on the JAX device by
+    # run_jax itself: no float64 copy of the tree on the host.
+    rounded = jax.tree_util.tree_map(lambda a: a if a.dtype == np.float32 else np.asarray(a, np.float32), params_np)
     truth = run_jax(arch, variant, rounded, rounded_bundle(bundle, np.float32), "float64", device, xla_compile)
     del rounded
     return own_errors(ref, truth)
