@@ -49,11 +49,13 @@ def _row(r) -> dict:
 
 
 def measure_size(arch_name: str, preset: str, *, variant: str | None = None, batch: int = 3, seed: int = 0,
-                 rule=None, controls: bool = True) -> dict:
-    """One size: the honest rows and each control's verdict (see the module docstring)."""
+                 rule=None, controls: bool = True, trained_steps: int = 0) -> dict:
+    """One size: the honest rows and each control's verdict (see the module docstring);
+    `trained_steps` > 0: the honest rows again after that many Adam steps from the standard
+    initialisation (the report's "trained" variant), in "trained"."""
     from parity.core.arch import resolve_variants
     from parity.core.harness import (objective_checks, random_params, reference_own_errors, release_memory,
-                                     run_jax, run_torch, torch_state)
+                                     run_jax, run_torch, torch_state, trained_params)
     from parity.core.rule import DEFAULT_RULE
 
     rule = DEFAULT_RULE if rule is None else rule
@@ -90,6 +92,18 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
                                 "failed_fixed": [r.quantity for r in res if not r.info.get("fixed_passed", r.passed)],
                                 "margin": worst.budget_used, "worst": worst.quantity,
                                 "seconds": time.time() - t0})
+    if trained_steps > 0:
+        t0 = time.time()
+        del ref, own
+        params = trained_params(arch, v, seed, trained_steps, batch=batch, dtype="float32")
+        ref = run_jax(arch, v, params, bundle, "float32", "cpu")
+        own = reference_own_errors(arch, v, params, bundle, ref, "cpu")
+        release_memory()
+        res = objective_checks(arch, v, ref, run_torch(arch, v, torch_state(v, params), bundle, "float32", "cpu"),
+                               "float32", "cpu", own=own, rule=rule)
+        worst = next(r for r in res if r.quantity == "grad")
+        out["trained"] = {"steps": trained_steps, "rows": [_row(r) for r in res], "seconds": time.time() - t0,
+                          "grad_leaf": {k: worst.info.get(k) for k in ("floor_scale", "own_err", "own_rms")}}
     out["seconds"]["total"] = time.time() - start
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return out
@@ -101,10 +115,13 @@ def format_rows(results: list) -> str:
     lines = ["| network | params | quantity | error | own f32 error | budget | fixed tol | calibrated | fixed |",
              "|---|---:|---|---:|---:|---:|---:|---|---|"]
     for res in results:
-        for row in res["honest"]:
+        rows = [("", r) for r in res["honest"]]
+        if "trained" in res:
+            rows += [(f" trained{res['trained']['steps']}", r) for r in res["trained"]["rows"]]
+        for label, row in rows:
             if row["quantity"] not in ("u", "du_dt", "grad"):
                 continue
-            lines.append(f"| {res['arch']} {res['preset']} | {res['n_params'] / 1e6:.1f} M | {row['quantity']} | "
+            lines.append(f"| {res['arch']} {res['preset']}{label} | {res['n_params'] / 1e6:.1f} M | {row['quantity']} | "
                          f"{row['max_rel']:.2e} | {row['own_err']:.2e} | {row['budget']:.2e} | {row['fixed_tol']:.0e} | "
                          f"{'pass' if row['passed'] else 'FAIL'} | {'pass' if row['fixed_passed'] else 'FAIL'} |")
     lines += ["", "| network | control | calibrated: fails | margin (error / budget) | fixed: fails |",
@@ -156,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=3, help="batch (default 3: the guidance window's branches need 2 kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-controls", action="store_true")
+    p.add_argument("--trained-steps", type=int, default=0,
+                   help="also the honest rows after N Adam steps from the standard init (0: off)")
     p.add_argument("--combine", default=None, metavar="JSONS",
                    help="comma list of earlier --json outputs: merge them (no runs) into --json/--markdown/--plot")
     p.add_argument("--json", default=None)
@@ -181,9 +200,14 @@ def main(argv=None) -> int:
         arch, _, preset = spec.partition(":")
         with pinned_precision(True):
             res = measure_size(arch, preset or None, variant=args.variant, batch=args.batch, seed=args.seed,
-                               controls=not args.no_controls)
+                               controls=not args.no_controls, trained_steps=args.trained_steps)
         results.append(res)
         missed = [c["name"] for c in res["controls"] if not c["failed"]]
+        if "trained" in res:
+            tr = res["trained"]["rows"]
+            print(f"{spec} trained{args.trained_steps}: {'pass' if all(r['passed'] for r in tr) else 'FAIL'} "
+                  f"(fixed table: {'pass' if all(r['fixed_passed'] for r in tr) else 'FAIL'}); "
+                  + ", ".join(f"{r['quantity']} {r['max_rel']:.1e}/{r['budget']:.1e}" for r in tr), flush=True)
         print(f"{spec}: {res['n_params'] / 1e6:.1f} M params, {res['seconds']['total']:.0f} s, honest "
               f"{'pass' if all(r['passed'] for r in res['honest']) else 'FAIL'}, controls missed: {missed or 'none'}",
               flush=True)
@@ -195,7 +219,7 @@ def main(argv=None) -> int:
             f.write(format_rows(results) + "\n")
     if args.plot:
         plot(results, args.plot)
-    honest_ok = all(r["passed"] for res in results for r in res["honest"])
+    honest_ok = all(r["passed"] for res in results for r in res["honest"] + res.get("trained", {}).get("rows", []))
     controls_ok = all(c["failed"] for res in results for c in res["controls"])
     return 0 if honest_ok and controls_ok else 1
 
