@@ -22,16 +22,22 @@ SIZES = "dit:tiny,dit:small,dit:DiT-S/4,dit:DiT-B/4,dit:DiT-XL/2,flower:tiny,flo
 QUANTITIES = ("u", "du_dt", "v_g", "u_tgt", "loss_per_sample", "loss", "grad")
 
 
-def _controls(variant):
-    """Every control that applies to the variant: the objective ones (any network; the
-    guidance-window one only where the variant's guidance has a window) and the network's."""
+def _controls(variant, batch: int):
+    """(controls, skipped): every control that applies to the variant (the objective ones for
+    any network, the network's own) and {name: why} of those that cannot show at this batch:
+    the guidance-window one needs a window and, to reach both of its sides with kept
+    samples, a batch of at least 3."""
     from parity.core.controls import OBJECTIVE_CONTROLS
 
     out = {c.name: c for c in OBJECTIVE_CONTROLS + tuple(variant.arch.controls)}
     cfg = variant.mf_cfg
+    skipped = {}
     if not cfg.guidance_eq or (cfg.t_start <= 0.0 and cfg.t_end >= 1.0):
         out.pop("guidance_window_ignored", None)
-    return list(out.values())
+    elif batch < 3 and "guidance_window_ignored" in out:
+        out.pop("guidance_window_ignored")
+        skipped["guidance_window_ignored"] = f"batch {batch} < 3: no kept sample on each side of the window"
+    return list(out.values()), skipped
 
 
 def _n_params(tree) -> int:
@@ -81,7 +87,8 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
     out["seconds"]["torch32"] = time.time() - t0
     out["honest"] = [_row(r) for r in honest]
     out["controls"] = []
-    for c in _controls(v) if controls else ():
+    chosen, out["controls_skipped"] = _controls(v, batch) if controls else ([], {})
+    for c in chosen:
         t0 = time.time()
         release_memory()
         state = torch_state(v, params, c)
@@ -203,6 +210,8 @@ def main(argv=None) -> int:
                                controls=not args.no_controls, trained_steps=args.trained_steps)
         results.append(res)
         missed = [c["name"] for c in res["controls"] if not c["failed"]]
+        for name, why in res["controls_skipped"].items():
+            print(f"{spec}: control {name} not run ({why})")
         if "trained" in res:
             tr = res["trained"]["rows"]
             print(f"{spec} trained{args.trained_steps}: {'pass' if all(r['passed'] for r in tr) else 'FAIL'} "
