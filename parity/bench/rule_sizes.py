@@ -150,7 +150,8 @@ def plot(results: list, path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
     for ax, q in zip(axes, ("u", "du_dt", "grad")):
-        for arch, colour in (("dit", "tab:blue"), ("flower", "tab:orange")):
+        archs = list(dict.fromkeys(r["arch"] for r in results))  # every architecture, in order of appearance
+        for arch, colour in zip(archs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
             pts = sorted((r["n_params"], next(x for x in r["honest"] if x["quantity"] == q)) for r in results
                          if r["arch"] == arch)
             if not pts:
