@@ -279,13 +279,14 @@ def torch_state(variant: Variant, params_np: dict, control=None) -> dict:
 
 def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
                 params_np: dict | None = None, control=None, xla_compile: str = "fast",
-                jvp: JvpOptions | None = None) -> list[CheckResult]:
+                jvp: JvpOptions | None = None, keep: dict | None = None) -> list[CheckResult]:
     """Compare every objective term and every gradient of one variant; one result each.
 
     `control` (parity.core.controls.Control) injects a known bug into the torch side;
     `xla_compile` ("fast" or "full", parity.core.precision.XLA_COMPILE) how XLA:CPU compiles
-    the JAX reference; `jvp` the torch side's JVP engine and attention. One side runs at a
-    time: the JAX weights are freed before the torch module is built from its state dict,
+    the JAX reference; `jvp` the torch side's JVP engine and attention; `keep`: a dict that
+    receives the sides' `SideOutputs` ("jax", "torch") for further checks. One side runs at
+    a time: the JAX weights are freed before the torch module is built from its state dict,
     which then becomes the module's parameters (no second copy).
     """
     arch = variant.arch
@@ -298,6 +299,8 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
     del params_np  # the caller's weights stay theirs; random ones are freed here
     release_memory()
     got = run_torch(arch, variant, state.pop(), bundle, dtype, device, control, jvp)
+    if keep is not None:
+        keep.update(jax=ref, torch=got)
     return objective_checks(arch, variant, ref, got, dtype, device)
 
 

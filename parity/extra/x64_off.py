@@ -37,9 +37,11 @@ def _child(src: str, dst: str) -> None:
 
 
 def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str = "fast",
-                   timeout_s: float = 600) -> list[CheckResult]:
+                   timeout_s: float = 600, torch_sides: dict | None = None) -> list[CheckResult]:
     """Float32 checks of `variants` (each term and the worst gradient) with the JAX side in
-    a child process without x64; the variant name gets " x64 off"."""
+    a child process without x64; the variant name gets " x64 off". `torch_sides`: {variant
+    name: the torch SideOutputs of that variant in float32 on CPU with the random weights of
+    `seed` and the bundle of `seed` + 1 at `batch`}, reused instead of running torch again."""
     from parity import convert
     from parity.core.compare import compare, compare_grads
     from parity.core.harness import TERMS, random_params, run_torch, summarise_grads
@@ -50,7 +52,8 @@ def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str 
         arch = v.arch
         params = random_params(arch, v, seed, "float32")  # what both float32 sides round to anyway
         job[v.name] = (v, params, arch.make_bundle(v, batch, seed + 1), xla_compile)
-        states[v.name] = convert.jax_to_torch(params, arch.table, v.model_cfg)
+        if v.name not in (torch_sides or {}):
+            states[v.name] = convert.jax_to_torch(params, arch.table, v.model_cfg)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.pkl"), os.path.join(tmp, "out.pkl")
         with open(src, "wb") as f:
@@ -68,7 +71,8 @@ def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str 
     for name, (v, _, bundle, _) in job.items():
         arch = v.arch
         terms, grads = child["outputs"][name]
-        got = run_torch(arch, v, states[name], bundle, "float32", "cpu")
+        given = (torch_sides or {}).get(name)
+        got = given if given is not None else run_torch(arch, v, states[name], bundle, "float32", "cpu")
         labels = dict(arch=v.arch.name, variant=f"{v.name} x64 off", dtype="float32", device="cpu")
         for k in TERMS:
             results.append(compare(terms[k], got.terms[k], quantity=k,
