@@ -94,30 +94,37 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
     _x64()
     _, init = arch.jax_build(variant.model_cfg)
     ndt = np.dtype(jax_dtype(dtype))
-    params = jax.tree_util.tree_map(lambda a: np.array(a, ndt), init(jax.random.PRNGKey(seed), jax_dtype(dtype)))
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    b1, b2, eps = 0.9, 0.95, 1e-8
-    m = [np.zeros_like(p) for p in leaves]
-    v = [np.zeros_like(p) for p in leaves]
     device = "cpu" if jax.default_backend() == "cpu" else "cuda"
+    # The weights live once, as the executable's input arrays; each leaf is updated through
+    # a NumPy copy of its own and put back, so no second copy of the tree exists.
+    with jax.default_device(jax_device(device)):
+        leaves, treedef = jax.tree_util.tree_flatten(jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, ndt), init(jax.random.PRNGKey(seed), jax_dtype(dtype))))
+    b1, b2, eps = 0.9, 0.95, 1e-8
+    m = [np.zeros(p.shape, ndt) for p in leaves]
+    v = [np.zeros(p.shape, ndt) for p in leaves]
     fn = _jax_value_and_grad(arch, variant.model_cfg, variant.mf_cfg, xla_compile, device)
     for k in range(1, steps + 1):
         bundle = arch.make_bundle(variant, batch, seed + 1000 + k)
         with jax.default_device(jax_device(device)):  # called as run_jax calls it: the same executable
-            _, grads = fn(jax.tree_util.tree_map(jnp.asarray, params), *jax_inputs(arch, variant, bundle, dtype))
-        grads = jax.tree_util.tree_leaves(grads)
-        c1, c2 = 1 - b1**k, 1 - b2**k
-        for i, p in enumerate(leaves):
-            g = np.asarray(grads[i])
-            grads[i] = None  # free each gradient once applied
-            m[i] *= b1
-            m[i] += (1 - b1) * g
-            v[i] *= b2
-            v[i] += (1 - b2) * g * g
-            # b1 m + (1 - b1) g etc. with the same operations in the same order, in place.
-            p -= lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps)
-        del grads
+            _, grads = fn(jax.tree_util.tree_unflatten(treedef, leaves), *jax_inputs(arch, variant, bundle, dtype))
+            grads = jax.tree_util.tree_leaves(grads)
+            c1, c2 = 1 - b1**k, 1 - b2**k
+            for i in range(len(leaves)):
+                g = np.asarray(grads[i])
+                grads[i] = None  # free each gradient once applied
+                p = np.array(leaves[i])
+                # b1 m + (1 - b1) g etc. with the same operations in the same order, in place.
+                m[i] *= b1
+                m[i] += (1 - b1) * g
+                v[i] *= b2
+                v[i] += (1 - b2) * g * g
+                p -= lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps)
+                leaves[i] = jnp.asarray(p)
+            del grads
     del m, v
+    for i in range(len(leaves)):
+        leaves[i] = np.array(leaves[i])
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
