@@ -1,13 +1,16 @@
 """The parity harness: identical weights, inputs and randomness into both backends.
 
 For one `Variant`, `run_variant`:
-1. builds the JAX model, initialises it and randomises EVERY parameter (zero-initialised
-   layers make u = 0, so fresh weights prove nothing) in float64, or takes given weights;
-2. converts the weights to torch through the architecture's table;
-3. casts one float64 input bundle to each side;
-4. evaluates the MeanFlow objective on both sides, with gradients;
-5. compares u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every parameter's
+1. draws EVERY parameter at random into the JAX model's parameter shapes (zero-initialised
+   layers make u = 0, so fresh weights prove nothing), in float64 rounded to the check's
+   master dtype, or takes given weights;
+2. evaluates the MeanFlow objective with gradients on the JAX side (one float64 input
+   bundle cast to each side), then frees its copy of the weights;
+3. converts the weights to torch through the architecture's table and evaluates the torch side;
+4. compares u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every parameter's
    gradient (mapped back through the table), relative to JAX's max magnitude.
+
+Cost at production size (time, memory, what was removed): docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
