@@ -150,3 +150,17 @@ def test_trained_variant_reuses_the_checks_executable_and_forgotten_ones_recompi
     assert H.forget_compiled(v) == 1
     assert H._jax_value_and_grad(a, v.model_cfg, v.mf_cfg, "fast", "cpu") is not fn
     assert _as_tuples(H.run_variant(v, "float32", batch=3)) == _as_tuples(results)
+
+
+def test_x64_off_check_on_the_suites_torch_side_equals_a_fresh_one():
+    """The suite hands its first variant's torch outputs to the x64-off check (one torch run
+    fewer); the rows are those of the check run on its own."""
+    from parity.core.check import run_suite
+    from parity.extra.x64_off import x64_off_checks
+
+    v = _variant("dit", 2)
+    results, _ = run_suite([v], ["float32"], ["cpu"], batch=3, checks=("x64off",))
+    rows = [r for r in results if r.variant.endswith("x64 off")]
+    assert len(rows) == len(H.TERMS) + 1 and results[-len(rows):] == rows  # reported last, as before
+    alone = x64_off_checks([v], batch=3)
+    assert _as_tuples(rows) == _as_tuples(alone)

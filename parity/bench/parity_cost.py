@@ -76,14 +76,15 @@ class Phases:
         gc.collect()
         resettable = _reset_peak()
         compile_before = self._compile
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*args, **kwargs)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         rss, peak = _status_gb()
-        row = {"phase": name, "wall_s": wall, "compile_s": self._compile - compile_before, "peak_rss_gb": peak,
+        row = {"phase": name, "wall_s": wall, "cpu_s": cpu, "compile_s": self._compile - compile_before,
+               "peak_rss_gb": peak,
                "rss_after_gb": rss, "peak_is_phase": resettable}
         self.rows.append(row)
-        self.log(f"  {name:34s} {wall:8.1f} s (compile {row['compile_s']:6.1f} s)  peak {peak:6.2f} GB  "
+        self.log(f"  {name:34s} {wall:7.1f} s (CPU {cpu:6.1f} s, compile {row['compile_s']:5.1f} s)  peak {peak:5.2f} GB  "
                  f"after {rss:6.2f} GB")
         return out
 
@@ -191,10 +192,12 @@ def markdown(report: dict) -> str:
         return (f"| command | wall s | peak RSS GB | exit | load before -> after |\n|---|---:|---:|---:|---|\n"
                 f"| `{report['command']}` | {report['wall_s']:.0f} | {report['peak_rss_gb']:.2f} | "
                 f"{report['returncode']} | {report['load_before']} -> {report['load_after']} |")
-    lines = ["| phase | wall s | of which compile s | peak RSS GB | RSS after GB |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['phase']} | {r['wall_s']:.1f} | {r['compile_s']:.1f} | {r['peak_rss_gb']:.2f} | "
+    lines = ["| phase | wall s | CPU s | of which compile s (wall) | peak RSS GB | RSS after GB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['phase']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['compile_s']:.1f} | {r['peak_rss_gb']:.2f} | "
               f"{r['rss_after_gb']:.2f} |" for r in report["phases"]]
-    lines.append(f"| **total** | **{report['total_s']:.0f}** | | **{report['peak_rss_gb']:.2f}** | |")
+    cpu = sum(r["cpu_s"] for r in report["phases"])
+    lines.append(f"| **total** | **{report['total_s']:.0f}** | **{cpu:.0f}** | | **{report['peak_rss_gb']:.2f}** | |")
     return "\n".join(lines)
 
 

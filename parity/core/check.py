@@ -114,9 +114,12 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
     is judged (parity.core.rule: calibrated by a float64 run of the reference by default)."""
     from parity.core.harness import forget_compiled, master_dtype, release_memory, run_variant, trained_params
     from parity.core.precision import pinned_precision
-    from parity.extra.checks import once_checks, run_checks
+    from parity.extra.checks import once_checks, run_checks, x64_off_applies
 
     extra = dict(seed=seed, batch=batch, xla_compile=xla_compile, random_weights=params_for is None, rule=rule)
+    x64_rows: list[CheckResult] = []
+    # (with a control the x64-off check compares against a clean torch run, so it runs at the end)
+    x64_early = control is None and x64_off_applies(checks, params_for is None, dtypes, devices)
 
     results: list[CheckResult] = []
     meta_runs: list = []
@@ -127,9 +130,18 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
                 trained: list[CheckResult] = []
                 for v in variants:
                     params = params_for(v) if params_for is not None else None
+                    sides: dict = {}
                     results += run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
-                                           xla_compile=xla_compile, control=control, rule=rule)
+                                           xla_compile=xla_compile, control=control, rule=rule, keep=sides)
                     del params
+                    if x64_early and (dtype, device) == ("float32", "cpu") and firsts[id(v.arch)] is v:
+                        # Now, while this run's torch side can serve it, not again at the end.
+                        from parity.extra.x64_off import x64_off_checks
+
+                        x64_rows += x64_off_checks([v], seed=seed, batch=batch, xla_compile=xla_compile,
+                                                   torch_sides={v.name: sides["torch"]},
+                                                   own={v.name: sides.get("own")}, rule=rule)
+                    sides.clear()
                     if trained_steps > 0 and params_for is None and firsts[id(v.arch)] is v:
                         # Right after its random-weights run: the same compiled executables serve.
                         params = trained_params(v.arch, v, seed, trained_steps, batch=batch,
@@ -164,7 +176,9 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
                 with pinned_precision(True):
                     results += mixed_checks(variants, device, seed=seed, batch=batch, params_for=params_for)
     with pinned_precision(True):
-        results += once_checks(checks, variants, dtypes=dtypes, devices=devices, **extra)
+        results += once_checks(tuple(g for g in checks if g != "x64off") if x64_early else checks, variants,
+                               dtypes=dtypes, devices=devices, **extra)
+    results += x64_rows  # where once_checks reports them
     return results, meta_runs
 
 

@@ -1,13 +1,16 @@
 """The parity harness: identical weights, inputs and randomness into both backends.
 
 For one `Variant`, `run_variant`:
-1. builds the JAX model, initialises it and randomises EVERY parameter (zero-initialised
-   layers make u = 0, so fresh weights prove nothing) in float64, or takes given weights;
-2. converts the weights to torch through the architecture's table;
-3. casts one float64 input bundle to each side;
-4. evaluates the MeanFlow objective on both sides, with gradients;
-5. compares u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every parameter's
+1. draws EVERY parameter at random into the JAX model's parameter shapes (zero-initialised
+   layers make u = 0, so fresh weights prove nothing), in float64 rounded to the check's
+   master dtype, or takes given weights;
+2. evaluates the MeanFlow objective with gradients on the JAX side (one float64 input
+   bundle cast to each side), then frees its copy of the weights;
+3. converts the weights to torch through the architecture's table and evaluates the torch side;
+4. compares u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every parameter's
    gradient (mapped back through the table), relative to JAX's max magnitude.
+
+Cost at production size (time, memory, what was removed): docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -95,30 +98,37 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
     _x64()
     _, init = arch.jax_build(variant.model_cfg)
     ndt = np.dtype(jax_dtype(dtype))
-    params = jax.tree_util.tree_map(lambda a: np.array(a, ndt), init(jax.random.PRNGKey(seed), jax_dtype(dtype)))
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    b1, b2, eps = 0.9, 0.95, 1e-8
-    m = [np.zeros_like(p) for p in leaves]
-    v = [np.zeros_like(p) for p in leaves]
     device = "cpu" if jax.default_backend() == "cpu" else "cuda"
+    # The weights live once, as the executable's input arrays; each leaf is updated through
+    # a NumPy copy of its own and put back, so no second copy of the tree exists.
+    with jax.default_device(jax_device(device)):
+        leaves, treedef = jax.tree_util.tree_flatten(jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, ndt), init(jax.random.PRNGKey(seed), jax_dtype(dtype))))
+    b1, b2, eps = 0.9, 0.95, 1e-8
+    m = [np.zeros(p.shape, ndt) for p in leaves]
+    v = [np.zeros(p.shape, ndt) for p in leaves]
     fn = _jax_value_and_grad(arch, variant.model_cfg, variant.mf_cfg, xla_compile, device)
     for k in range(1, steps + 1):
         bundle = arch.make_bundle(variant, batch, seed + 1000 + k)
         with jax.default_device(jax_device(device)):  # called as run_jax calls it: the same executable
-            _, grads = fn(jax.tree_util.tree_map(jnp.asarray, params), *jax_inputs(arch, variant, bundle, dtype))
-        grads = jax.tree_util.tree_leaves(grads)
-        c1, c2 = 1 - b1**k, 1 - b2**k
-        for i, p in enumerate(leaves):
-            g = np.asarray(grads[i])
-            grads[i] = None  # free each gradient once applied
-            m[i] *= b1
-            m[i] += (1 - b1) * g
-            v[i] *= b2
-            v[i] += (1 - b2) * g * g
-            # b1 m + (1 - b1) g etc. with the same operations in the same order, in place.
-            p -= lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps)
-        del grads
+            _, grads = fn(jax.tree_util.tree_unflatten(treedef, leaves), *jax_inputs(arch, variant, bundle, dtype))
+            grads = jax.tree_util.tree_leaves(grads)
+            c1, c2 = 1 - b1**k, 1 - b2**k
+            for i in range(len(leaves)):
+                g = np.asarray(grads[i])
+                grads[i] = None  # free each gradient once applied
+                p = np.array(leaves[i])
+                # b1 m + (1 - b1) g etc. with the same operations in the same order, in place.
+                m[i] *= b1
+                m[i] += (1 - b1) * g
+                v[i] *= b2
+                v[i] += (1 - b2) * g * g
+                p -= lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps)
+                leaves[i] = jnp.asarray(p)
+            del grads
     del m, v
+    for i in range(len(leaves)):
+        leaves[i] = np.array(leaves[i])
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -296,16 +306,18 @@ def reference_own_errors(arch: Arch, variant: Variant, params_np: dict, bundle: 
 
 def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
                 params_np: dict | None = None, control=None, xla_compile: str = "fast",
-                jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE) -> list[CheckResult]:
+                jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE,
+                keep: dict | None = None) -> list[CheckResult]:
     """Compare every objective term and every gradient of one variant; one result each.
 
     `control` (parity.core.controls.Control) injects a known bug into the torch side;
     `xla_compile` ("fast" or "full", parity.core.precision.XLA_COMPILE) how XLA:CPU compiles
     the JAX reference; `jvp` the torch side's JVP engine and attention; `rule` how float32 is
     judged (parity.core.rule: by default calibrated by a float64 run of the reference,
-    `reference_own_errors`). One side runs at a time: the JAX weights are freed before the
-    torch module is built from its state dict, which then becomes the module's parameters
-    (no second copy).
+    `reference_own_errors`); `keep`: a dict that receives the sides' `SideOutputs` ("jax",
+    "torch") and the reference's own float32 error ("own", None unless calibrated) for
+    further checks. One side runs at a time: the JAX weights are freed before the torch module
+    is built from its state dict, which then becomes the module's parameters (no second copy).
     """
     arch = variant.arch
     check_control(control, arch)
@@ -320,6 +332,8 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
     del params_np  # the caller's weights stay theirs; random ones are freed here
     release_memory()
     got = run_torch(arch, variant, state.pop(), bundle, dtype, device, control, jvp)
+    if keep is not None:
+        keep.update(jax=ref, torch=got, own=own)
     return objective_checks(arch, variant, ref, got, dtype, device, own=own, rule=rule)
 
 

@@ -37,11 +37,15 @@ def _child(src: str, dst: str) -> None:
 
 
 def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str = "fast",
-                   timeout_s: float = 600, rule=None) -> list[CheckResult]:
+                   timeout_s: float = 600, torch_sides: dict | None = None, own: dict | None = None,
+                   rule=None) -> list[CheckResult]:
     """Float32 checks of `variants` (each term and the worst gradient) with the JAX side in
-    a child process without x64; the variant name gets " x64 off". `rule`: how float32 is
-    judged (default: calibrated, the child's own float32 error measured here against the
-    float64 reference)."""
+    a child process without x64; the variant name gets " x64 off". `torch_sides`: {variant
+    name: the torch SideOutputs of that variant in float32 on CPU with the random weights of
+    `seed` and the bundle of `seed` + 1 at `batch`}, reused instead of running torch again;
+    `rule`: how float32 is judged (default: calibrated); `own`: {variant name: the x64-on
+    reference's own float32 error on the same weights and bundle (parity.core.rule.OwnErrors)},
+    the yardstick of the same float32 computation, reused instead of another float64 run."""
     from parity import convert
     from parity.core.harness import SideOutputs, objective_checks, random_params, reference_own_errors, run_torch
     from parity.core.rule import DEFAULT_RULE
@@ -53,7 +57,8 @@ def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str 
         arch = v.arch
         params = random_params(arch, v, seed, "float32")  # what both float32 sides round to anyway
         job[v.name] = (v, params, arch.make_bundle(v, batch, seed + 1), xla_compile)
-        states[v.name] = convert.jax_to_torch(params, arch.table, v.model_cfg)
+        if v.name not in (torch_sides or {}):
+            states[v.name] = convert.jax_to_torch(params, arch.table, v.model_cfg)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.pkl"), os.path.join(tmp, "out.pkl")
         with open(src, "wb") as f:
@@ -70,9 +75,14 @@ def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str 
     results = []
     for name, (v, params, bundle, _) in job.items():
         ref = SideOutputs(*child["outputs"][name])
-        own = reference_own_errors(v.arch, v, params, bundle, ref, "cpu", xla_compile) if rule.calibrated else None
-        got = run_torch(v.arch, v, states[name], bundle, "float32", "cpu")
-        for r in objective_checks(v.arch, v, ref, got, "float32", "cpu", own=own, rule=rule):
+        given = (torch_sides or {}).get(name)
+        got = given if given is not None else run_torch(v.arch, v, states[name], bundle, "float32", "cpu")
+        yardstick = None
+        if rule.calibrated:
+            yardstick = (own or {}).get(name)
+            if yardstick is None:
+                yardstick = reference_own_errors(v.arch, v, params, bundle, ref, "cpu", xla_compile)
+        for r in objective_checks(v.arch, v, ref, got, "float32", "cpu", own=yardstick, rule=rule):
             r.variant = f"{v.name} x64 off"
             r.info["per_parameter"] = None
             results.append(r)
