@@ -29,7 +29,7 @@ from meanflow_common.config import DiTConfig
 from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.tables import sincos_2d_pos_embed
 
-__all__ = ["DiT", "init_dit", "make_u_fn", "load_official_params", "check_params"]
+__all__ = ["DiT", "init_dit", "param_shapes", "make_u_fn", "load_official_params", "check_params"]
 
 
 class PatchEmbed(nn.Module):
@@ -243,6 +243,13 @@ def init_dit(config: DiTConfig, key, dtype=jnp.float32) -> dict:
     key = jnp.asarray(key)
     aval = jax.ShapeDtypeStruct(key.shape, key.dtype)
     return _compiled_init(config, jnp.dtype(dtype).name, aval, jax.default_backend())(key)
+
+
+def param_shapes(config: DiTConfig, dtype=jnp.float32) -> dict:
+    """The parameter tree of `config` as jax.ShapeDtypeStruct leaves (nothing computed)."""
+    _check_dtype(dtype)
+    shapes = jax.eval_shape(_init_fn(config, jnp.dtype(dtype).name), jax.random.PRNGKey(0))
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), shapes)
 
 
 @functools.lru_cache(maxsize=16)

@@ -39,7 +39,7 @@ from meanflow_common.checks import check_flower_inputs, check_same_dtype
 from meanflow_common.config import FlowerConfig
 from meanflow_common.tables import rope_cos_sin
 
-__all__ = ["FlowerCond", "FlowerTransformer", "init_flower", "make_u_fn"]
+__all__ = ["FlowerCond", "FlowerTransformer", "init_flower", "param_shapes", "make_u_fn"]
 
 
 @struct.dataclass
@@ -181,6 +181,11 @@ def init_flower(config: FlowerConfig, key_or_seed=0, dtype=jnp.float32) -> dict:
         seed = key_or_seed
     else:
         seed = [int(x) for x in np.asarray(jax.random.key_data(key_or_seed)).ravel()]
+    return _torch_like_init(param_shapes(config, dtype), np.random.default_rng(seed), dtype)
+
+
+def param_shapes(config: FlowerConfig, dtype=jnp.float32) -> dict:
+    """The parameter tree of `config` as jax.ShapeDtypeStruct leaves (nothing computed)."""
     model = FlowerTransformer(config)
     z, t, cond = _example_inputs(config, dtype)
 
@@ -188,7 +193,7 @@ def init_flower(config: FlowerConfig, key_or_seed=0, dtype=jnp.float32) -> dict:
         return module(z, t, h, cond), module.embed_frequency(t)
 
     shapes = jax.eval_shape(lambda k: model.init({"params": k}, z, t, t, cond, method=both), jax.random.PRNGKey(0))
-    return _torch_like_init(flax.core.unfreeze(shapes["params"]), np.random.default_rng(seed), dtype)
+    return flax.core.unfreeze(shapes["params"])
 
 
 @functools.lru_cache(maxsize=16)

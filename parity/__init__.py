@@ -10,6 +10,7 @@ The names a user needs (imported on first use: `import parity` itself loads neit
     InputBundle, sample_tr_numpy, drop_mask_numpy, cover_guidance_window   the float64 inputs an Arch builds
     check                  run the suite: check(arch_or_variants, dtypes=..., device=..., seed=..., batch=...)
     ParityReport, ParityError, CheckResult   what `check` returns / raises; one compared quantity
+    Float32Rule            how float32 is judged: calibrated by a float64 run of the reference (default) or fixed
     Control                a negative control (a bug injected into the torch side)
     JvpOptions             the torch side's JVP engine and attention implementation
 
@@ -32,6 +33,7 @@ _EXPORTS = {
     "resolve_variants": "parity.core.arch",
     "Table": "parity.convert.engine",
     "Rule": "parity.convert.engine",
+    "Float32Rule": "parity.core.rule",
     "InputBundle": "parity.core.inputs",
     "sample_tr_numpy": "parity.core.inputs",
     "drop_mask_numpy": "parity.core.inputs",

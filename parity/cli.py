@@ -2,6 +2,7 @@
 
     python -m parity                       # default suite: tiny DiT + tiny FLOWER, f32 + f64, cpu (+cuda)
     python -m parity --arch dit --preset small --dtype float64 --json report.json
+    python -m parity --arch dit --preset DiT-B/4 --dtype float32 --rule fixed   # the fixed float32 table alone
     python -m parity --arch mypkg.mymodule:MY_ARCH          # a network pair of your own (docs/EXTENDING.md)
     python -m parity --arch dit --preset tiny --checkpoint ckpt_dir   # given weights instead of random
     python -m parity convert SRC DST --arch dit --preset tiny         # orbax dir <-> .pt / .safetensors
@@ -9,6 +10,7 @@
     python -m parity bench [--quick ...]         # benchmarks (python -m parity bench --help)
     python -m parity bench-profile [...]         # op-by-op profile of a PyTorch train step
     python -m parity bench-report bench.json     # Markdown tables of a saved benchmark run
+    python -m parity rule-sizes [--sizes ...]    # the calibrated float32 rule from tiny to XL/2, controls too
     python -m parity train-parity [...]          # the two trainers follow the same trajectory
     python -m parity gpu-check [--out DIR]       # every GPU measurement, one JSON + Markdown (make gpu-check)
 
@@ -24,6 +26,7 @@ import sys
 import time
 
 from meanflow_common.cli_args import non_negative_int, positive_int
+from parity.core.rule import DEFAULT_RULE, RULES, Float32Rule
 
 # Subcommands with their own command line: (module, what). They run before JAX is imported
 # (the benchmark sets XLA flags first).
@@ -31,6 +34,7 @@ DELEGATED = {
     "bench": ("parity.bench.run", "benchmarks of the MeanFlow train step (see its --help)"),
     "bench-profile": ("parity.bench.profile", "op-by-op profile of a PyTorch train step"),
     "bench-report": ("parity.bench.report", "Markdown tables of a saved benchmark JSON"),
+    "rule-sizes": ("parity.bench.rule_sizes", "the calibrated float32 rule across network sizes, with the controls"),
     "train-parity": ("parity.train_parity.run", "the JAX and torch trainers from one initial state"),
     "gpu-check": ("parity.extra.gpu_check", "every GPU measurement in one run (skips cleanly without a GPU)"),
 }
@@ -82,6 +86,11 @@ def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
     return chosen
 
 
+def float32_rule(args) -> Float32Rule:
+    """The float32 rule of --rule / --rule-factor (checked: a positive finite factor)."""
+    return Float32Rule(args.rule, factor=args.rule_factor)
+
+
 def cmd_report(args) -> int:
     _setup_jax()
     from parity.convert import checkpoints
@@ -96,14 +105,15 @@ def cmd_report(args) -> int:
     variants = _variants(args)
     archs = archs_of(variants)
     devices = _devices(args.device)
-    print(format_tolerances(archs))
+    rule = float32_rule(args)
+    print(format_tolerances(archs, rule))
     params_for = None
     if args.checkpoint:
         def params_for(v):
             return checkpoints.load_params(args.checkpoint, v.arch, v.model_cfg, key=args.checkpoint_key)
     results, meta_runs = run_suite(variants, dtypes, devices, seed=args.seed, batch=args.batch, params_for=params_for,
                                    trained_steps=args.trained_steps, xla_compile=args.xla_compile,
-                                   checks=parse_groups(args.checks), mixed=args.mixed)
+                                   checks=parse_groups(args.checks), mixed=args.mixed, rule=rule)
     elapsed = time.time() - start
     print(format_table(results))
     print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s"
@@ -116,7 +126,7 @@ def cmd_report(args) -> int:
                               "meanflow_cfg": dataclasses.asdict(v.mf_cfg)} for v in variants]}
         with pinned_precision(True) as pinned:
             meta["precision"] = pinned
-        write_json(args.json, results, meta, archs)
+        write_json(args.json, results, meta, archs, rule)
         print(f"wrote {args.json}")
     return 0 if all(r.passed for r in results) else 1
 
@@ -160,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "branches, samplers, dropout, x64off (see parity/extra/checks.py)")
     p.add_argument("--mixed", action="store_true", help="also report (never fail) bf16-mixed rows per float32 "
                    "variant: torch autocast bf16 vs Flax bfloat16 layers, and autocast off around the JVP")
+    p.add_argument("--rule", default="calibrated", choices=RULES,
+                   help="how float32 is judged: calibrated (default: the budget scales with the reference's own "
+                   "float32 error against its float64 run, the fixed verdict reported beside it) or fixed "
+                   "(the tolerance table alone)")
+    p.add_argument("--rule-factor", type=float, default=DEFAULT_RULE.factor,
+                   help="calibrated rule: allowed |torch32 - jax32| / |jax32 - jax64| (default %(default)s)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")

@@ -36,6 +36,12 @@ def _jax_build(cfg):
     return DiT(cfg), lambda key, dtype: init_dit(cfg, key, dtype)
 
 
+def _jax_shapes(cfg):
+    from jax_meanflow.dit import param_shapes
+
+    return param_shapes(cfg)
+
+
 def _jax_u_fn(module, params, dropout_rng=None):
     from jax_meanflow.dit import make_u_fn
 
@@ -118,6 +124,7 @@ DIT = Arch(
     make_bundle=make_bundle,
     jax_build=_jax_build,
     jax_u_fn=_jax_u_fn,
+    jax_shapes=_jax_shapes,
     torch_build=_torch_build,
     torch_u_fn=_torch_u_fn,
     jax_y=_labels_jax,

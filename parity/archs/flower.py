@@ -42,6 +42,12 @@ def _jax_build(cfg):
     return FlowerTransformer(cfg), lambda key, dtype: init_flower(cfg, key, dtype)
 
 
+def _jax_shapes(cfg):
+    from jax_meanflow.flower import param_shapes
+
+    return param_shapes(cfg)
+
+
 def _jax_u_fn(module, params, dropout_rng=None):
     from jax_meanflow.flower import make_u_fn
 
@@ -100,6 +106,7 @@ FLOWER = Arch(
     make_bundle=make_bundle,
     jax_build=_jax_build,
     jax_u_fn=_jax_u_fn,
+    jax_shapes=_jax_shapes,
     torch_build=_torch_build,
     torch_u_fn=_torch_u_fn,
     jax_y=_cond_jax,

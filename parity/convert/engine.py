@@ -265,8 +265,10 @@ def _strip_params(tree: Mapping) -> Mapping:
     return tree
 
 
-def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, template) -> dict[str, np.ndarray]:
-    """pairs: {source key: (target key, kind)}; direction "j2t" or "t2j"."""
+def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, template,
+             consume: bool = False) -> dict[str, np.ndarray]:
+    """pairs: {source key: (target key, kind)}; direction "j2t" or "t2j"; consume: pop each
+    source entry once converted (src is a dict the caller gives up)."""
     src_side, dst_side = ("Flax", "torch") if direction == "j2t" else ("torch", "Flax")
     unexpected = sorted(set(src) - set(pairs))
     if unexpected:
@@ -282,7 +284,7 @@ def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, templa
         )
     out: dict[str, np.ndarray] = {}
     for key, (target, kind) in pairs.items():
-        arr = _to_numpy(src[key], key)
+        arr = _to_numpy(src.pop(key) if consume else src[key], key)
         fwd, bwd, rank = KINDS[kind]
         if rank is not None and arr.ndim != rank:
             raise ConversionShapeError(
@@ -306,17 +308,24 @@ def _check_template(out: Mapping[str, np.ndarray], template: Mapping, side: str,
         raise ConversionShapeError(str(err)) from None
 
 
-def jax_to_torch(flax_params: Mapping, table: Table | str, config=None, template: Mapping | None = None):
-    """Flax params (nested dict, optionally under "params") -> {torch name: np.ndarray}.
+def jax_to_torch(flax_params: Mapping, table: Table | str, config=None, template: Mapping | None = None,
+                 consume: bool = False):
+    """Flax params (nested dict, optionally under "params", or flat with "/" paths) ->
+    {torch name: np.ndarray}.
 
     `template`: the torch side's expected shapes, e.g. `model.state_dict()` of a fresh
     model or {name: shape}; when given, keys and shapes must match it exactly.
+    `consume`: `flax_params` is a flat dict the caller gives up: it is emptied as it is
+    converted, so each source array (e.g. a JAX gradient buffer) is freed once its copy
+    exists and the conversion holds one tree plus one leaf, not two trees.
     """
     table = get_table(table) if isinstance(table, str) else table
-    src = flatten_tree(_strip_params(flax_params))
+    if consume and not (isinstance(flax_params, dict) and all(not isinstance(v, Mapping) for v in flax_params.values())):
+        raise TypeError("jax_to_torch(consume=True) needs a flat dict {'a/b/c': array} (flatten_tree)")
+    src = flax_params if consume else flatten_tree(_strip_params(flax_params))
     triples = expand_rules(table, config, keys=list(src), side="jax")
     pairs = {j: (t, kind) for j, t, kind in triples}
-    return _convert(src, pairs, "j2t", table, template)
+    return _convert(src, pairs, "j2t", table, template, consume)
 
 
 def torch_to_jax(state_dict: Mapping, table: Table | str, config=None, template: Mapping | None = None) -> dict:

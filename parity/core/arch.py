@@ -92,7 +92,9 @@ class Arch:
     tolerances: {dtype: {quantity: tolerance}} overriding the defaults, with the measured
     reason in tolerance_reason (printed by every report);
     controls: negative controls written for this network (`parity.core.controls.Control`);
-    dropout(model_cfg) -> the largest dropout rate in training (the benchmark's train step).
+    dropout(model_cfg) -> the largest dropout rate in training (the benchmark's train step);
+    jax_shapes(model_cfg) -> the Flax parameter tree as jax.ShapeDtypeStruct leaves, computing
+    nothing (the harness draws random weights into it); None: taken from a float32 `init`.
     """
 
     name: str
@@ -114,6 +116,7 @@ class Arch:
     tolerance_reason: str = ""
     controls: tuple = ()
     dropout: Callable[[Any], float] = lambda cfg: 0.0
+    jax_shapes: Callable[[Any], Any] | None = None
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):

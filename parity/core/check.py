@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from parity.core.arch import Arch, Variant, archs_of, resolve_variants
 from parity.core.compare import CheckResult
+from parity.core.rule import DEFAULT_RULE, Float32Rule
 
 
 class ParityError(AssertionError):
@@ -35,6 +36,7 @@ class ParityReport:
     control: object = None
     elapsed_s: float = 0.0
     meta_runs: list = field(default_factory=list)
+    rule: Float32Rule = DEFAULT_RULE
     _blames: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -51,7 +53,7 @@ class ParityReport:
     def format(self) -> str:
         from parity.core.report import format_table, format_tolerances
 
-        return format_tolerances(archs_of(self.variants)) + "\n" + format_table(self.results)
+        return format_tolerances(archs_of(self.variants), self.rule) + "\n" + format_table(self.results)
 
     def blame(self, variant: Variant, dtype: str, device: str) -> str:
         """The debugger's verdict for one failing (variant, dtype, device): "blamed: <module>
@@ -79,9 +81,12 @@ class ParityReport:
         lines = [f"parity: {len(self.failures)} of {len(self.results)} checks failed"]
         by_name = {(v.arch.name, v.name): v for v in self.variants}
         for (arch, name, dtype, device), bad in groups.items():
-            worst = max(bad, key=lambda r: r.max_rel)
+            worst = max(bad, key=lambda r: r.budget_used)
+            budget = (f"budget {worst.tol:.2e} (calibrated: own float32 error {worst.info['own_err']:.2e}, "
+                      f"fixed tol {worst.info['fixed_tol']:.0e})" if worst.info.get("rule") == "calibrated"
+                      else f"tol {worst.tol:.0e}")
             lines.append(f"  {arch} / {name} / {dtype} / {device}: failing {', '.join(r.quantity for r in bad)}; "
-                         f"worst {worst.quantity} max rel {worst.max_rel:.3e} > tol {worst.tol:.0e}"
+                         f"worst {worst.quantity} max rel {worst.max_rel:.3e} > {budget}"
                          f" (max abs {worst.max_abs:.3e}{', at ' + worst.where if worst.where else ''})")
             variant = by_name.get((arch, name))
             if blame and variant is not None:
@@ -98,41 +103,67 @@ class ParityReport:
 def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Sequence[str], *, seed: int = 0,
               batch: int = 6, params_for: Callable[[Variant], dict | None] | None = None, trained_steps: int = 0,
               xla_compile: str = "fast", control=None, tf32_drift: bool = True,
-              checks: Sequence[str] = (), mixed: bool = False) -> tuple[list, list]:
+              checks: Sequence[str] = (), mixed: bool = False, rule: Float32Rule = DEFAULT_RULE) -> tuple[list, list]:
     """(results, meta_runs): every variant on every device and dtype with precision pinned;
     `params_for(variant)`: given weights (None: random); `trained_steps` > 0: the first variant
-    of each architecture again after that many Adam steps; on cuda float32 (with
+    of each architecture again after that many Adam steps (at `batch`, in the check's
+    master dtype: parity.core.harness.trained_params); on cuda float32 (with
     `tf32_drift`) the frameworks' default precision is also measured, never failing;
     `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well; `mixed`: the
-    float32 bf16-mixed rows (parity.extra.mixed_report), never failing."""
-    from parity.core.harness import run_variant, trained_params
+    float32 bf16-mixed rows (parity.extra.mixed_report), never failing; `rule`: how float32
+    is judged (parity.core.rule: calibrated by a float64 run of the reference by default)."""
+    from parity.core.harness import forget_compiled, master_dtype, release_memory, run_variant, trained_params
     from parity.core.precision import pinned_precision
-    from parity.extra.checks import once_checks, run_checks
+    from parity.extra.checks import once_checks, run_checks, x64_off_applies
 
-    extra = dict(seed=seed, batch=batch, xla_compile=xla_compile, random_weights=params_for is None)
+    extra = dict(seed=seed, batch=batch, xla_compile=xla_compile, random_weights=params_for is None, rule=rule)
+    x64_rows: list[CheckResult] = []
+    # (with a control the x64-off check compares against a clean torch run, so it runs at the end)
+    x64_early = control is None and x64_off_applies(checks, params_for is None, dtypes, devices)
 
     results: list[CheckResult] = []
     meta_runs: list = []
     for device in devices:
         for dtype in dtypes:
             with pinned_precision(True):
+                firsts = {id(v.arch): v for v in reversed(variants)}
+                trained: list[CheckResult] = []
                 for v in variants:
                     params = params_for(v) if params_for is not None else None
+                    sides: dict = {}
                     results += run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
-                                           xla_compile=xla_compile, control=control)
-                if trained_steps > 0 and params_for is None:
-                    for arch in archs_of(variants):
-                        v = next(v for v in variants if v.arch is arch)
-                        params = trained_params(arch, v, seed, trained_steps, xla_compile=xla_compile)
+                                           xla_compile=xla_compile, control=control, rule=rule, keep=sides)
+                    del params
+                    if x64_early and (dtype, device) == ("float32", "cpu") and firsts[id(v.arch)] is v:
+                        # Now, while this run's torch side can serve it, not again at the end.
+                        from parity.extra.x64_off import x64_off_checks
+
+                        x64_rows += x64_off_checks([v], seed=seed, batch=batch, xla_compile=xla_compile,
+                                                   torch_sides={v.name: sides["torch"]},
+                                                   own={v.name: sides.get("own")}, rule=rule)
+                    sides.clear()
+                    if trained_steps > 0 and params_for is None and firsts[id(v.arch)] is v:
+                        # Right after its random-weights run: the same compiled executables serve.
+                        params = trained_params(v.arch, v, seed, trained_steps, batch=batch,
+                                                xla_compile=xla_compile, dtype=master_dtype(dtype))
                         for r in run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
-                                             xla_compile=xla_compile, control=control):
+                                             xla_compile=xla_compile, control=control, rule=rule):
                             r.variant = f"{r.variant} trained{trained_steps}"
-                            results.append(r)
+                            trained.append(r)
+                        del params
+                    if firsts[id(v.arch)] is not v:  # the first ones serve the checks below
+                        forget_compiled(v)
+                    release_memory()
+                results += trained  # reported after the random-weights rows, as ever
                 results += run_checks(checks, variants, dtype, device, **extra)
+                for v in firsts.values():
+                    forget_compiled(v)
+                release_memory()
             if tf32_drift and device == "cuda" and dtype == "float32":
                 with pinned_precision(False) as settings:
                     for v in variants:
-                        drift = run_variant(v, dtype, device, seed=seed, batch=batch, xla_compile=xla_compile)
+                        drift = run_variant(v, dtype, device, seed=seed, batch=batch, xla_compile=xla_compile,
+                                            rule=rule)
                         for r in drift:
                             r.variant = f"{r.variant} TF32"
                             r.info["informational"] = True
@@ -145,7 +176,9 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
                 with pinned_precision(True):
                     results += mixed_checks(variants, device, seed=seed, batch=batch, params_for=params_for)
     with pinned_precision(True):
-        results += once_checks(checks, variants, dtypes=dtypes, devices=devices, **extra)
+        results += once_checks(tuple(g for g in checks if g != "x64off") if x64_early else checks, variants,
+                               dtypes=dtypes, devices=devices, **extra)
+    results += x64_rows  # where once_checks reports them
     return results, meta_runs
 
 
@@ -165,7 +198,7 @@ def _variants_of(target, preset: str | None) -> list[Variant]:
 def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = "cpu", seed: int = 0,
           batch: int = 6, *, preset: str | None = None, trained_steps: int = 0, params: dict | None = None,
           control=None, xla_compile: str = "fast", checks: str | Sequence[str] = "none",
-          raise_on_failure: bool = False) -> ParityReport:
+          rule: Float32Rule = DEFAULT_RULE, raise_on_failure: bool = False) -> ParityReport:
     """Compare u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every gradient of the
     two sides of `target` and return the `ParityReport`.
 
@@ -176,6 +209,8 @@ def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = 
     (instead of random); trained_steps: also compare after that many Adam steps; control: a
     negative control injected into the torch side; checks: the extra groups ("all", "none" or
     names of parity.extra.checks.CHECK_GROUPS: branches, samplers, dropout, x64off);
+    rule: how float32 is judged (parity.core.rule.Float32Rule: calibrated by a float64 run
+    of the reference by default; Float32Rule("fixed") for the tolerance table alone);
     raise_on_failure: raise ParityError
     (as `report.assert_ok()` does) instead of returning a failing report.
     """
@@ -199,9 +234,9 @@ def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = 
     results, meta_runs = run_suite(variants, dtypes, [device], seed=seed, batch=batch,
                                    params_for=None if params is None else (lambda v: params),
                                    trained_steps=trained_steps, xla_compile=xla_compile, control=control,
-                                   checks=groups)
+                                   checks=groups, rule=rule)
     report = ParityReport(results, variants, seed=seed, batch=batch, control=control,
-                          elapsed_s=time.time() - start, meta_runs=meta_runs)
+                          elapsed_s=time.time() - start, meta_runs=meta_runs, rule=rule)
     if raise_on_failure:
         report.assert_ok()
     return report

@@ -25,6 +25,15 @@ class CheckResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def budget_used(self) -> float:
+        """The error over its budget, the larger of max_rel / tol and (under the calibrated
+        float32 rule) rms / rms budget: > 1 fails."""
+        used = self.max_rel / self.tol if self.tol > 0 else (0.0 if self.max_rel == 0 else float("inf"))
+        if self.info.get("rms_budget"):
+            used = max(used, self.info["rms_rel"] / self.info["rms_budget"])
+        return used
+
 
 def error_stats(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, str]:
     """(max abs error, max abs error / max |ref|, index of the max error) in float64."""
@@ -45,14 +54,35 @@ def error_stats(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, str]:
     return max_abs, max_rel, where
 
 
-def compare(ref, got, *, quantity: str, tol: float, nonzero: bool = False, **labels) -> CheckResult:
+def compare(ref, got, *, quantity: str, tol: float, nonzero: bool = False, own_err=None, rule=None,
+            floor_scale: float = 1.0, **labels) -> CheckResult:
     """One quantity's check. nonzero: the reference must not be identically zero; agreement
     on all-zero values (zero-initialised layers, an all-zero weight file) proves nothing, so
-    it fails, saying so."""
+    it fails, saying so. With `own_err` ((max, rms) of the reference's float32 error against
+    its float64 truth, relative) and a calibrated `rule` (parity.core.rule.Float32Rule),
+    `tol` is the fixed tolerance, the budgets are the rule's and info records both verdicts."""
     max_abs, max_rel, where = error_stats(ref, got)
+    fixed = tol
+    info = {}
+    passed = max_rel <= tol
+    if own_err is not None and rule is not None and rule.calibrated:
+        own_max, own_rms = own_err
+        tol = rule.budget(own_max, fixed, floor_scale)
+        passed = max_rel <= tol
+        info = {"rule": "calibrated", "own_err": own_max, "own_rms": own_rms, "fixed_tol": fixed,
+                "fixed_passed": bool(max_rel <= fixed), "floor_scale": floor_scale}
+        if np.size(ref) >= rule.rms_min_elements and np.isfinite(max_rel):
+            from parity.core.rule import rel_errors
+
+            rms_rel = rel_errors(ref, got)[1]
+            rms_budget = rule.rms_budget(own_rms, floor_scale)
+            info.update(rms_rel=rms_rel, rms_budget=rms_budget, rms_passed=bool(rms_rel <= rms_budget))
+            if rms_rel > rms_budget:
+                passed = False
+                where = f"{where} rms {rms_rel:.2e} > {rms_budget:.2e}"
     result = CheckResult(
         quantity=quantity, max_abs=max_abs, max_rel=max_rel, tol=tol,
-        passed=bool(max_rel <= tol), where=where, **labels,
+        passed=bool(passed), where=where, info=info, **labels,
     )
     if nonzero and not np.any(np.asarray(ref)):
         result.passed = False
@@ -61,9 +91,12 @@ def compare(ref, got, *, quantity: str, tol: float, nonzero: bool = False, **lab
     return result
 
 
-def compare_grads(ref: dict, got: dict, *, tol: float, **labels) -> list[CheckResult]:
-    """Per-parameter gradient checks over torch-named dicts (same keys required)."""
+def compare_grads(ref: dict, got: dict, *, tol: float, own=None, rule=None, **labels) -> list[CheckResult]:
+    """Per-parameter gradient checks over torch-named dicts (same keys required); `own`:
+    the reference's parity.core.rule.OwnErrors, for a calibrated `rule`."""
     missing = sorted(set(ref) ^ set(got))
     if missing:
         raise KeyError(f"gradient keys differ between the two sides: {missing[:8]}")
-    return [compare(ref[k], got[k], quantity=f"grad:{k}", tol=tol, **labels) for k in sorted(ref)]
+    return [compare(ref[k], got[k], quantity=f"grad:{k}", tol=tol, rule=rule,
+                    own_err=None if own is None else own.grads[k],
+                    floor_scale=1.0 if own is None else own.grad_floor_scale[k], **labels) for k in sorted(ref)]

@@ -77,16 +77,29 @@ def cover_guidance_window(t: np.ndarray, r: np.ndarray, drop_mask: np.ndarray, c
 def drop_mask_numpy(rng: np.random.Generator, batch: int, prob: float) -> np.ndarray:
     """The first num_drop samples dropped, num_drop ~ Binomial(B, prob).
 
-    At least one sample is dropped when prob > 0 (and one kept when B > 1), so that a
-    parity check exercises both branches of the class dropout.
+    At least one sample is dropped when prob > 0 and, when B > 2, two are kept (one when
+    B = 2), so that a parity check exercises both branches of the class dropout and a
+    guidance window can have a kept sample on each side (`cover_guidance_window`).
     """
     mask = np.zeros(batch, dtype=bool)
     if prob <= 0:
         return mask
     num_drop = int(rng.binomial(batch, prob))
-    num_drop = min(max(num_drop, 1), max(batch - 1, 1))
+    num_drop = min(max(num_drop, 1), max(batch - (2 if batch > 2 else 1), 1))
     mask[:num_drop] = True
     return mask
+
+
+def rounded_bundle(bundle: InputBundle, dtype=np.float32) -> InputBundle:
+    """The bundle with every floating array (in y too, when it is a dict) rounded to `dtype`
+    and back to float64: the inputs a side in `dtype` sees, for a float64 run on the same
+    numbers. Integer and boolean arrays (labels, masks) are kept."""
+    def rnd(a):
+        a = np.asarray(a)
+        return a.astype(dtype).astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
+
+    y = {k: rnd(v) for k, v in bundle.y.items()} if isinstance(bundle.y, dict) else rnd(bundle.y)
+    return replace(bundle, x=rnd(bundle.x), y=y, e=rnd(bundle.e), t=rnd(bundle.t), r=rnd(bundle.r))
 
 
 def with_times(bundle: InputBundle, t: np.ndarray, r: np.ndarray) -> InputBundle:

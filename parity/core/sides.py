@@ -82,24 +82,37 @@ def from_torch(arch: Arch, x: torch.Tensor, data: bool = True) -> np.ndarray:
     return arch.layout.from_torch(a) if data else a
 
 
-def load_state_dict_strict(module: torch.nn.Module, state_dict: dict):
-    """Load numpy arrays into `module`; missing, unexpected or mis-shaped keys are errors naming them."""
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, assign: bool = False):
+    """Load numpy arrays into `module`; missing, unexpected or mis-shaped keys are errors naming them.
+
+    assign=True makes the arrays themselves the module's parameters where their dtype and
+    device already fit (no second copy of the weights; writes to the parameters then write
+    to the arrays): for a module that is evaluated, not trained."""
     own = module.state_dict()
     # Buffers (fixed tables) are the model's own: only the parameters must all be given.
     want = {k: tuple(p.shape) for k, p in module.named_parameters()}
     want.update({k: tuple(own[k].shape) for k in state_dict if k in own})
     check_keys_and_shapes({k: np.shape(a) for k, a in state_dict.items()}, want, "state dict for the torch model")
-    tensors = {k: torch.as_tensor(np.asarray(a)).to(own[k].dtype) for k, a in state_dict.items()}
-    module.load_state_dict(tensors, strict=False)
+
+    def tensor(k, a):
+        a = np.asarray(a)
+        if not assign:
+            return torch.as_tensor(a).to(own[k].dtype)
+        if not a.flags.writeable:
+            a = a.copy()  # torch must not alias read-only memory
+        return torch.as_tensor(a).to(device=own[k].device, dtype=own[k].dtype)
+
+    module.load_state_dict({k: tensor(k, a) for k, a in state_dict.items()}, strict=False, assign=assign)
 
 
 def build_torch(arch: Arch, model_cfg, state_dict: dict, dtype: str, device: str = "cpu", control=None,
-                train: bool = False) -> torch.nn.Module:
+                train: bool = False, share: bool = False) -> torch.nn.Module:
     """The torch network of `model_cfg` in `dtype` on `device` with the converted weights (and
     a negative control's model bug), in eval mode unless `train` (dropout masks cannot match
-    across frameworks, so comparisons run in eval mode)."""
+    across frameworks, so comparisons run in eval mode); `share`: the state dict's arrays
+    become the parameters (load_state_dict_strict(assign=True)), for evaluation only."""
     module = arch.torch_build(model_cfg).to(device=device, dtype=torch_dtype(dtype))
-    load_state_dict_strict(module, state_dict)
+    load_state_dict_strict(module, state_dict, assign=share)
     if control is not None and control.model is not None:
         control.model(module)
     return module.train(train)

@@ -36,9 +36,16 @@ def _first_per_arch(variants):
     return out
 
 
+def x64_off_applies(groups, random_weights: bool, dtypes, devices) -> bool:
+    """Whether the suite runs the x64-off check (float32 on CPU with random weights)."""
+    return "x64off" in groups and random_weights and "float32" in dtypes and "cpu" in devices
+
+
 def once_checks(groups, variants, *, seed: int, batch: int, dtypes, devices, xla_compile: str,
-                random_weights: bool) -> list[CheckResult]:
-    """The checks that do not depend on the dtype or device loop."""
+                random_weights: bool, torch_sides: dict | None = None, rule=None) -> list[CheckResult]:
+    """The checks that do not depend on the dtype or device loop; `torch_sides`: the torch
+    outputs the x64-off check may reuse (parity.extra.x64_off.x64_off_checks); `rule`: how the
+    float32 ones are judged (parity.core.rule.Float32Rule; None: the default, calibrated)."""
     results = []
     if "branches" in groups:
         from parity.extra.coverage import coverage_check
@@ -48,16 +55,18 @@ def once_checks(groups, variants, *, seed: int, batch: int, dtypes, devices, xla
         from parity.extra.sampler_check import sampler_checks
 
         results += sampler_checks(seed=seed)
-    if "x64off" in groups and random_weights and "float32" in dtypes and "cpu" in devices:
+    if x64_off_applies(groups, random_weights, dtypes, devices):
         from parity.extra.x64_off import x64_off_checks
 
-        results += x64_off_checks(_first_per_arch(variants), seed=seed, batch=batch, xla_compile=xla_compile)
+        results += x64_off_checks(_first_per_arch(variants), seed=seed, batch=batch, xla_compile=xla_compile,
+                                  torch_sides=torch_sides, rule=rule)
     return results
 
 
 def run_checks(groups, variants, dtype: str, device: str, *, seed: int, batch: int, xla_compile: str,
-               random_weights: bool) -> list[CheckResult]:
-    """The checks run once per (dtype, device), under the caller's pinned precision."""
+               random_weights: bool, rule=None) -> list[CheckResult]:
+    """The checks run once per (dtype, device), under the caller's pinned precision (the
+    dropout check compares each side with itself, exactly: `rule` does not apply)."""
     results = []
     if "dropout" in groups and random_weights:
         from parity.extra.dropout_eval import dropout_eval_checks, has_dropout

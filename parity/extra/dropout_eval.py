@@ -13,7 +13,8 @@ from dataclasses import replace
 from parity import convert
 from parity.core.arch import Variant
 from parity.core.compare import CheckResult, compare, compare_grads
-from parity.core.harness import TERMS, random_params, run_jax, run_torch, summarise_grads
+from parity.core.harness import (TERMS, forget_compiled, master_dtype, random_params, run_jax, run_torch,
+                                 summarise_grads)
 from parity.core.tolerances import tolerance
 
 RATES = dict(attn_pdrop=0.1, resid_pdrop=0.1, mlp_pdrop=0.1, proprio_pdrop=0.2)
@@ -34,24 +35,26 @@ def with_dropout(variant: Variant) -> Variant:
 
 def dropout_eval_checks(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
                         xla_compile: str = "fast") -> list[CheckResult]:
-    """Every objective term and the worst gradient, rates > 0 vs rates = 0, per side."""
+    """Every objective term and the worst gradient, rates > 0 vs rates = 0, per side (one
+    side's pair of runs at a time, freed once compared)."""
     arch = variant.arch
     dropped = with_dropout(variant)
-    params = random_params(arch, variant, seed)
+    params = random_params(arch, variant, seed, master_dtype(dtype))
     state = convert.jax_to_torch(params, arch.table, variant.model_cfg)
     bundle = arch.make_bundle(variant, batch, seed + 1)
-    sides = {
-        "jax": (run_jax(arch, variant, params, bundle, dtype, device, xla_compile),
-                run_jax(arch, dropped, params, bundle, dtype, device, xla_compile)),
-        "torch": (run_torch(arch, variant, state, bundle, dtype, device),
-                  run_torch(arch, dropped, state, bundle, dtype, device, module_train=True)),
+    runs = {
+        "jax": lambda v, rates: run_jax(arch, v, params, bundle, dtype, device, xla_compile),
+        "torch": lambda v, rates: run_torch(arch, v, state, bundle, dtype, device, module_train=rates),
     }
     results = []
-    for side, (zero, rates) in sides.items():
+    for side, run in runs.items():
+        zero, rates = run(variant, False), run(dropped, True)
         labels = dict(arch=arch.name, variant=f"p>0 eval {side}", dtype=dtype, device=device)
         for k in TERMS:
             results.append(compare(zero.terms[k], rates.terms[k], quantity=k,
                                    tol=tolerance(dtype, device, k, arch), **labels))
         grads = compare_grads(zero.grads, rates.grads, tol=tolerance(dtype, device, "grad", arch), **labels)
         results.append(summarise_grads(grads))
+        del zero, rates, grads
+    forget_compiled(dropped)  # used here only
     return results

@@ -37,20 +37,28 @@ def _child(src: str, dst: str) -> None:
 
 
 def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str = "fast",
-                   timeout_s: float = 600) -> list[CheckResult]:
+                   timeout_s: float = 600, torch_sides: dict | None = None, own: dict | None = None,
+                   rule=None) -> list[CheckResult]:
     """Float32 checks of `variants` (each term and the worst gradient) with the JAX side in
-    a child process without x64; the variant name gets " x64 off"."""
+    a child process without x64; the variant name gets " x64 off". `torch_sides`: {variant
+    name: the torch SideOutputs of that variant in float32 on CPU with the random weights of
+    `seed` and the bundle of `seed` + 1 at `batch`}, reused instead of running torch again;
+    `rule`: how float32 is judged (default: calibrated); `own`: {variant name: the x64-on
+    reference's own float32 error on the same weights and bundle (parity.core.rule.OwnErrors)},
+    the yardstick of the same float32 computation, reused instead of another float64 run."""
     from parity import convert
-    from parity.core.compare import compare, compare_grads
-    from parity.core.harness import TERMS, random_params, run_torch, summarise_grads
-    from parity.core.tolerances import tolerance
+    from parity.core.harness import SideOutputs, objective_checks, random_params, reference_own_errors, run_torch
+    from parity.core.rule import DEFAULT_RULE
+
+    rule = DEFAULT_RULE if rule is None else rule
 
     job, states = {}, {}
     for v in variants:
         arch = v.arch
-        params = random_params(arch, v, seed)
+        params = random_params(arch, v, seed, "float32")  # what both float32 sides round to anyway
         job[v.name] = (v, params, arch.make_bundle(v, batch, seed + 1), xla_compile)
-        states[v.name] = convert.jax_to_torch(params, arch.table, v.model_cfg)
+        if v.name not in (torch_sides or {}):
+            states[v.name] = convert.jax_to_torch(params, arch.table, v.model_cfg)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.pkl"), os.path.join(tmp, "out.pkl")
         with open(src, "wb") as f:
@@ -65,16 +73,19 @@ def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str 
     if child["x64"]:
         raise RuntimeError("parity.extra.x64_off child ran with jax_enable_x64 on")
     results = []
-    for name, (v, _, bundle, _) in job.items():
-        arch = v.arch
-        terms, grads = child["outputs"][name]
-        got = run_torch(arch, v, states[name], bundle, "float32", "cpu")
-        labels = dict(arch=v.arch.name, variant=f"{v.name} x64 off", dtype="float32", device="cpu")
-        for k in TERMS:
-            results.append(compare(terms[k], got.terms[k], quantity=k,
-                                   tol=tolerance("float32", "cpu", k, v.arch), **labels))
-        results.append(summarise_grads(compare_grads(grads, got.grads,
-                                                     tol=tolerance("float32", "cpu", "grad", v.arch), **labels)))
+    for name, (v, params, bundle, _) in job.items():
+        ref = SideOutputs(*child["outputs"][name])
+        given = (torch_sides or {}).get(name)
+        got = given if given is not None else run_torch(v.arch, v, states[name], bundle, "float32", "cpu")
+        yardstick = None
+        if rule.calibrated:
+            yardstick = (own or {}).get(name)
+            if yardstick is None:
+                yardstick = reference_own_errors(v.arch, v, params, bundle, ref, "cpu", xla_compile)
+        for r in objective_checks(v.arch, v, ref, got, "float32", "cpu", own=yardstick, rule=rule):
+            r.variant = f"{v.name} x64 off"
+            r.info["per_parameter"] = None
+            results.append(r)
     return results
 
 

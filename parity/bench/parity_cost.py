@@ -1,0 +1,246 @@
+"""Where the time and memory of a parity check go: per phase, measured, in one process.
+
+    python -m parity.bench.parity_cost --arch dit --preset DiT-B/4 --batch 2            # phases
+    python -m parity.bench.parity_cost --arch dit --preset DiT-B/4 --batch 2 --truth64  # + a float64 JAX run
+    python -m parity.bench.parity_cost --suite -- --arch dit --preset DiT-B/4 --dtype float32 --batch 2
+
+Phases follow `parity.core.check.run_suite` for one dtype and device, calling the harness's
+own functions: per variant the random weights, the JAX objective with gradients (its
+tracing + XLA compilation reported apart, from jax.monitoring), optionally one more JAX
+run in float64 on the same weights and bundle (the reference the float32 rule measures
+against), the torch side (conversion, build, objective, backward) and the comparison;
+then the trained variant (the Adam steps, then the same phases) and the extra check groups.
+
+Memory: the process's peak resident set within each phase (Linux VmHWM, reset before each
+phase through /proc/self/clear_refs) and the resident set after it. `--suite` runs
+`python -m parity ARGS` in a fresh process instead and reports its wall time and peak
+resident set (wait4 rusage, children included). The load average is recorded before
+and after: the machine may be shared.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+
+from meanflow_common.cli_args import non_negative_int, positive_int
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def _status_gb() -> tuple[float, float]:
+    """(resident set, its high-water mark) of this process in GB."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value
+    return int(fields["VmRSS"].split()[0]) / 1e6, int(fields["VmHWM"].split()[0]) / 1e6
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+        return True
+    except OSError:
+        return False
+
+
+class Phases:
+    """Timer and peak-RSS sampler of named phases; `compile_s` from jax.monitoring events."""
+
+    def __init__(self, log=print):
+        import jax.monitoring
+
+        self.rows: list[dict] = []
+        self._compile = 0.0
+        self.log = log
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event, duration, **_kwargs):
+        if event in _COMPILE_EVENTS:
+            self._compile += duration
+
+    def run(self, name: str, fn, *args, **kwargs):
+        gc.collect()
+        resettable = _reset_peak()
+        compile_before = self._compile
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn(*args, **kwargs)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rss, peak = _status_gb()
+        row = {"phase": name, "wall_s": wall, "cpu_s": cpu, "compile_s": self._compile - compile_before,
+               "peak_rss_gb": peak,
+               "rss_after_gb": rss, "peak_is_phase": resettable}
+        self.rows.append(row)
+        self.log(f"  {name:34s} {wall:7.1f} s (CPU {cpu:6.1f} s, compile {row['compile_s']:5.1f} s)  peak {peak:5.2f} GB  "
+                 f"after {rss:6.2f} GB")
+        return out
+
+
+def phase_run(args) -> dict:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from parity.core import harness as H
+    from parity.core.arch import resolve_variants
+    from parity.core.precision import pinned_precision
+    from parity.extra.checks import once_checks, parse_groups, run_checks
+
+    variants = resolve_variants(args.arch, args.preset)
+    if args.variant:
+        variants = [v for v in variants if args.variant in v.name]
+        if not variants:
+            raise SystemExit(f"no variant matches {args.variant!r}")
+    dtype, device, seed, batch = args.dtype, "cpu", args.seed, args.batch
+    load_before = load_average()
+    print(f"parity cost: {args.arch} {args.preset} batch {batch} {dtype}, {len(variants)} variant(s), "
+          f"trained {args.trained_steps}, truth64 {args.truth64}, checks {args.checks} (load {load_before})")
+    ph = Phases()
+    results = []
+    t0 = time.perf_counter()
+
+    def one(v, label, params=None):
+        arch = v.arch
+        if params is None:
+            params = ph.run(f"{label}: random weights", H.random_params, arch, v, seed, H.master_dtype(dtype))
+        bundle = arch.make_bundle(v, batch, seed + 1)
+        ref = ph.run(f"{label}: jax {dtype}", H.run_jax, arch, v, params, bundle, dtype, device, args.xla_compile)
+        truth = None
+        if args.truth64:
+            truth = ph.run(f"{label}: jax float64 (truth)", H.run_jax, arch, v, params, bundle, "float64", device,
+                           args.xla_compile)
+        state = [ph.run(f"{label}: convert", H.torch_state, v, params)]
+        del params
+        H.release_memory()  # as run_variant does between the sides
+        got = ph.run(f"{label}: torch {dtype}", H.run_torch, arch, v, state.pop(), bundle, dtype, device)
+        res = ph.run(f"{label}: compare", H.objective_checks, arch, v, ref, got, dtype, device)
+        del ref, got, truth
+        return res
+
+    # The order and the memory hygiene of run_suite: the trained variant right after the
+    # first one (same executables), executables forgotten once a variant is done.
+    with pinned_precision(True):
+        for k, v in enumerate(variants):
+            results += one(v, v.name)
+            if k == 0 and args.trained_steps > 0:
+                params = ph.run(f"train {args.trained_steps} steps", H.trained_params, v.arch, v, seed,
+                                args.trained_steps, batch=batch, xla_compile=args.xla_compile,
+                                dtype=H.master_dtype(dtype))
+                results += one(v, f"{v.name} trained{args.trained_steps}", params)
+                del params
+            if k > 0:
+                H.forget_compiled(v)
+            H.release_memory()
+        groups = parse_groups(args.checks)
+        if groups:
+            extra = dict(seed=seed, batch=batch, xla_compile=args.xla_compile, random_weights=True)
+            results += ph.run("checks (per dtype)", run_checks, groups, variants, dtype, device, **extra)
+        H.forget_compiled(variants[0])
+        H.release_memory()
+    if groups:
+        results += ph.run("checks (once)", once_checks, groups, variants, dtypes=(dtype,), devices=(device,), **extra)
+    total = time.perf_counter() - t0
+    peak = max(r["peak_rss_gb"] for r in ph.rows)
+    failed = [f"{r.variant}/{r.quantity}" for r in results if not r.passed]
+    print(f"  total {total:.1f} s, peak {peak:.2f} GB, compile {sum(r['compile_s'] for r in ph.rows):.1f} s; "
+          f"{len(results)} checks, {len(failed)} failed {failed[:6]} (load {load_before} -> {load_average()})")
+    return {"mode": "phases", "args": vars(args), "phases": ph.rows, "total_s": total, "peak_rss_gb": peak,
+            "checks": len(results), "failed": failed, "load_before": load_before, "load_after": load_average()}
+
+
+def suite_run(parity_args: list[str], timeout: float) -> dict:
+    """`python -m parity PARITY_ARGS` in a fresh process: wall time and peak RSS (wait4)."""
+    cmd = [sys.executable, "-m", "parity", *parity_args]
+    load_before = load_average()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    # communicate() reaped the child; its rusage (children included) is in RUSAGE_CHILDREN
+    # of this process, which runs nothing else.
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    row = {"mode": "suite", "command": " ".join(["python -m parity", *parity_args]), "wall_s": wall,
+           "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gb": usage.ru_maxrss / 1e6,
+           "returncode": proc.returncode, "load_before": load_before, "load_after": load_average(),
+           "tail": out[-3000:]}
+    print(out[-3000:])
+    print(f"{row['command']}: {wall:.1f} s wall, {row['cpu_s']:.1f} s CPU, peak RSS {row['peak_rss_gb']:.2f} GB, "
+          f"exit {proc.returncode} (load {load_before} -> {row['load_after']})")
+    return row
+
+
+def markdown(report: dict) -> str:
+    if report["mode"] == "suite":
+        return (f"| command | wall s | peak RSS GB | exit | load before -> after |\n|---|---:|---:|---:|---|\n"
+                f"| `{report['command']}` | {report['wall_s']:.0f} | {report['peak_rss_gb']:.2f} | "
+                f"{report['returncode']} | {report['load_before']} -> {report['load_after']} |")
+    lines = ["| phase | wall s | CPU s | of which compile s (wall) | peak RSS GB | RSS after GB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['phase']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['compile_s']:.1f} | {r['peak_rss_gb']:.2f} | "
+              f"{r['rss_after_gb']:.2f} |" for r in report["phases"]]
+    cpu = sum(r["cpu_s"] for r in report["phases"])
+    lines.append(f"| **total** | **{report['total_s']:.0f}** | **{cpu:.0f}** | | **{report['peak_rss_gb']:.2f}** | |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m parity.bench.parity_cost", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="dit")
+    p.add_argument("--preset", default=None)
+    p.add_argument("--variant", default=None, help="only variants whose name contains this")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--batch", type=positive_int, default=2)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--trained-steps", type=non_negative_int, default=8)
+    p.add_argument("--checks", default="all", help="extra check groups as in python -m parity --checks")
+    p.add_argument("--xla-compile", default="fast", choices=("fast", "full"))
+    p.add_argument("--truth64", action="store_true", help="one more JAX run per variant in float64 (same weights)")
+    p.add_argument("--suite", action="store_true", help="time `python -m parity ARGS` (the arguments after --)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="--suite: seconds before the run is killed")
+    p.add_argument("--json", default=None, metavar="PATH")
+    p.add_argument("--markdown", default=None, metavar="PATH")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parity_args: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, parity_args = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    if args.suite and not parity_args:
+        raise SystemExit("--suite needs the python -m parity arguments after --")
+    report = suite_run(parity_args, args.timeout) if args.suite else phase_run(args)
+    report["host"] = {"cpus": os.cpu_count()}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(report) + "\n")
+    print(markdown(report))
+    return 0 if report.get("returncode", 0) == 0 and not report.get("failed") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
