@@ -15,7 +15,7 @@ def test_dry_run_skips_every_part_and_says_why(tmp_path):
     assert gpu_check.main(["--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["gpu"] is False
-    assert [p["name"] for p in report["parts"]] == ["suite", "dit-b4", "flower-default", "bench"]
+    assert [p["name"] for p in report["parts"]] == ["suite", "dit-b4", "flower-default", "bench", "rule-xl2"]
     for p in report["parts"]:
         assert p["status"] == "skipped", p
         assert p["reason"].startswith("no GPU:") and "torch" in p["reason"] and "jax" in p["reason"], p
@@ -24,7 +24,7 @@ def test_dry_run_skips_every_part_and_says_why(tmp_path):
         assert key in env, key
     assert "torch_matmul_allow_tf32" in env["precision"]
     md = (tmp_path / "gpu_check.md").read_text()
-    assert md.count("skipped: no GPU") == 4
+    assert md.count("skipped: no GPU") == 5
 
 
 @no_gpu
@@ -46,6 +46,7 @@ def test_a_stale_flag_in_a_part_fails_the_dry_run(tmp_path, monkeypatch):
     """Negative control: the dry run parses each part's command line with its CLI's parser and
     resolves its variants and benchmark sizes."""
     bench = next(p for p in gpu_check.PARTS if p[0] == "bench")
+    rule = next(p for p in gpu_check.PARTS if p[0] == "rule-xl2")
     name, what, budget, command = gpu_check.PARTS[1]
     monkeypatch.setattr(gpu_check, "PARTS", (gpu_check.PARTS[0], (name, what, budget, command + " --no-such-flag")))
     with pytest.raises(SystemExit) as err:
@@ -57,6 +58,10 @@ def test_a_stale_flag_in_a_part_fails_the_dry_run(tmp_path, monkeypatch):
     name, what, budget, command = bench
     monkeypatch.setattr(gpu_check, "PARTS", ((name, what, budget, command.replace("dit-b4", "dit-b5")),))
     with pytest.raises(SystemExit, match="unknown size 'dit-b5'"):
+        gpu_check.main(["--out", str(tmp_path)])
+    name, what, budget, command = rule
+    monkeypatch.setattr(gpu_check, "PARTS", ((name, what, budget, command.replace("XL/2", "XL/3")),))
+    with pytest.raises(SystemExit, match="unknown dit preset 'DiT-XL/3'"):
         gpu_check.main(["--out", str(tmp_path)])
 
 

@@ -14,8 +14,10 @@ which change only the torch side.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
+import tempfile
 import time
 
 SIZES = "dit:tiny,dit:small,dit:DiT-S/4,dit:DiT-B/4,dit:DiT-XL/2,flower:tiny,flower:small,flower:base,flower:default"
@@ -40,6 +42,22 @@ def _controls(variant, batch: int):
     return list(out.values()), skipped
 
 
+def _spilled(tree, folder: str):
+    """The NumPy tree written to `folder` and read back memory-mapped (read-only): the same
+    values, held by the page cache instead of the process."""
+    import jax
+    import numpy as np
+
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    out = []
+    for i in range(len(leaves)):
+        path = os.path.join(folder, f"{i}.npy")
+        np.save(path, leaves[i])
+        leaves[i] = None
+        out.append(np.load(path, mmap_mode="r"))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def _n_params(tree) -> int:
     import jax
     import numpy as np
@@ -55,13 +73,13 @@ def _row(r) -> dict:
 
 
 def measure_size(arch_name: str, preset: str, *, variant: str | None = None, batch: int = 3, seed: int = 0,
-                 rule=None, controls: bool = True, trained_steps: int = 0) -> dict:
+                 rule=None, controls: bool = True, trained_steps: int = 0, device: str = "cpu") -> dict:
     """One size: the honest rows and each control's verdict (see the module docstring);
     `trained_steps` > 0: the honest rows again after that many Adam steps from the standard
     initialisation (the report's "trained" variant), in "trained"."""
     from parity.core.arch import resolve_variants
-    from parity.core.harness import (objective_checks, random_params, reference_own_errors, release_memory,
-                                     run_jax, run_torch, torch_state, trained_params)
+    from parity.core.harness import (forget_compiled, objective_checks, random_params, reference_own_errors,
+                                     release_memory, run_jax, run_torch, torch_state, trained_params)
     from parity.core.rule import DEFAULT_RULE
 
     rule = DEFAULT_RULE if rule is None else rule
@@ -71,18 +89,25 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
         raise ValueError(f"no variant of {arch_name} matches {variant!r}: {[x.name for x in variants]}")
     arch = v.arch
     start = time.time()
-    params = random_params(arch, v, seed, "float32")
+    spill = tempfile.TemporaryDirectory(prefix="rule_sizes_")
+    # The weights live on disk (memory-mapped) while the JAX sides run: at DiT-XL/2 their
+    # 2.7 GB would otherwise sit beside the float64 run's weights, gradients and activations.
+    params = _spilled(random_params(arch, v, seed, "float32"), spill.name)
     bundle = arch.make_bundle(v, batch, seed + 1)
-    ref = run_jax(arch, v, params, bundle, "float32", "cpu")
+    ref = run_jax(arch, v, params, bundle, "float32", device)
+    forget_compiled(v)  # each executable is used once here
+    release_memory()
     t_ref = time.time() - start
-    own = reference_own_errors(arch, v, params, bundle, ref, "cpu")
+    own = reference_own_errors(arch, v, params, bundle, ref, device)
+    forget_compiled(v)
+    release_memory()
     t_truth = time.time() - start - t_ref
-    out = {"arch": arch.name, "preset": preset, "variant": v.name, "batch": batch, "seed": seed,
+    out = {"arch": arch.name, "preset": preset, "variant": v.name, "batch": batch, "seed": seed, "device": device,
            "n_params": _n_params(params), "rule": rule.as_dict(), "seconds": {"jax32": t_ref, "jax64_truth": t_truth}}
     t0 = time.time()
     release_memory()
     state = torch_state(v, params)
-    honest = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", "cpu"), "float32", "cpu",
+    honest = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", device), "float32", device,
                               own=own, rule=rule)
     out["seconds"]["torch32"] = time.time() - t0
     out["honest"] = [_row(r) for r in honest]
@@ -92,8 +117,8 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
         t0 = time.time()
         release_memory()
         state = torch_state(v, params, c)
-        res = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", "cpu", c), "float32",
-                               "cpu", own=own, rule=rule)
+        res = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", device, c), "float32",
+                               device, own=own, rule=rule)
         worst = max(res, key=lambda r: r.budget_used)
         out["controls"].append({"name": c.name, "failed": [r.quantity for r in res if not r.passed],
                                 "failed_fixed": [r.quantity for r in res if not r.info.get("fixed_passed", r.passed)],
@@ -103,15 +128,16 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
         t0 = time.time()
         del ref, own
         params = trained_params(arch, v, seed, trained_steps, batch=batch, dtype="float32")
-        ref = run_jax(arch, v, params, bundle, "float32", "cpu")
-        own = reference_own_errors(arch, v, params, bundle, ref, "cpu")
+        ref = run_jax(arch, v, params, bundle, "float32", device)
+        own = reference_own_errors(arch, v, params, bundle, ref, device)
         release_memory()
-        res = objective_checks(arch, v, ref, run_torch(arch, v, torch_state(v, params), bundle, "float32", "cpu"),
-                               "float32", "cpu", own=own, rule=rule)
+        res = objective_checks(arch, v, ref, run_torch(arch, v, torch_state(v, params), bundle, "float32", device),
+                               "float32", device, own=own, rule=rule)
         worst = next(r for r in res if r.quantity == "grad")
         out["trained"] = {"steps": trained_steps, "rows": [_row(r) for r in res], "seconds": time.time() - t0,
                           "grad_leaf": {k: worst.info.get(k) for k in ("floor_scale", "own_err", "own_rms")}}
     out["seconds"]["total"] = time.time() - start
+    spill.cleanup()
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return out
 
@@ -173,13 +199,14 @@ def plot(results: list, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parity rule-sizes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=SIZES, help="comma list of arch:preset (default: %(default)s)")
     p.add_argument("--variant", default=None, help="the variant whose name contains this (default: each first)")
     p.add_argument("--batch", type=int, default=3, help="batch (default 3: the guidance window's branches need 2 kept)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--no-controls", action="store_true")
     p.add_argument("--trained-steps", type=int, default=0,
                    help="also the honest rows after N Adam steps from the standard init (0: off)")
@@ -188,6 +215,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--markdown", default=None)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     import jax
 
@@ -208,7 +240,8 @@ def main(argv=None) -> int:
         arch, _, preset = spec.partition(":")
         with pinned_precision(True):
             res = measure_size(arch, preset or None, variant=args.variant, batch=args.batch, seed=args.seed,
-                               controls=not args.no_controls, trained_steps=args.trained_steps)
+                               controls=not args.no_controls, trained_steps=args.trained_steps,
+                               device=args.device)
         results.append(res)
         missed = [c["name"] for c in res["controls"] if not c["failed"]]
         for name, why in res["controls_skipped"].items():

@@ -13,7 +13,9 @@ reported as timed out; the next one still runs), together under 5 minutes on one
 - `dit-b4` and `flower-default`: the float32 check of the official DiT-B/4 and of FLOWER's
   default network (batch 2, one variant each), with the time each took;
 - `bench`: the benchmark's GPU table (math attention under the JVP against the fused JVP
-  attention kernel when `jvp_flash_attention` is installed).
+  attention kernel when `jvp_flash_attention` is installed);
+- `rule-xl2`: the calibrated float32 rule at DiT-XL/2, the honest port and every negative
+  control (`python -m parity rule-sizes`).
 
 It writes ONE `gpu_check.json` and ONE `gpu_check.md` in `--out`: the device, the torch / jax /
 flax / CUDA / cuDNN versions, the precision settings in force, and per part its command, status
@@ -36,7 +38,7 @@ import time
 PARTS = (
     ("suite", "parity report, cuda rows: every default variant, float32 (pinned) + float64, then the TF32 drift "
               "and the bf16-mixed rows",
-     110, "parity --device cuda --dtype float32,float64 --checks none --mixed --json {out}"),
+     100, "parity --device cuda --dtype float32,float64 --checks none --mixed --json {out}"),
     ("dit-b4", "float32 check, official DiT-B/4, batch 2, variant 'cfg kappa>0'",
      45, "parity --arch dit --preset DiT-B/4 --dtype float32 --batch 2 --variant 'cfg kappa>0' --device cuda "
          "--checks none --json {out}"),
@@ -45,8 +47,11 @@ PARTS = (
          "--checks none --json {out}"),
     # eager runners only: torch.compile of one large network alone can take a minute
     ("bench", "benchmark GPU table, DiT-B/4 and FLOWER default, eager (math vs fused JVP attention)",
-     80, "parity.bench --device cuda --sizes dit-b4,flower-default --no-compile --steps 5 --warmup 1 "
+     60, "parity.bench --device cuda --sizes dit-b4,flower-default --no-compile --steps 5 --warmup 1 "
          "--parity-suite '' --sampling-batches 1 --json {out}"),
+    # the size the 24 GB CPU machine cannot hold: the calibrated rule and every control at DiT-XL/2
+    ("rule-xl2", "the calibrated float32 rule at DiT-XL/2 (batch 3): honest port and every negative control",
+     50, "parity rule-sizes --sizes dit:DiT-XL/2 --batch 3 --device cuda --json {out}"),
 )
 TOTAL_LIMIT_S = 300
 
@@ -93,7 +98,17 @@ def environment() -> dict:
 def _validate(argv: list[str]) -> None:
     """Parse a part's command line with its own CLI's parser and resolve the parity runs'
     variants (SystemExit on a stale flag, preset or variant name)."""
-    if argv[0] == "parity":
+    if argv[:2] == ["parity", "rule-sizes"]:
+        from parity.bench.rule_sizes import build_parser
+        from parity.core.arch import resolve_variants
+
+        for spec in build_parser().parse_args(argv[2:]).sizes.split(","):
+            arch, _, preset = spec.partition(":")
+            try:
+                resolve_variants(arch, preset or None)
+            except KeyError as err:
+                raise SystemExit(f"rule-sizes part: {err.args[0]}") from err
+    elif argv[0] == "parity":
         from parity.cli import _variants, build_parser
 
         _variants(build_parser().parse_args(argv[1:]))
@@ -112,6 +127,10 @@ def _summarise(name: str, payload: dict) -> dict:
         return {"cases": [{"name": c["name"], "runners": {r["name"]: r.get("wall_ms", r.get("error"))
                                                             for r in c.get("runners", [])}}
                           for c in payload.get("cases", [])], "elapsed_s": payload.get("elapsed_s")}
+    if "sizes" in payload:  # rule-sizes
+        return {"sizes": [{"size": f"{r['arch']} {r['preset']}", "honest_passed": all(x["passed"] for x in r["honest"]),
+                           "controls_missed": [c["name"] for c in r["controls"] if not c["failed"]],
+                           "seconds": r["seconds"].get("total")} for r in payload["sizes"]]}
     checks = payload.get("checks", [])
     strict = [c for c in checks if not c.get("info", {}).get("informational")]
 
