@@ -287,6 +287,7 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
                       batch_size=cfg.batch_size, devices=world.devices, processes=world.processes)
     losses, last_metrics, saved_at = {}, {}, start if last is not None else -1
     t_start = t_log = time.perf_counter()
+    cpu_start = time.process_time()
     s_log = start
 
     def save(k):
