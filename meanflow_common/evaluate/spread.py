@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from collections import defaultdict
 from typing import Iterable, Sequence
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     records = []
     for path in args.files:
+        if not os.path.isfile(path):
+            raise SystemExit(f"no such --json file: {path}")
         with open(path) as f:
             data = json.load(f)
         if not isinstance(data, list):
