@@ -10,7 +10,9 @@ sum (u - u_tgt)^2, the figure the bar, the "done" line and loss.png show), v_los
 mean of sum (u - v)^2), weighted_loss (the adaptive-weighted loss the optimiser minimises;
 near 1 whatever happens with norm_p = 1), grad_norm, lr, steps_per_s, samples_per_s (the
 global batch: steps_per_s * batch_size), devices (data-parallel devices), wall_s (seconds
-since this run, or this resumed segment, started). Floats are written with `repr`, so a
+since this run, or this resumed segment, started), cpu_s (CPU seconds, user + system over all
+of the process's threads, that the trainer process spent over the same span: the budget of a
+run on a shared machine, whatever the other jobs' load). Floats are written with `repr`, so a
 resumed run can be compared bit for bit.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 COLUMNS = ("step", "loss", "v_loss", "weighted_loss", "grad_norm", "lr", "steps_per_s", "samples_per_s", "devices",
-           "wall_s")
+           "wall_s", "cpu_s")
 LOSS_CURVES = ("loss", "v_loss")  # what loss.png draws: the unweighted figures
 
 

@@ -287,6 +287,7 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
                       batch_size=cfg.batch_size, devices=world.devices, processes=world.processes)
     losses, last_metrics, saved_at = {}, {}, start if last is not None else -1
     t_start = t_log = time.perf_counter()
+    cpu_start = time.process_time()
     s_log = start
 
     def save(k):
@@ -307,7 +308,8 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
                 now = time.perf_counter()
                 rate = (k - s_log) / max(now - t_log, 1e-9)
                 logger.log(k, {**last_metrics, "steps_per_s": rate, "samples_per_s": rate * cfg.batch_size,
-                               "devices": world.devices, "wall_s": now - t_start})
+                               "devices": world.devices, "wall_s": now - t_start,
+                               "cpu_s": time.process_time() - cpu_start})
                 t_log, s_log = now, k
             bar.update(k, last_metrics["loss"], last_metrics.get("v_loss"))
             if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:

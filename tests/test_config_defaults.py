@@ -2,6 +2,7 @@
 MeanFlow code, FLOWER's conf/model/flower.yaml): both backends read these, so a wrong
 default would be shared and invisible to parity."""
 import dataclasses
+import os
 
 from meanflow_common.config import DIT_PRESETS, FLOWER_PRESETS, DiTConfig, FlowerConfig, MeanFlowConfig, OptimConfig
 
@@ -41,3 +42,22 @@ def test_flower_default_is_flower_yaml():
     assert (f.dit_dim, f.n_heads, f.n_layers, f.act_window_size) == (1024, 16, 18, 10)
     assert (f.attn_pdrop, f.resid_pdrop, f.mlp_pdrop) == (0.1, 0.1, 0.1)
     assert (f.position_mode, f.rope_theta, f.time_scale, f.lora_dim) == ("rope", 32.0, 1000.0, 256)
+
+
+# the assignments over the `digits` preset that docs/RESULTS.md's 1-NFE runs were trained with
+DIGITS_1NFE_SETS = ["steps=1500", "log_every=50", "ckpt_every=500", "optim.ema_decay=0.99", "optim.lr=4e-3",
+                    "mf.guidance_eq=", "mf.class_dropout_prob=0", "mf.data_proportion=0.5"]
+
+
+def test_the_digits_1nfe_preset_is_the_measured_recipe():
+    """The preset is the `digits` preset with exactly the documented assignments (apart from
+    out_dir), and its target has no guidance: v_g = v, no unconditional forward."""
+    from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments
+
+    preset = TRAIN_PRESETS["digits_1nfe"]
+    measured = apply_assignments(TRAIN_PRESETS["digits"], DIGITS_1NFE_SETS + [f"out_dir={preset.out_dir}"])
+    assert preset == measured
+    assert preset.mf.guidance_eq == "" and preset.mf.class_dropout_prob == 0.0
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "RESULTS.md")) as f:
+        doc = f.read()
+    assert " ".join(DIGITS_1NFE_SETS) in doc, "docs/RESULTS.md no longer lists the recipe's assignments"

@@ -1,7 +1,7 @@
 """What a user reads while and after training, on both backends: the unweighted loss and
 v_loss in the progress line, the "done" line and loss.png (the adaptive-weighted loss,
 ~1 whatever happens, only in metrics.csv), elapsed time and ETA, `wall_s` as elapsed
-seconds, plain progress lines off a terminal, and no documented command silencing them.
+seconds and `cpu_s` as the CPU seconds of the same span, plain progress lines off a terminal, and no documented command silencing them.
 
 Runs start from randomised parameters (the DiT's zero-initialised layers make u == 0).
 """
@@ -104,6 +104,26 @@ def test_wall_s_is_seconds_since_the_run_or_resumed_segment_started(tmp_path, di
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert [r["wall_s"] for r in rows[:3]] == wall  # the first segment's rows are kept as written
     assert 0 < rows[3]["wall_s"] <= rows[4]["wall_s"] <= second, (rows, second)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_cpu_s_is_the_process_cpu_time_since_the_run_started(tmp_path, digits, backend):
+    """cpu_s grows with every logged step and cannot exceed the wall time of the same span
+    times the cores the process can run on (plus the clocks' granularity). The process has
+    spent far more CPU before the run (imports, the model build, other tests) than on the
+    run's tiny steps, so a cpu_s counted from the process's start fails the bound."""
+    cfg = _cfg(tmp_path, backend, "steps=4", "log_every=1")
+    train, init = _random_init(backend, cfg, digits)
+    t0 = time.perf_counter()
+    train.train(cfg, dataset=digits, init_params=init, progress=False)
+    wall = time.perf_counter() - t0
+    rows = M.read_metrics(os.path.join(cfg.out_dir, "metrics.csv"))
+    cpu = [r["cpu_s"] for r in rows]
+    assert 0 < cpu[0] < cpu[1] < cpu[2] < cpu[3], cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for r in rows:
+        assert r["cpu_s"] <= r["wall_s"] * cores + 0.05, (r, cores)
+    assert cpu[-1] <= wall * cores + 0.05, (cpu, wall, cores)
 
 
 def test_resuming_a_file_without_weighted_loss_moves_its_loss_there(tmp_path):
