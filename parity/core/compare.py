@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from parity.core.rule import rel_errors
+
 
 @dataclass
 class CheckResult:
@@ -72,8 +74,6 @@ def compare(ref, got, *, quantity: str, tol: float, nonzero: bool = False, own_e
         info = {"rule": "calibrated", "own_err": own_max, "own_rms": own_rms, "fixed_tol": fixed,
                 "fixed_passed": bool(max_rel <= fixed), "floor_scale": floor_scale}
         if np.size(ref) >= rule.rms_min_elements and np.isfinite(max_rel):
-            from parity.core.rule import rel_errors
-
             rms_rel = rel_errors(ref, got)[1]
             rms_budget = rule.rms_budget(own_rms, floor_scale)
             info.update(rms_rel=rms_rel, rms_budget=rms_budget, rms_passed=bool(rms_rel <= rms_budget))
