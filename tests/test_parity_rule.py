@@ -5,7 +5,6 @@ import pytest
 
 from parity.core.arch import default_variants, get_arch
 from parity.core.compare import compare, compare_grads
-from parity.core.controls import OBJECTIVE_CONTROLS
 from parity.core.harness import SideOutputs, random_params, run_variant
 from parity.core.rule import DEFAULT_RULE, FIXED_RULE, Float32Rule, own_errors, rel_errors
 
@@ -112,13 +111,13 @@ def test_honest_port_passes_calibrated_float32(arch, params):
 
 
 def _controls(arch):
-    """The objective controls (any network) and the network's own, once each; the guidance
-    window control only where the variant has guidance with a window."""
-    v = _variant(arch)
-    out = {c.name: c for c in OBJECTIVE_CONTROLS + tuple(get_arch(arch).controls)}
-    if not v.mf_cfg.guidance_eq or (v.mf_cfg.t_start <= 0 and v.mf_cfg.t_end >= 1):
-        out.pop("guidance_window_ignored")
-    return out
+    """{name: control} of every control that applies to the first variant at the suite's
+    batch 6 (the selection `python -m parity rule-sizes` makes)."""
+    from parity.bench.rule_sizes import _controls as applicable
+
+    chosen, skipped = applicable(_variant(arch), 6)
+    assert not skipped
+    return {c.name: c for c in chosen}
 
 
 CASES = [(a, n) for a in ("dit", "flower") for n in sorted(_controls(a))]
