@@ -160,18 +160,68 @@ def phase_run(args) -> dict:
             "checks": len(results), "failed": failed, "load_before": load_before, "load_after": load_average()}
 
 
+def _tree_rss_bytes(root: int) -> int:
+    """The summed resident set of process `root` and all its descendants, now (Linux /proc)."""
+    parents: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    # the command name (field 2) may hold spaces: fields after its ")"
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += parents.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class TreeRssSampler:
+    """Samples `_tree_rss_bytes(pid)` every `interval` s in a thread; `peak` the largest seen:
+    a parent and the child it waits on are counted together, as the machine holds them."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import threading
+
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss_bytes(self.pid))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def suite_run(parity_args: list[str], timeout: float) -> dict:
-    """`python -m parity PARITY_ARGS` in a fresh process: wall time and peak RSS (wait4)."""
+    """`python -m parity PARITY_ARGS` in a fresh process: wall time, peak RSS of the largest
+    process (wait4) and of the whole process tree at once (sampled every 50 ms)."""
     cmd = [sys.executable, "-m", "parity", *parity_args]
     load_before = load_average()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = TreeRssSampler(proc.pid)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
     wall = time.perf_counter() - t0
+    tree_peak = sampler.stop()
     # communicate() reaped the child; its rusage (children included) is in RUSAGE_CHILDREN
     # of this process, which runs nothing else.
     import resource
@@ -179,18 +229,23 @@ def suite_run(parity_args: list[str], timeout: float) -> dict:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     row = {"mode": "suite", "command": " ".join(["python -m parity", *parity_args]), "wall_s": wall,
            "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gb": usage.ru_maxrss / 1e6,
-           "returncode": proc.returncode, "load_before": load_before, "load_after": load_average(),
+           # in the unit of ru_maxrss and VmHWM (kB / 1e6)
+           "peak_tree_rss_gb": tree_peak / 1024 / 1e6, "returncode": proc.returncode,
+           "load_before": load_before, "load_after": load_average(),
            "tail": out[-3000:]}
     print(out[-3000:])
-    print(f"{row['command']}: {wall:.1f} s wall, {row['cpu_s']:.1f} s CPU, peak RSS {row['peak_rss_gb']:.2f} GB, "
+    print(f"{row['command']}: {wall:.1f} s wall, {row['cpu_s']:.1f} s CPU, peak RSS {row['peak_rss_gb']:.2f} GB (largest "
+          f"process; {row['peak_tree_rss_gb']:.2f} GB the process tree at once), "
           f"exit {proc.returncode} (load {load_before} -> {row['load_after']})")
     return row
 
 
 def markdown(report: dict) -> str:
     if report["mode"] == "suite":
-        return (f"| command | wall s | peak RSS GB | exit | load before -> after |\n|---|---:|---:|---:|---|\n"
-                f"| `{report['command']}` | {report['wall_s']:.0f} | {report['peak_rss_gb']:.2f} | "
+        return (f"| command | wall s | CPU s | peak RSS GB (largest process / process tree) | exit | load before -> "
+                f"after |\n|---|---:|---:|---:|---:|---|\n"
+                f"| `{report['command']}` | {report['wall_s']:.0f} | {report['cpu_s']:.0f} | {report['peak_rss_gb']:.2f} / "
+                f"{report['peak_tree_rss_gb']:.2f} | "
                 f"{report['returncode']} | {report['load_before']} -> {report['load_after']} |")
     lines = ["| phase | wall s | CPU s | of which compile s (wall) | peak RSS GB | RSS after GB |",
              "|---|---:|---:|---:|---:|---:|"]
