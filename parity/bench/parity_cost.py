@@ -76,12 +76,14 @@ class Phases:
         gc.collect()
         resettable = _reset_peak()
         compile_before = self._compile
+        sampler = TreeRssSampler(os.getpid())
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*args, **kwargs)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        tree = sampler.stop() / 1024 / 1e6
         rss, peak = _status_gb()
         row = {"phase": name, "wall_s": wall, "cpu_s": cpu, "compile_s": self._compile - compile_before,
-               "peak_rss_gb": peak,
+               "peak_rss_gb": peak, "peak_tree_rss_gb": max(tree, peak),
                "rss_after_gb": rss, "peak_is_phase": resettable}
         self.rows.append(row)
         self.log(f"  {name:34s} {wall:7.1f} s (CPU {cpu:6.1f} s, compile {row['compile_s']:5.1f} s)  peak {peak:5.2f} GB  "
@@ -96,7 +98,10 @@ def phase_run(args) -> dict:
     from parity.core import harness as H
     from parity.core.arch import resolve_variants
     from parity.core.precision import pinned_precision
-    from parity.extra.checks import once_checks, parse_groups, run_checks
+    from parity.core.rule import DEFAULT_RULE, FIXED_RULE
+    from parity.core.sides import jax_inputs
+    from parity.extra.checks import once_checks, parse_groups, run_checks, x64_off_applies
+    from parity.extra.x64_off import x64_off_checks
 
     variants = resolve_variants(args.arch, args.preset)
     if args.variant:
@@ -113,46 +118,58 @@ def phase_run(args) -> dict:
 
     def one(v, label, params=None):
         arch = v.arch
-        if params is None:
+        owned = params is None
+        if owned:
             params = ph.run(f"{label}: random weights", H.random_params, arch, v, seed, H.master_dtype(dtype))
         bundle = arch.make_bundle(v, batch, seed + 1)
+        dtypes = (dtype, "float64") if args.truth64 else (dtype,)
+        ph.run(f"{label}: compile {' + '.join(dtypes)}", H.precompile,
+               [(v, params, jax_inputs(arch, v, bundle, d), d) for d in dtypes], device, args.xla_compile)
         ref = ph.run(f"{label}: jax {dtype}", H.run_jax, arch, v, params, bundle, dtype, device, args.xla_compile)
-        truth = None
-        if args.truth64:
-            truth = ph.run(f"{label}: jax float64 (truth)", H.run_jax, arch, v, params, bundle, "float64", device,
-                           args.xla_compile)
-        state = [ph.run(f"{label}: convert", H.torch_state, v, params)]
+        own = None
+        if args.truth64:  # as run_variant measures it: each float64 gradient reduced as converted
+            own = ph.run(f"{label}: jax float64 (truth)", H.reference_own_errors, arch, v, params, bundle, ref,
+                         device, args.xla_compile)
+        state = [ph.run(f"{label}: convert", H.torch_state, v, params, consume=owned)]
         del params
         H.release_memory()  # as run_variant does between the sides
         got = ph.run(f"{label}: torch {dtype}", H.run_torch, arch, v, state.pop(), bundle, dtype, device)
-        res = ph.run(f"{label}: compare", H.objective_checks, arch, v, ref, got, dtype, device)
-        del ref, got, truth
-        return res
+        res = ph.run(f"{label}: compare", H.objective_checks, arch, v, ref, got, dtype, device, own=own,
+                     rule=DEFAULT_RULE if own is not None else FIXED_RULE)
+        del ref
+        return res, got, own
 
     # The order and the memory hygiene of run_suite: the trained variant right after the
     # first one (same executables), executables forgotten once a variant is done.
+    groups = parse_groups(args.checks)
+    extra = dict(seed=seed, batch=batch, xla_compile=args.xla_compile, random_weights=True)
+    x64_early = x64_off_applies(groups, True, (dtype,), (device,))
     with pinned_precision(True):
         for k, v in enumerate(variants):
-            results += one(v, v.name)
+            res, got, own = one(v, v.name)
+            results += res
+            if k == 0 and x64_early:  # where run_suite runs it: on the first variant's torch side
+                results += ph.run("x64 off (child process)", x64_off_checks, [v], seed=seed, batch=batch,
+                                  xla_compile=args.xla_compile, torch_sides={v.name: got}, own={v.name: own},
+                                  rule=DEFAULT_RULE if own is not None else FIXED_RULE)
+            del got, own
             if k == 0 and args.trained_steps > 0:
                 params = ph.run(f"train {args.trained_steps} steps", H.trained_params, v.arch, v, seed,
                                 args.trained_steps, batch=batch, xla_compile=args.xla_compile,
                                 dtype=H.master_dtype(dtype))
-                results += one(v, f"{v.name} trained{args.trained_steps}", params)
+                results += one(v, f"{v.name} trained{args.trained_steps}", params)[0]
                 del params
-            if k > 0:
-                H.forget_compiled(v)
+            H.forget_compiled(v, None if k > 0 else ("float64",))
             H.release_memory()
-        groups = parse_groups(args.checks)
         if groups:
-            extra = dict(seed=seed, batch=batch, xla_compile=args.xla_compile, random_weights=True)
             results += ph.run("checks (per dtype)", run_checks, groups, variants, dtype, device, **extra)
         H.forget_compiled(variants[0])
         H.release_memory()
-    if groups:
-        results += ph.run("checks (once)", once_checks, groups, variants, dtypes=(dtype,), devices=(device,), **extra)
+    once = tuple(g for g in groups if g != "x64off") if x64_early else groups
+    if once:
+        results += ph.run("checks (once)", once_checks, once, variants, dtypes=(dtype,), devices=(device,), **extra)
     total = time.perf_counter() - t0
-    peak = max(r["peak_rss_gb"] for r in ph.rows)
+    peak = max(r["peak_tree_rss_gb"] for r in ph.rows)
     failed = [f"{r.variant}/{r.quantity}" for r in results if not r.passed]
     print(f"  total {total:.1f} s, peak {peak:.2f} GB, compile {sum(r['compile_s'] for r in ph.rows):.1f} s; "
           f"{len(results)} checks, {len(failed)} failed {failed[:6]} (load {load_before} -> {load_average()})")
@@ -247,10 +264,10 @@ def markdown(report: dict) -> str:
                 f"| `{report['command']}` | {report['wall_s']:.0f} | {report['cpu_s']:.0f} | {report['peak_rss_gb']:.2f} / "
                 f"{report['peak_tree_rss_gb']:.2f} | "
                 f"{report['returncode']} | {report['load_before']} -> {report['load_after']} |")
-    lines = ["| phase | wall s | CPU s | of which compile s (wall) | peak RSS GB | RSS after GB |",
+    lines = ["| phase | wall s | CPU s | of which compile s (wall) | peak RSS GB (with children) | RSS after GB |",
              "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['phase']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['compile_s']:.1f} | {r['peak_rss_gb']:.2f} | "
-              f"{r['rss_after_gb']:.2f} |" for r in report["phases"]]
+    lines += [f"| {r['phase']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['compile_s']:.1f} | {r['peak_rss_gb']:.2f} "
+              f"({r['peak_tree_rss_gb']:.2f}) | {r['rss_after_gb']:.2f} |" for r in report["phases"]]
     cpu = sum(r["cpu_s"] for r in report["phases"])
     lines.append(f"| **total** | **{report['total_s']:.0f}** | **{cpu:.0f}** | | **{report['peak_rss_gb']:.2f}** | |")
     return "\n".join(lines)
