@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import warnings
 from dataclasses import dataclass, field
 
 import jax
@@ -91,9 +92,9 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
     layers have moved off zero by training, not by fiat. Trains in `dtype` (the suite passes
     the master dtype of the check, so a float32 check trains in float32 and runs the very
     executable it compares) with the cached compiled loss-and-gradient of the variant at
-    `batch` (the suite passes its own) and a NumPy Adam (b2 0.95) updated in place, leaf by
-    leaf: the run holds the weights, the two moments and one gradient tree, no temporaries
-    of the tree's size.
+    `batch` (the suite passes its own) and Adam (b2 0.95) updated in place on the NumPy
+    leaves, leaf by leaf: the run holds the weights, the two moments and one gradient tree,
+    no temporaries of the tree's size.
     """
     _x64()
     _, init = arch.jax_build(variant.model_cfg)
@@ -117,15 +118,19 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
             grads = jax.tree_util.tree_leaves(grads)
         c1, c2 = 1 - b1**k, 1 - b2**k
         for i, p in enumerate(leaves):
-            g = np.asarray(grads[i])
+            with warnings.catch_warnings():  # the JAX buffer is read-only; torch only reads it here
+                warnings.simplefilter("ignore", UserWarning)
+                g = torch.from_numpy(np.asarray(grads[i]))
             grads[i] = None  # free each gradient once applied
-            # b1 m + (1 - b1) g etc. with the same operations in the same order, in place.
-            m[i] *= b1
-            m[i] += (1 - b1) * g
-            v[i] *= b2
-            v[i] += (1 - b2) * g * g
-            p -= lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps)
+            # Adam in place on the NumPy leaves (torch views of them: multi-threaded, one
+            # temporary per leaf): p -= (lr / c1) m / (sqrt(v / c2) + eps).
+            mt, vt = torch.from_numpy(m[i]), torch.from_numpy(v[i])
+            mt.mul_(b1).add_(g, alpha=1 - b1)
+            vt.mul_(b2).addcmul_(g, g, value=1 - b2)
+            torch.from_numpy(p).addcdiv_(mt, (vt / c2).sqrt_().add_(eps), value=-lr / c1)
+            del g
         del grads
+        release_memory()  # each step's freed gradient buffers back to the OS before the next
     del m, v
     return jax.tree_util.tree_unflatten(treedef, leaves)
 

@@ -46,7 +46,9 @@ def _child(src: str, dst: str) -> None:
         out[name] = (side.terms, side.grads)
         del side
     with open(dst, "wb") as f:
-        pickle.dump({"outputs": out, "x64": bool(jax.config.jax_enable_x64)}, f)
+        # protocol 5 writes each array's buffer as it is; 4 would memoise a bytes copy of every
+        # array until the dump ends (a second tree in memory)
+        pickle.dump({"outputs": out, "x64": bool(jax.config.jax_enable_x64)}, f, protocol=5)
 
 
 class X64OffRun:
