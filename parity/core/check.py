@@ -185,7 +185,7 @@ def _dtype_pass(variants, dtype: str, device: str, *, seed: int, batch: int, par
                                 control=control, rule=rule, keep=sides, keep_compiled=first)
             del params
             sides.pop("jax")  # compared already
-            release_memory()
+            release_memory(collect=False)
             if first:
                 check_rows += run_checks(checks, [v], dtype, device, **extra)
             if x64_run is not None and first:
