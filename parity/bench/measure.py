@@ -123,15 +123,49 @@ def _malloc_trim() -> bool:
         return False
 
 
-class _Sampler(threading.Thread):
-    def __init__(self, interval: float):
+def tree_rss_bytes(root: int) -> int:
+    """The summed resident set of process `root` and all its descendants, now (Linux /proc)."""
+    parents: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    # the command name (field 2) may hold spaces: fields after its ")"
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += parents.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class RssSampler(threading.Thread):
+    """Samples `measure()` (default: this process's resident set in bytes) every `interval`
+    seconds in a thread from construction until `stop()`, which returns the largest value."""
+
+    def __init__(self, interval: float, measure: Callable[[], Optional[int]] | None = None):
         super().__init__(daemon=True)
-        self.interval, self.peak, self.stop = interval, 0, threading.Event()
+        self.interval, self.peak, self._stop_event = interval, 0, threading.Event()
+        self.measure = _rss_bytes if measure is None else measure
+        self.start()
 
     def run(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, _rss_bytes() or 0)
-            time.sleep(self.interval)
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, self.measure() or 0)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return self.peak
 
 
 def _cpu_peak(step: Callable[[], None]) -> dict:
@@ -139,13 +173,11 @@ def _cpu_peak(step: Callable[[], None]) -> dict:
     base = _rss_bytes()
     if base is None:
         return {"method": "unavailable (no /proc/self/statm)"}
-    sampler = _Sampler(2e-4)
-    sampler.start()
+    sampler = RssSampler(2e-4)
     try:
         step()
     finally:
-        sampler.stop.set()
-        sampler.join()
+        sampler.stop()
     peak = max(sampler.peak, _rss_bytes() or 0)
     return {"peak_bytes": max(0, peak - base), "baseline_rss_bytes": base,
             "method": "rss growth during one step" + (" after malloc_trim" if trimmed else "")}

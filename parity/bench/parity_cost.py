@@ -3,6 +3,7 @@
     python -m parity.bench.parity_cost --arch dit --preset DiT-B/4 --batch 2            # phases
     python -m parity.bench.parity_cost --arch dit --preset DiT-B/4 --batch 2 --truth64  # + a float64 JAX run
     python -m parity.bench.parity_cost --suite -- --arch dit --preset DiT-B/4 --dtype float32 --batch 2
+    python -m parity.bench.parity_cost --timeline -- --arch dit --preset DiT-B/4 --dtype float32 --batch 2
 
 Phases follow `parity.core.check.run_suite` for one dtype and device, calling the harness's
 own functions: per variant the random weights, the JAX objective with gradients (its
@@ -14,8 +15,10 @@ then the trained variant (the Adam steps, then the same phases) and the extra ch
 Memory: the process's peak resident set within each phase (Linux VmHWM, reset before each
 phase through /proc/self/clear_refs) and the resident set after it. `--suite` runs
 `python -m parity ARGS` in a fresh process instead and reports its wall time and peak
-resident set (wait4 rusage, children included). The load average is recorded before
-and after: the machine may be shared.
+resident set (of the largest process, wait4 rusage, and of the process tree at once,
+sampled); `--timeline` runs it in this process with each harness step timed as it runs (its
+order and its overlaps with the x64-off child). The load average is recorded before and
+after: the machine may be shared.
 """
 from __future__ import annotations
 
@@ -76,12 +79,14 @@ class Phases:
         gc.collect()
         resettable = _reset_peak()
         compile_before = self._compile
+        sampler = _tree_sampler(os.getpid())
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*args, **kwargs)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        tree = sampler.stop() / 1024 / 1e6
         rss, peak = _status_gb()
         row = {"phase": name, "wall_s": wall, "cpu_s": cpu, "compile_s": self._compile - compile_before,
-               "peak_rss_gb": peak,
+               "peak_rss_gb": peak, "peak_tree_rss_gb": max(tree, peak),
                "rss_after_gb": rss, "peak_is_phase": resettable}
         self.rows.append(row)
         self.log(f"  {name:34s} {wall:7.1f} s (CPU {cpu:6.1f} s, compile {row['compile_s']:5.1f} s)  peak {peak:5.2f} GB  "
@@ -96,7 +101,10 @@ def phase_run(args) -> dict:
     from parity.core import harness as H
     from parity.core.arch import resolve_variants
     from parity.core.precision import pinned_precision
-    from parity.extra.checks import once_checks, parse_groups, run_checks
+    from parity.core.rule import DEFAULT_RULE, FIXED_RULE
+    from parity.core.sides import jax_inputs
+    from parity.extra.checks import once_checks, parse_groups, run_checks, x64_off_applies
+    from parity.extra.x64_off import x64_off_checks
 
     variants = resolve_variants(args.arch, args.preset)
     if args.variant:
@@ -113,46 +121,58 @@ def phase_run(args) -> dict:
 
     def one(v, label, params=None):
         arch = v.arch
-        if params is None:
+        owned = params is None
+        if owned:
             params = ph.run(f"{label}: random weights", H.random_params, arch, v, seed, H.master_dtype(dtype))
         bundle = arch.make_bundle(v, batch, seed + 1)
+        dtypes = (dtype, "float64") if args.truth64 else (dtype,)
+        ph.run(f"{label}: compile {' + '.join(dtypes)}", H.precompile,
+               [(v, params, jax_inputs(arch, v, bundle, d), d) for d in dtypes], device, args.xla_compile)
         ref = ph.run(f"{label}: jax {dtype}", H.run_jax, arch, v, params, bundle, dtype, device, args.xla_compile)
-        truth = None
-        if args.truth64:
-            truth = ph.run(f"{label}: jax float64 (truth)", H.run_jax, arch, v, params, bundle, "float64", device,
-                           args.xla_compile)
-        state = [ph.run(f"{label}: convert", H.torch_state, v, params)]
+        own = None
+        if args.truth64:  # as run_variant measures it: each float64 gradient reduced as converted
+            own = ph.run(f"{label}: jax float64 (truth)", H.reference_own_errors, arch, v, params, bundle, ref,
+                         device, args.xla_compile)
+        state = [ph.run(f"{label}: convert", H.torch_state, v, params, consume=owned)]
         del params
         H.release_memory()  # as run_variant does between the sides
         got = ph.run(f"{label}: torch {dtype}", H.run_torch, arch, v, state.pop(), bundle, dtype, device)
-        res = ph.run(f"{label}: compare", H.objective_checks, arch, v, ref, got, dtype, device)
-        del ref, got, truth
-        return res
+        res = ph.run(f"{label}: compare", H.objective_checks, arch, v, ref, got, dtype, device, own=own,
+                     rule=DEFAULT_RULE if own is not None else FIXED_RULE)
+        del ref
+        return res, got, own
 
     # The order and the memory hygiene of run_suite: the trained variant right after the
     # first one (same executables), executables forgotten once a variant is done.
+    groups = parse_groups(args.checks)
+    extra = dict(seed=seed, batch=batch, xla_compile=args.xla_compile, random_weights=True)
+    x64_early = x64_off_applies(groups, True, (dtype,), (device,))
     with pinned_precision(True):
         for k, v in enumerate(variants):
-            results += one(v, v.name)
+            res, got, own = one(v, v.name)
+            results += res
+            if k == 0 and x64_early:  # where run_suite runs it: on the first variant's torch side
+                results += ph.run("x64 off (child process)", x64_off_checks, [v], seed=seed, batch=batch,
+                                  xla_compile=args.xla_compile, torch_sides={v.name: got}, own={v.name: own},
+                                  rule=DEFAULT_RULE if own is not None else FIXED_RULE)
+            del got, own
             if k == 0 and args.trained_steps > 0:
                 params = ph.run(f"train {args.trained_steps} steps", H.trained_params, v.arch, v, seed,
                                 args.trained_steps, batch=batch, xla_compile=args.xla_compile,
                                 dtype=H.master_dtype(dtype))
-                results += one(v, f"{v.name} trained{args.trained_steps}", params)
+                results += one(v, f"{v.name} trained{args.trained_steps}", params)[0]
                 del params
-            if k > 0:
-                H.forget_compiled(v)
+            H.forget_compiled(v, None if k > 0 else ("float64",))
             H.release_memory()
-        groups = parse_groups(args.checks)
         if groups:
-            extra = dict(seed=seed, batch=batch, xla_compile=args.xla_compile, random_weights=True)
             results += ph.run("checks (per dtype)", run_checks, groups, variants, dtype, device, **extra)
         H.forget_compiled(variants[0])
         H.release_memory()
-    if groups:
-        results += ph.run("checks (once)", once_checks, groups, variants, dtypes=(dtype,), devices=(device,), **extra)
+    once = tuple(g for g in groups if g != "x64off") if x64_early else groups
+    if once:
+        results += ph.run("checks (once)", once_checks, once, variants, dtypes=(dtype,), devices=(device,), **extra)
     total = time.perf_counter() - t0
-    peak = max(r["peak_rss_gb"] for r in ph.rows)
+    peak = max(r["peak_tree_rss_gb"] for r in ph.rows)
     failed = [f"{r.variant}/{r.quantity}" for r in results if not r.passed]
     print(f"  total {total:.1f} s, peak {peak:.2f} GB, compile {sum(r['compile_s'] for r in ph.rows):.1f} s; "
           f"{len(results)} checks, {len(failed)} failed {failed[:6]} (load {load_before} -> {load_average()})")
@@ -160,51 +180,12 @@ def phase_run(args) -> dict:
             "checks": len(results), "failed": failed, "load_before": load_before, "load_after": load_average()}
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """The summed resident set of process `root` and all its descendants, now (Linux /proc)."""
-    parents: dict = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    # the command name (field 2) may hold spaces: fields after its ")"
-                    fields = f.read().rsplit(")", 1)[1].split()
-                parents.setdefault(int(fields[1]), []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo += parents.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+def _tree_sampler(pid: int):
+    """The peak resident set of `pid` and its children together, sampled every 50 ms: a
+    parent and the child it waits on are counted as the machine holds them."""
+    from parity.bench.measure import RssSampler, tree_rss_bytes
 
-
-class TreeRssSampler:
-    """Samples `_tree_rss_bytes(pid)` every `interval` s in a thread; `peak` the largest seen:
-    a parent and the child it waits on are counted together, as the machine holds them."""
-
-    def __init__(self, pid: int, interval: float = 0.05):
-        import threading
-
-        self.pid, self.interval, self.peak = pid, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_bytes(self.pid))
-            self._stop.wait(self.interval)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
+    return RssSampler(0.05, lambda: tree_rss_bytes(pid))
 
 
 def suite_run(parity_args: list[str], timeout: float) -> dict:
@@ -214,7 +195,7 @@ def suite_run(parity_args: list[str], timeout: float) -> dict:
     load_before = load_average()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sampler = TreeRssSampler(proc.pid)
+    sampler = _tree_sampler(proc.pid)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -240,17 +221,82 @@ def suite_run(parity_args: list[str], timeout: float) -> dict:
     return row
 
 
+# The harness's steps whose calls a timeline records: (module, attribute path).
+TIMELINE_CALLS = (
+    ("parity.core.harness", ("random_params", "compile_variant", "run_jax", "reference_own_errors", "torch_state",
+                             "run_torch", "objective_checks", "trained_params")),
+    ("parity.extra.x64_off", ("X64OffRun.__init__", "X64OffRun.wait", "x64_off_checks")),
+    ("parity.extra.checks", ("run_checks", "once_checks")),
+)
+
+
+def timeline_run(parity_args: list[str]) -> dict:
+    """`python -m parity PARITY_ARGS` in this process with the harness's steps
+    (TIMELINE_CALLS) timed: per call its start, wall time and the peak resident set of this
+    process and its children (the x64-off child included) while it ran. Shows the real
+    suite's order and overlaps, which the phase tool only mirrors."""
+    import importlib
+
+    from parity.cli import main as parity_main
+
+    rows: list = []
+    t0 = time.perf_counter()
+    saved = []
+
+    def wrap(owner, name, label):
+        fn = getattr(owner, name)
+
+        def timed(*a, **k):
+            sampler, start = _tree_sampler(os.getpid()), time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                row = {"call": label, "start_s": start - t0, "wall_s": time.perf_counter() - start,
+                       "peak_tree_rss_gb": sampler.stop() / 1024 / 1e6}
+                rows.append(row)
+                print(f"  {row['start_s']:7.1f} s  +{row['wall_s']:6.1f} s  peak {row['peak_tree_rss_gb']:5.2f} GB  {label}",
+                      flush=True)
+
+        saved.append((owner, name, fn))
+        setattr(owner, name, timed)
+
+    for module, paths in TIMELINE_CALLS:
+        mod = importlib.import_module(module)
+        for path in paths:
+            owner = mod
+            *parents, name = path.split(".")
+            for p in parents:
+                owner = getattr(owner, p)
+            wrap(owner, name, path)
+    sampler = _tree_sampler(os.getpid())
+    try:
+        code = parity_main(parity_args)
+    finally:
+        for owner, name, fn in reversed(saved):
+            setattr(owner, name, fn)
+    total, peak = time.perf_counter() - t0, sampler.stop() / 1024 / 1e6
+    print(f"python -m parity {' '.join(parity_args)}: {total:.1f} s, peak {peak:.2f} GB (process tree), exit {code}")
+    return {"mode": "timeline", "command": " ".join(["python -m parity", *parity_args]), "calls": rows,
+            "total_s": total, "peak_tree_rss_gb": peak, "returncode": code, "load_after": load_average()}
+
+
 def markdown(report: dict) -> str:
+    if report["mode"] == "timeline":
+        lines = ["| start s | wall s | peak RSS GB (process tree) | call |", "|---:|---:|---:|---|"]
+        lines += [f"| {r['start_s']:.1f} | {r['wall_s']:.1f} | {r['peak_tree_rss_gb']:.2f} | {r['call']} |"
+                  for r in report["calls"]]
+        lines.append(f"| | **{report['total_s']:.0f}** | **{report['peak_tree_rss_gb']:.2f}** | total |")
+        return "\n".join(lines)
     if report["mode"] == "suite":
         return (f"| command | wall s | CPU s | peak RSS GB (largest process / process tree) | exit | load before -> "
                 f"after |\n|---|---:|---:|---:|---:|---|\n"
                 f"| `{report['command']}` | {report['wall_s']:.0f} | {report['cpu_s']:.0f} | {report['peak_rss_gb']:.2f} / "
                 f"{report['peak_tree_rss_gb']:.2f} | "
                 f"{report['returncode']} | {report['load_before']} -> {report['load_after']} |")
-    lines = ["| phase | wall s | CPU s | of which compile s (wall) | peak RSS GB | RSS after GB |",
+    lines = ["| phase | wall s | CPU s | of which compile s (wall) | peak RSS GB (with children) | RSS after GB |",
              "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['phase']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['compile_s']:.1f} | {r['peak_rss_gb']:.2f} | "
-              f"{r['rss_after_gb']:.2f} |" for r in report["phases"]]
+    lines += [f"| {r['phase']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['compile_s']:.1f} | {r['peak_rss_gb']:.2f} "
+              f"({r['peak_tree_rss_gb']:.2f}) | {r['rss_after_gb']:.2f} |" for r in report["phases"]]
     cpu = sum(r["cpu_s"] for r in report["phases"])
     lines.append(f"| **total** | **{report['total_s']:.0f}** | **{cpu:.0f}** | | **{report['peak_rss_gb']:.2f}** | |")
     return "\n".join(lines)
@@ -270,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xla-compile", default="fast", choices=("fast", "full"))
     p.add_argument("--truth64", action="store_true", help="one more JAX run per variant in float64 (same weights)")
     p.add_argument("--suite", action="store_true", help="time `python -m parity ARGS` (the arguments after --)")
+    p.add_argument("--timeline", action="store_true",
+                   help="run `python -m parity ARGS` in this process, timing each harness step as it runs")
     p.add_argument("--timeout", type=float, default=3600.0, help="--suite: seconds before the run is killed")
     p.add_argument("--json", default=None, metavar="PATH")
     p.add_argument("--markdown", default=None, metavar="PATH")
@@ -283,9 +331,16 @@ def main(argv=None) -> int:
         i = argv.index("--")
         argv, parity_args = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
-    if args.suite and not parity_args:
-        raise SystemExit("--suite needs the python -m parity arguments after --")
-    report = suite_run(parity_args, args.timeout) if args.suite else phase_run(args)
+    if (args.suite or args.timeline) and not parity_args:
+        raise SystemExit("--suite and --timeline need the python -m parity arguments after --")
+    if args.suite and args.timeline:
+        raise SystemExit("--suite and --timeline: choose one")
+    if args.suite:
+        report = suite_run(parity_args, args.timeout)
+    elif args.timeline:
+        report = timeline_run(parity_args)
+    else:
+        report = phase_run(args)
     report["host"] = {"cpus": os.cpu_count()}
     if args.json:
         with open(args.json, "w") as f:

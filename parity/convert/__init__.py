@@ -11,6 +11,7 @@ from parity.convert.engine import (  # noqa: F401
     expand_rules,
     flatten_tree,
     get_table,
+    iter_jax_to_torch,
     jax_to_torch,
     torch_to_jax,
     unflatten_tree,

@@ -54,6 +54,7 @@ __all__ = [
     "unflatten_tree",
     "expand_rules",
     "jax_to_torch",
+    "iter_jax_to_torch",
     "torch_to_jax",
 ]
 
@@ -265,10 +266,10 @@ def _strip_params(tree: Mapping) -> Mapping:
     return tree
 
 
-def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, template,
-             consume: bool = False) -> dict[str, np.ndarray]:
-    """pairs: {source key: (target key, kind)}; direction "j2t" or "t2j"; consume: pop each
-    source entry once converted (src is a dict the caller gives up)."""
+def _convert_iter(src: Mapping[str, Any], pairs, direction: str, table: Table, consume: bool = False):
+    """Yield (target key, converted array) per entry of `src`; pairs: {source key: (target
+    key, kind)}; direction "j2t" or "t2j"; consume: pop each source entry once converted (src
+    is a dict the caller gives up). Keys are checked before the first leaf is converted."""
     src_side, dst_side = ("Flax", "torch") if direction == "j2t" else ("torch", "Flax")
     unexpected = sorted(set(src) - set(pairs))
     if unexpected:
@@ -282,7 +283,11 @@ def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, templa
             f"table {table.name!r}: missing {src_side} parameter {missing[0]!r} "
             f"(needed for {dst_side} {pairs[missing[0]][0]!r}; {len(missing)} missing in all)"
         )
-    out: dict[str, np.ndarray] = {}
+    return _converted(src, pairs, direction, consume)
+
+
+def _converted(src, pairs, direction: str, consume: bool):
+    src_side = "Flax" if direction == "j2t" else "torch"
     for key, (target, kind) in pairs.items():
         arr = _to_numpy(src.pop(key) if consume else src[key], key)
         fwd, bwd, rank = KINDS[kind]
@@ -291,9 +296,16 @@ def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, templa
                 f"{src_side} parameter {key!r}: kind {kind!r} needs rank {rank}, got shape {arr.shape}"
             )
         # A fresh writable C-ordered copy: never aliases the source (jax arrays are read-only).
-        out[target] = np.array((fwd if direction == "j2t" else bwd)(arr), order="C", copy=True)
+        yield target, np.array((fwd if direction == "j2t" else bwd)(arr), order="C", copy=True)
+        del arr
+
+
+def _convert(src: Mapping[str, Any], pairs, direction: str, table: Table, template,
+             consume: bool = False) -> dict[str, np.ndarray]:
+    """`_convert_iter` collected into {target key: array}, checked against `template`."""
+    out = dict(_convert_iter(src, pairs, direction, table, consume))
     if template is not None:
-        _check_template(out, template, dst_side, table)
+        _check_template(out, template, "torch" if direction == "j2t" else "Flax", table)
     return out
 
 
@@ -323,9 +335,22 @@ def jax_to_torch(flax_params: Mapping, table: Table | str, config=None, template
     if consume and not (isinstance(flax_params, dict) and all(not isinstance(v, Mapping) for v in flax_params.values())):
         raise TypeError("jax_to_torch(consume=True) needs a flat dict {'a/b/c': array} (flatten_tree)")
     src = flax_params if consume else flatten_tree(_strip_params(flax_params))
-    triples = expand_rules(table, config, keys=list(src), side="jax")
-    pairs = {j: (t, kind) for j, t, kind in triples}
-    return _convert(src, pairs, "j2t", table, template, consume)
+    return _convert(src, _j2t_pairs(table, config, src), "j2t", table, template, consume)
+
+
+def _j2t_pairs(table: Table, config, src: Mapping) -> dict:
+    return {j: (t, kind) for j, t, kind in expand_rules(table, config, keys=list(src), side="jax")}
+
+
+def iter_jax_to_torch(flat_params: dict, table: Table | str, config=None):
+    """`jax_to_torch(flat_params, table, config, consume=True)` one leaf at a time: yields
+    (torch name, np.ndarray), popping each source entry as it goes, so that a consumer
+    reducing each leaf (e.g. to an error) never holds a converted tree. Keys are checked
+    before the first leaf is yielded."""
+    table = get_table(table) if isinstance(table, str) else table
+    if not (isinstance(flat_params, dict) and all(not isinstance(v, Mapping) for v in flat_params.values())):
+        raise TypeError("iter_jax_to_torch needs a flat dict {'a/b/c': array} (flatten_tree)")
+    return _convert_iter(flat_params, _j2t_pairs(table, config, flat_params), "j2t", table, consume=True)
 
 
 def torch_to_jax(state_dict: Mapping, table: Table | str, config=None, template: Mapping | None = None) -> dict:

@@ -112,9 +112,9 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
     `checks`: the groups of parity.extra.checks.CHECK_GROUPS to run as well; `mixed`: the
     float32 bf16-mixed rows (parity.extra.mixed_report), never failing; `rule`: how float32
     is judged (parity.core.rule: calibrated by a float64 run of the reference by default)."""
-    from parity.core.harness import forget_compiled, master_dtype, release_memory, run_variant, trained_params
+    from parity.core.harness import run_variant
     from parity.core.precision import pinned_precision
-    from parity.extra.checks import once_checks, run_checks, x64_off_applies
+    from parity.extra.checks import once_checks, x64_off_applies
 
     extra = dict(seed=seed, batch=batch, xla_compile=xla_compile, random_weights=params_for is None, rule=rule)
     x64_rows: list[CheckResult] = []
@@ -126,44 +126,17 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
     for device in devices:
         for dtype in dtypes:
             with pinned_precision(True):
-                firsts = {id(v.arch): v for v in reversed(variants)}
-                trained: list[CheckResult] = []
-                for v in variants:
-                    params = params_for(v) if params_for is not None else None
-                    sides: dict = {}
-                    results += run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
-                                           xla_compile=xla_compile, control=control, rule=rule, keep=sides)
-                    del params
-                    if x64_early and (dtype, device) == ("float32", "cpu") and firsts[id(v.arch)] is v:
-                        # Now, while this run's torch side can serve it, not again at the end.
-                        from parity.extra.x64_off import x64_off_checks
-
-                        x64_rows += x64_off_checks([v], seed=seed, batch=batch, xla_compile=xla_compile,
-                                                   torch_sides={v.name: sides["torch"]},
-                                                   own={v.name: sides.get("own")}, rule=rule)
-                    sides.clear()
-                    if trained_steps > 0 and params_for is None and firsts[id(v.arch)] is v:
-                        # Right after its random-weights run: the same compiled executables serve.
-                        params = trained_params(v.arch, v, seed, trained_steps, batch=batch,
-                                                xla_compile=xla_compile, dtype=master_dtype(dtype))
-                        for r in run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
-                                             xla_compile=xla_compile, control=control, rule=rule):
-                            r.variant = f"{r.variant} trained{trained_steps}"
-                            trained.append(r)
-                        del params
-                    if firsts[id(v.arch)] is not v:  # the first ones serve the checks below
-                        forget_compiled(v)
-                    release_memory()
-                results += trained  # reported after the random-weights rows, as ever
-                results += run_checks(checks, variants, dtype, device, **extra)
-                for v in firsts.values():
-                    forget_compiled(v)
-                release_memory()
+                rows, x64 = _dtype_pass(variants, dtype, device, seed=seed, batch=batch, params_for=params_for,
+                                        trained_steps=trained_steps, xla_compile=xla_compile, control=control,
+                                        rule=rule, checks=checks, extra=extra,
+                                        x64_off=x64_early and (dtype, device) == ("float32", "cpu"))
+                results += rows
+                x64_rows += x64
             if tf32_drift and device == "cuda" and dtype == "float32":
                 with pinned_precision(False) as settings:
                     for v in variants:
                         drift = run_variant(v, dtype, device, seed=seed, batch=batch, xla_compile=xla_compile,
-                                            rule=rule)
+                                            rule=rule, keep_compiled=False)
                         for r in drift:
                             r.variant = f"{r.variant} TF32"
                             r.info["informational"] = True
@@ -180,6 +153,64 @@ def run_suite(variants: Sequence[Variant], dtypes: Sequence[str], devices: Seque
                                dtypes=dtypes, devices=devices, **extra)
     results += x64_rows  # where once_checks reports them
     return results, meta_runs
+
+
+def _dtype_pass(variants, dtype: str, device: str, *, seed: int, batch: int, params_for, trained_steps: int,
+                xla_compile: str, control, rule: Float32Rule, checks, extra: dict, x64_off: bool) -> tuple[list, list]:
+    """(rows, x64-off rows) of one dtype and device: every variant, then the first variant of
+    each architecture after training, then the per-dtype checks. The first variant's
+    executables serve its trained run and its checks right after it; every variant's are
+    forgotten once it is done. `x64_off`: the x64-off child starts before the first variant
+    and compiles beside it; it is compared on that variant's torch side."""
+    from parity.core.harness import compile_variant, forget_compiled, master_dtype, release_memory, run_variant
+    from parity.core.harness import trained_params
+    from parity.extra.checks import first_per_arch, run_checks
+
+    firsts = {id(v.arch): v for v in reversed(variants)}
+    rows, trained, check_rows, x64_rows = [], [], [], []
+    x64_run = None
+    try:
+        for v in variants:
+            first = firsts[id(v.arch)] is v
+            if x64_off and x64_run is None:
+                from parity.extra.x64_off import X64OffRun
+
+                x64_run = X64OffRun(first_per_arch(variants), seed=seed, batch=batch, xla_compile=xla_compile)
+                # the parent compiles while the child runs; then one of them at a time holds weights
+                compile_variant(v, dtype, device, batch=batch, seed=seed, rule=rule, xla_compile=xla_compile)
+                x64_run.wait()
+            params = params_for(v) if params_for is not None else None
+            sides: dict = {}
+            rows += run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params, xla_compile=xla_compile,
+                                control=control, rule=rule, keep=sides, keep_compiled=first)
+            del params
+            sides.pop("jax")  # compared already
+            release_memory(collect=False)
+            if first:
+                check_rows += run_checks(checks, [v], dtype, device, **extra)
+            if x64_run is not None and first:
+                from parity.extra.x64_off import x64_off_checks
+
+                x64_rows += x64_off_checks([v], seed=seed, batch=batch, xla_compile=xla_compile,
+                                           torch_sides={v.name: sides["torch"]}, own={v.name: sides.get("own")},
+                                           rule=rule, run=x64_run)
+            sides.clear()
+            if trained_steps > 0 and params_for is None and first:
+                # Right after its random-weights run: the same compiled executables serve.
+                params = trained_params(v.arch, v, seed, trained_steps, batch=batch, xla_compile=xla_compile,
+                                        dtype=master_dtype(dtype))
+                for r in run_variant(v, dtype, device, seed=seed, batch=batch, params_np=params,
+                                     xla_compile=xla_compile, control=control, rule=rule, keep_compiled=False):
+                    r.variant = f"{r.variant} trained{trained_steps}"
+                    trained.append(r)
+                del params
+            forget_compiled(v)
+            release_memory()
+    finally:
+        if x64_run is not None:
+            x64_run.close()
+    # reported in this order, as ever: the variants, the trained ones, the checks
+    return rows + trained + check_rows, x64_rows
 
 
 def _variants_of(target, preset: str | None) -> list[Variant]:

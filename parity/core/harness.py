@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import warnings
 from dataclasses import dataclass, field
 
 import jax
@@ -28,9 +29,9 @@ from parity import convert
 from parity.core.arch import Arch, Variant
 from parity.core.compare import CheckResult, compare, compare_grads
 from parity.core.controls import check_control
+from parity.core.executables import executable, forget_compiled, precompile  # noqa: F401  (re-exported)
 from parity.core.inputs import InputBundle, rounded_bundle
-from parity.core.precision import jax_compiler_options
-from parity.core.rule import DEFAULT_RULE, Float32Rule, OwnErrors, own_errors
+from parity.core.rule import DEFAULT_RULE, Float32Rule, OwnErrors, own_errors_from
 from parity.core.sides import build_torch, from_torch, jax_device, jax_dtype, jax_inputs, torch_inputs
 from parity.core.tolerances import tolerance
 from torch_meanflow.objective import JvpOptions
@@ -91,81 +92,56 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
     layers have moved off zero by training, not by fiat. Trains in `dtype` (the suite passes
     the master dtype of the check, so a float32 check trains in float32 and runs the very
     executable it compares) with the cached compiled loss-and-gradient of the variant at
-    `batch` (the suite passes its own) and a NumPy Adam (b2 0.95) updated in place, leaf by
-    leaf: the run holds the weights, the two moments and one gradient tree, no temporaries
-    of the tree's size.
+    `batch` (the suite passes its own) and Adam (b2 0.95) updated in place on the NumPy
+    leaves, leaf by leaf: the run holds the weights, the two moments and one gradient tree,
+    no temporaries of the tree's size.
     """
     _x64()
     _, init = arch.jax_build(variant.model_cfg)
     ndt = np.dtype(jax_dtype(dtype))
     device = "cpu" if jax.default_backend() == "cpu" else "cuda"
-    # The weights live once, as the executable's input arrays; each leaf is updated through
-    # a NumPy copy of its own and put back, so no second copy of the tree exists.
+    # The weights live once on the host, updated in place; each step hands the executable a
+    # device copy, which it turns into the gradients (donated), so two trees exist at once.
     with jax.default_device(jax_device(device)):
-        leaves, treedef = jax.tree_util.tree_flatten(jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, ndt), init(jax.random.PRNGKey(seed), jax_dtype(dtype))))
+        leaves, treedef = jax.tree_util.tree_flatten(init(jax.random.PRNGKey(seed), jax_dtype(dtype)))
+    leaves = [np.array(p, ndt) for p in leaves]
     b1, b2, eps = 0.9, 0.95, 1e-8
     m = [np.zeros(p.shape, ndt) for p in leaves]
     v = [np.zeros(p.shape, ndt) for p in leaves]
-    fn = _jax_value_and_grad(arch, variant.model_cfg, variant.mf_cfg, xla_compile, device)
     for k in range(1, steps + 1):
         bundle = arch.make_bundle(variant, batch, seed + 1000 + k)
         with jax.default_device(jax_device(device)):  # called as run_jax calls it: the same executable
-            _, grads = fn(jax.tree_util.tree_unflatten(treedef, leaves), *jax_inputs(arch, variant, bundle, dtype))
+            inputs = jax_inputs(arch, variant, bundle, dtype)
+            params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(p) for p in leaves])
+            _, grads = executable(variant, params, inputs, dtype, device, xla_compile)(params, *inputs)
+            del params
             grads = jax.tree_util.tree_leaves(grads)
-            c1, c2 = 1 - b1**k, 1 - b2**k
-            for i in range(len(leaves)):
-                g = np.asarray(grads[i])
-                grads[i] = None  # free each gradient once applied
-                p = np.array(leaves[i])
-                # b1 m + (1 - b1) g etc. with the same operations in the same order, in place.
-                m[i] *= b1
-                m[i] += (1 - b1) * g
-                v[i] *= b2
-                v[i] += (1 - b2) * g * g
-                p -= lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps)
-                leaves[i] = jnp.asarray(p)
-            del grads
+        c1, c2 = 1 - b1**k, 1 - b2**k
+        for i, p in enumerate(leaves):
+            with warnings.catch_warnings():  # the JAX buffer is read-only; torch only reads it here
+                warnings.simplefilter("ignore", UserWarning)
+                g = torch.from_numpy(np.asarray(grads[i]))
+            grads[i] = None  # free each gradient once applied
+            # Adam in place on the NumPy leaves (torch views of them: multi-threaded, one
+            # temporary per leaf): p -= (lr / c1) m / (sqrt(v / c2) + eps).
+            mt, vt = torch.from_numpy(m[i]), torch.from_numpy(v[i])
+            mt.mul_(b1).add_(g, alpha=1 - b1)
+            vt.mul_(b2).addcmul_(g, g, value=1 - b2)
+            torch.from_numpy(p).addcdiv_(mt, (vt / c2).sqrt_().add_(eps), value=-lr / c1)
+            del g
+        del grads
+        release_memory(collect=False)  # each step's freed gradient buffers back to the OS before the next
     del m, v
-    for i in range(len(leaves)):
-        leaves[i] = np.array(leaves[i])
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-# The jitted loss-and-gradient per (arch, model config, objective config, compile mode,
-# device), most recently used last. A compiled executable of a production-size network holds
-# hundreds of MB (its buffers), so the suite forgets a variant's once it is done with it.
-_COMPILED: dict = {}
-_COMPILED_MAX = 64
-
-
-def _jax_value_and_grad(arch: Arch, model_cfg, mf_cfg, xla_compile: str = "fast", device: str = "cpu"):
-    """The jitted loss-and-gradient of one configuration, compiled once and reused
-    (the negative controls and repeated runs change only the torch side); `xla_compile`:
-    parity.core.precision.XLA_COMPILE. Keyed by the Arch object (compared by identity)."""
-    key = (arch, model_cfg, mf_cfg, xla_compile, device)
-    fn = _COMPILED.pop(key, None)
-    if fn is None:
-        fn = _build_value_and_grad(arch, model_cfg, mf_cfg, xla_compile, device)
-    _COMPILED[key] = fn
-    while len(_COMPILED) > _COMPILED_MAX:
-        _COMPILED.pop(next(iter(_COMPILED)))
-    return fn
-
-
-def forget_compiled(variant: Variant) -> int:
-    """Drop the cached executables of `variant` (every dtype, compile mode and device), so
-    their memory is freed; returns how many were dropped."""
-    keys = [k for k in _COMPILED if k[0] is variant.arch and k[1] == variant.model_cfg and k[2] == variant.mf_cfg]
-    for k in keys:
-        del _COMPILED[k]
-    return len(keys)
-
-
-def release_memory() -> None:
+def release_memory(collect: bool = True) -> None:
     """Collect garbage and hand freed heap memory back to the OS (glibc malloc_trim), so that
-    the next side or variant does not stack its peak on the previous one's freed arrays."""
-    gc.collect()
+    the next side or variant does not stack its peak on the previous one's freed arrays;
+    `collect=False`: the trim alone (milliseconds; a full collection takes a few tenths of a
+    second in a large process), where reference counting has already freed the arrays."""
+    if collect:
+        gc.collect()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
@@ -181,36 +157,44 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
-def _build_value_and_grad(arch: Arch, model_cfg, mf_cfg, xla_compile: str, device: str):
-    from jax_meanflow.objective import meanflow_loss
-
-    module, _ = arch.jax_build(model_cfg)
-
-    def loss_fn(params, x, y, noise, null_y):
-        out = meanflow_loss(arch.jax_u_fn(module, params), x, y, noise, mf_cfg, null_y=null_y, train=False)
-        return out.loss, out
-
-    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True),
-                   compiler_options=jax_compiler_options(xla_compile, device))
-
-
-def run_jax(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, dtype: str, device: str,
-            xla_compile: str = "fast") -> SideOutputs:
-    """The JAX objective with gradients in `dtype` on `device`: terms (JAX layout, float64
-    NumPy) and gradients by torch name (NumPy in `dtype`, float32 for bfloat16). The device
-    copy of the weights is freed on return; the gradients are converted leaf by leaf, each
-    JAX buffer released once converted."""
+def _jax_outputs(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, dtype: str, device: str,
+                 xla_compile: str = "fast", consume: bool = False) -> tuple[dict, dict]:
+    """(terms as float64 NumPy in the JAX layout, the gradients as a flat {"a/b": array} dict
+    of JAX arrays in `dtype`). The device copy of the weights is donated to the executable,
+    which writes the gradients into it (same shapes): one tree on the device, not two.
+    `consume`: the caller gives `params_np` up (it is emptied), each host leaf freed once on
+    the device."""
     jdt = jax_dtype(dtype)
     with jax.default_device(jax_device(device)):
-        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=jdt), params_np)
-        fn = _jax_value_and_grad(arch, variant.model_cfg, variant.mf_cfg, xla_compile, device)
-        (_, out), grads = fn(params, *jax_inputs(arch, variant, bundle, dtype))
+        inputs = jax_inputs(arch, variant, bundle, dtype)
+        fn = executable(variant, params_np, inputs, dtype, device, xla_compile)
+        leaves, treedef = jax.tree_util.tree_flatten(params_np)
+        if consume:
+            params_np.clear()
+        for i, a in enumerate(leaves):
+            leaves[i] = jnp.asarray(a, dtype=jdt)
+            del a
+        params = jax.tree_util.tree_unflatten(treedef, leaves)
+        del leaves
+        (_, out), grads = fn(params, *inputs)
         del params
     terms = {k: np.asarray(getattr(out, k), np.float64) for k in TERMS}
     del out
-    keep = np.float32 if dtype == "bfloat16" else None  # NumPy has no bfloat16
-    flat = {k: (np.asarray(a, keep) if keep else a) for k, a in convert.flatten_tree(grads).items()}
+    flat = convert.flatten_tree(grads)
     del grads
+    return terms, flat
+
+
+def run_jax(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, dtype: str, device: str,
+            xla_compile: str = "fast", consume: bool = False) -> SideOutputs:
+    """The JAX objective with gradients in `dtype` on `device`: terms (JAX layout, float64
+    NumPy) and gradients by torch name (NumPy in `dtype`, float32 for bfloat16). The device
+    copy of the weights becomes the gradients; they are converted leaf by leaf, each JAX
+    buffer released once converted. `consume`: `params_np` is given up (emptied) and each
+    host leaf freed once copied to the device."""
+    terms, flat = _jax_outputs(arch, variant, params_np, bundle, dtype, device, xla_compile, consume)
+    if dtype == "bfloat16":  # NumPy has no bfloat16
+        flat = {k: np.asarray(a, np.float32) for k, a in flat.items()}
     return SideOutputs(terms, convert.jax_to_torch(flat, arch.table, variant.model_cfg, consume=True))
 
 
@@ -283,9 +267,16 @@ def prepare_weights(variant: Variant, seed: int, params_np: dict | None = None, 
     return params_np, torch_state(variant, params_np, control)
 
 
-def torch_state(variant: Variant, params_np: dict, control=None) -> dict:
-    """The torch state dict of JAX-layout `params_np` (a control's conversion bug applied)."""
-    state_dict = convert.jax_to_torch(params_np, variant.arch.table, variant.model_cfg)
+def torch_state(variant: Variant, params_np: dict, control=None, consume: bool = False) -> dict:
+    """The torch state dict of JAX-layout `params_np` (a control's conversion bug applied);
+    `consume`: the caller gives `params_np` up (it is emptied), so each JAX-layout leaf is
+    freed once its torch copy exists and one tree plus one leaf exist at a time."""
+    if consume:
+        flat = convert.flatten_tree(params_np)
+        params_np.clear()
+        state_dict = convert.jax_to_torch(flat, variant.arch.table, variant.model_cfg, consume=True)
+    else:
+        state_dict = convert.jax_to_torch(params_np, variant.arch.table, variant.model_cfg)
     if control is not None and control.state is not None:
         state_dict = control.state(state_dict)
     return state_dict
@@ -295,19 +286,22 @@ def reference_own_errors(arch: Arch, variant: Variant, params_np: dict, bundle: 
                          device: str, xla_compile: str = "fast") -> OwnErrors:
     """The float32 reference's own error: `ref` (the JAX side in float32) against the JAX side
     in float64 on the very float32 weights and inputs both sides see, so that what it measures
-    is float32 arithmetic alone. The float64 outputs are dropped once measured."""
-    # float32 weights (the master copy already is) are widened to float64 on the JAX device by
-    # run_jax itself: no float64 copy of the tree on the host.
+    is float32 arithmetic alone. Each float64 gradient is reduced to its error as it is
+    converted and dropped: the float64 tree exists once, on the device, as the executable's
+    donated weights."""
+    # float32 weights (the master copy already is) are widened to float64 on the JAX device:
+    # no float64 copy of the tree on the host.
     rounded = jax.tree_util.tree_map(lambda a: a if a.dtype == np.float32 else np.asarray(a, np.float32), params_np)
-    truth = run_jax(arch, variant, rounded, rounded_bundle(bundle, np.float32), "float64", device, xla_compile)
+    terms, flat = _jax_outputs(arch, variant, rounded, rounded_bundle(bundle, np.float32), "float64", device,
+                               xla_compile)
     del rounded
-    return own_errors(ref, truth)
+    return own_errors_from(ref, terms, convert.iter_jax_to_torch(flat, arch.table, variant.model_cfg))
 
 
 def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
                 params_np: dict | None = None, control=None, xla_compile: str = "fast",
                 jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE,
-                keep: dict | None = None) -> list[CheckResult]:
+                keep: dict | None = None, keep_compiled: bool = True) -> list[CheckResult]:
     """Compare every objective term and every gradient of one variant; one result each.
 
     `control` (parity.core.controls.Control) injects a known bug into the torch side;
@@ -316,25 +310,52 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
     judged (parity.core.rule: by default calibrated by a float64 run of the reference,
     `reference_own_errors`); `keep`: a dict that receives the sides' `SideOutputs` ("jax",
     "torch") and the reference's own float32 error ("own", None unless calibrated) for
-    further checks. One side runs at a time: the JAX weights are freed before the torch module
-    is built from its state dict, which then becomes the module's parameters (no second copy).
+    further checks; `keep_compiled=False`: each JAX executable is forgotten once run (the
+    reference's before the truth runs), for a variant that is not run again. One side runs
+    at a time: the JAX weights are freed before the torch module is built from its state
+    dict, which then becomes the module's parameters (no second copy).
     """
     arch = variant.arch
     check_control(control, arch)
-    if params_np is None:
+    owned = params_np is None
+    if owned:
         params_np = random_params(arch, variant, seed, master_dtype(dtype))
     bundle = arch.make_bundle(variant, batch, seed + 1)
+    dtypes = compile_variant(variant, dtype, device, batch=batch, seed=seed, rule=rule, xla_compile=xla_compile,
+                             params=params_np)
     ref = run_jax(arch, variant, params_np, bundle, dtype, device, xla_compile)
+    if not keep_compiled:
+        forget_compiled(variant, (dtype,))
+    release_memory(collect=False)
     own = None
-    if dtype == "float32" and rule.calibrated:
+    if "float64" in dtypes[1:]:
         own = reference_own_errors(arch, variant, params_np, bundle, ref, device, xla_compile)
-    state = [torch_state(variant, params_np, control)]
-    del params_np  # the caller's weights stay theirs; random ones are freed here
+        if not keep_compiled:
+            forget_compiled(variant, ("float64",))
+        release_memory(collect=False)
+    # the caller's weights stay theirs; random ones are converted leaf by leaf and freed
+    state = [torch_state(variant, params_np, control, consume=owned)]
+    del params_np
     release_memory()
     got = run_torch(arch, variant, state.pop(), bundle, dtype, device, control, jvp)
     if keep is not None:
         keep.update(jax=ref, torch=got, own=own)
     return objective_checks(arch, variant, ref, got, dtype, device, own=own, rule=rule)
+
+
+def compile_variant(variant: Variant, dtype: str, device: str = "cpu", *, batch: int = 6, seed: int = 0,
+                    rule: Float32Rule = DEFAULT_RULE, xla_compile: str = "fast", params=None) -> tuple[str, ...]:
+    """Compile the JAX executables `run_variant` runs for `variant` in `dtype` (the
+    reference's and, for a calibrated float32 check, its float64 truth's) concurrently, one
+    core each; `params`: the weights (default: the model's parameter shapes). Returns their
+    dtypes."""
+    dtypes = (dtype, "float64") if dtype == "float32" and rule.calibrated else (dtype,)
+    params = param_shapes(variant.arch, variant.model_cfg) if params is None else params
+    bundle = variant.arch.make_bundle(variant, batch, seed + 1)
+    with jax.default_device(jax_device(device)):
+        precompile([(variant, params, jax_inputs(variant.arch, variant, bundle, d), d) for d in dtypes], device,
+                   xla_compile)
+    return dtypes
 
 
 def summarise_grads(grads: list[CheckResult]) -> CheckResult:

@@ -131,11 +131,22 @@ class OwnErrors:
 def own_errors(ref, truth) -> OwnErrors:
     """`OwnErrors` of the float32 reference outputs `ref` against the float64 `truth`
     (both parity.core.harness.SideOutputs of the JAX side, same weights and inputs)."""
-    missing = sorted(set(ref.grads) ^ set(truth.grads))
+    return own_errors_from(ref, truth.terms, truth.grads.items())
+
+
+def own_errors_from(ref, truth_terms: dict, truth_grads) -> OwnErrors:
+    """`own_errors` with the truth's gradients given as an iterable of (torch name, array),
+    consumed one at a time: the float64 gradient tree need never exist whole."""
+    grads = {}
+    for k, g in truth_grads:
+        if k not in ref.grads:
+            raise KeyError(f"gradient keys differ between the float32 reference and its float64 truth: {[k]}")
+        grads[k] = rel_errors(ref.grads[k], g)
+        del g
+    missing = sorted(set(ref.grads) - set(grads))
     if missing:
         raise KeyError(f"gradient keys differ between the float32 reference and its float64 truth: {missing[:8]}")
-    terms = {k: rel_errors(ref.terms[k], truth.terms[k]) for k in ref.terms}
-    grads = {k: rel_errors(ref.grads[k], truth.grads[k]) for k in ref.grads}
+    terms = {k: rel_errors(ref.terms[k], truth_terms[k]) for k in ref.terms}
     leaf_max = {k: float(np.max(np.abs(g))) if np.size(g) else 0.0 for k, g in ref.grads.items()}
     top = max(leaf_max.values(), default=0.0)
     scale = {k: (top / m if m > 0 else 1.0) for k, m in leaf_max.items()}

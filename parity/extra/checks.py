@@ -27,7 +27,8 @@ def parse_groups(text: str) -> tuple[str, ...]:
     return groups
 
 
-def _first_per_arch(variants):
+def first_per_arch(variants):
+    """The first variant of each architecture, in order."""
     seen, out = set(), []
     for v in variants:
         if id(v.arch) not in seen:
@@ -58,7 +59,7 @@ def once_checks(groups, variants, *, seed: int, batch: int, dtypes, devices, xla
     if x64_off_applies(groups, random_weights, dtypes, devices):
         from parity.extra.x64_off import x64_off_checks
 
-        results += x64_off_checks(_first_per_arch(variants), seed=seed, batch=batch, xla_compile=xla_compile,
+        results += x64_off_checks(first_per_arch(variants), seed=seed, batch=batch, xla_compile=xla_compile,
                                   torch_sides=torch_sides, rule=rule)
     return results
 
@@ -71,7 +72,7 @@ def run_checks(groups, variants, dtype: str, device: str, *, seed: int, batch: i
     if "dropout" in groups and random_weights:
         from parity.extra.dropout_eval import dropout_eval_checks, has_dropout
 
-        for v in _first_per_arch(variants):
+        for v in first_per_arch(variants):
             if has_dropout(v):
                 results += dropout_eval_checks(v, dtype, device, seed=seed, batch=batch, xla_compile=xla_compile)
     return results

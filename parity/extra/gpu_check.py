@@ -49,7 +49,7 @@ PARTS = (
     ("bench", "benchmark GPU table, DiT-B/4 and FLOWER default, eager (math vs fused JVP attention)",
      60, "parity.bench --device cuda --sizes dit-b4,flower-default --no-compile --steps 5 --warmup 1 "
          "--parity-suite '' --sampling-batches 1 --json {out}"),
-    # the size the 24 GB CPU machine cannot hold: the calibrated rule and every control at DiT-XL/2
+    # the calibrated rule and every control at DiT-XL/2, the largest size (830 s and 21.6 GB on 2 CPU cores)
     ("rule-xl2", "the calibrated float32 rule at DiT-XL/2 (batch 3): honest port and every negative control",
      50, "parity rule-sizes --sizes dit:DiT-XL/2 --batch 3 --device cuda --json {out}"),
 )

@@ -2,9 +2,14 @@
 
 The report process enables `jax_enable_x64` (float64 parity needs it); there float32 arrays
 stay float32, but Python scalars and index arrays are 64-bit, so a dtype promotion that
-only happens with x64 on could hide. Here the parent makes the weights and the input
-bundle, a child process with JAX_ENABLE_X64=0 evaluates the JAX side in float32, and the
-parent compares it with the torch side in float32.
+only happens with x64 on could hide. Here a child process with JAX_ENABLE_X64=0 draws the
+random float32 weights of `seed` (NumPy draws: the very weights of the parent's run) and
+evaluates the JAX side in float32 on the parent's input bundle, and the parent compares it
+with the torch side in float32.
+
+The child can run while the parent does something else (`X64OffRun` starts it, `outputs()`
+collects it): the suite starts it before its first float32 variant and waits for it once
+that variant's executables are compiled, so the two compile side by side.
 
     python -m parity.extra.x64_off IN.pkl OUT.pkl    # the child (the parent writes IN.pkl)
 """
@@ -21,71 +26,133 @@ from parity.core.compare import CheckResult
 
 def _child(src: str, dst: str) -> None:
     import jax
+    import numpy as np
 
-    from parity.core.harness import run_jax
+    from jax_meanflow.params import random_arrays
+    from parity.core.harness import param_shapes, run_jax
 
     if jax.config.jax_enable_x64:
         raise SystemExit("parity.extra.x64_off: jax_enable_x64 is on in the child; it must run with x64 off")
     with open(src, "rb") as f:
         job = pickle.load(f)
     out = {}
-    for name, (variant, params, bundle, xla_compile) in job.items():
-        side = run_jax(variant.arch, variant, params, bundle, "float32", "cpu", xla_compile)
+    for name in list(job):
+        variant, seed, bundle, xla_compile = job.pop(name)
+        # harness.random_params would switch x64 on; the draw itself is NumPy's, the same here
+        params = random_arrays(param_shapes(variant.arch, variant.model_cfg), seed, dtype=np.float32)
+        # the weights are given up as they reach the device: one tree on the host at a time
+        side = run_jax(variant.arch, variant, params, bundle, "float32", "cpu", xla_compile, consume=True)
+        del params
         out[name] = (side.terms, side.grads)
+        del side
     with open(dst, "wb") as f:
-        pickle.dump({"outputs": out, "x64": bool(jax.config.jax_enable_x64)}, f)
+        # protocol 5 writes each array's buffer as it is; 4 would memoise a bytes copy of every
+        # array until the dump ends (a second tree in memory)
+        pickle.dump({"outputs": out, "x64": bool(jax.config.jax_enable_x64)}, f, protocol=5)
+
+
+class X64OffRun:
+    """The child process of `variants` (float32 JAX with x64 off, random weights of `seed`,
+    the bundle of `seed` + 1 at `batch`), started on construction; `outputs()` waits for
+    it and returns {variant name: parity.core.harness.SideOutputs}."""
+
+    def __init__(self, variants, *, seed: int = 0, batch: int = 6, xla_compile: str = "fast",
+                 timeout_s: float = 600):
+        self.variants = list(variants)
+        self.bundles = {v.name: v.arch.make_bundle(v, batch, seed + 1) for v in self.variants}
+        self.timeout_s = timeout_s
+        self._tmp = tempfile.TemporaryDirectory()
+        src, self._dst = os.path.join(self._tmp.name, "in.pkl"), os.path.join(self._tmp.name, "out.pkl")
+        with open(src, "wb") as f:
+            pickle.dump({v.name: (v, seed, self.bundles[v.name], xla_compile) for v in self.variants}, f)
+        env = {**os.environ, "JAX_ENABLE_X64": "0"}
+        # stderr to a file, not a pipe: a pipe nobody reads while the parent works would fill and stall the child
+        self._err = open(os.path.join(self._tmp.name, "stderr.txt"), "w+")
+        self._proc = subprocess.Popen([sys.executable, "-m", "parity.extra.x64_off", src, self._dst], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=self._err)
+        self._outputs = None
+
+    def wait(self) -> None:
+        """Wait for the child to finish (its outputs stay on disk until `outputs()`)."""
+        if self._proc is None:
+            return
+        try:
+            code = self._proc.wait(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise RuntimeError(f"parity.extra.x64_off child still running after {self.timeout_s:g} s: killed") from None
+        self._proc = None
+        if code != 0:
+            self._err.seek(0)
+            err = self._err.read()[-4000:]
+            self.close()
+            raise RuntimeError(f"parity.extra.x64_off child failed (exit {code}):\n{err}")
+
+    def outputs(self) -> dict:
+        from parity.core.harness import SideOutputs
+
+        if self._outputs is None:
+            self.wait()
+            with open(self._dst, "rb") as f:
+                child = pickle.load(f)
+            self.close()
+            if child["x64"]:
+                raise RuntimeError("parity.extra.x64_off child ran with jax_enable_x64 on")
+            self._outputs = {name: SideOutputs(*out) for name, out in child["outputs"].items()}
+        return self._outputs
+
+    def close(self) -> None:
+        """Kill the child if it still runs and remove its files."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+        self._err.close()
+        self._tmp.cleanup()
 
 
 def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str = "fast",
                    timeout_s: float = 600, torch_sides: dict | None = None, own: dict | None = None,
-                   rule=None) -> list[CheckResult]:
+                   rule=None, run: X64OffRun | None = None) -> list[CheckResult]:
     """Float32 checks of `variants` (each term and the worst gradient) with the JAX side in
     a child process without x64; the variant name gets " x64 off". `torch_sides`: {variant
     name: the torch SideOutputs of that variant in float32 on CPU with the random weights of
     `seed` and the bundle of `seed` + 1 at `batch`}, reused instead of running torch again;
     `rule`: how float32 is judged (default: calibrated); `own`: {variant name: the x64-on
     reference's own float32 error on the same weights and bundle (parity.core.rule.OwnErrors)},
-    the yardstick of the same float32 computation, reused instead of another float64 run."""
+    the yardstick of the same float32 computation, reused instead of another float64 run;
+    `run`: the child already started for these variants or more (`X64OffRun`), else one is
+    started."""
     from parity import convert
-    from parity.core.harness import SideOutputs, objective_checks, random_params, reference_own_errors, run_torch
+    from parity.core.harness import objective_checks, random_params, reference_own_errors, run_torch
     from parity.core.rule import DEFAULT_RULE
 
     rule = DEFAULT_RULE if rule is None else rule
-
-    job, states = {}, {}
-    for v in variants:
-        arch = v.arch
-        params = random_params(arch, v, seed, "float32")  # what both float32 sides round to anyway
-        job[v.name] = (v, params, arch.make_bundle(v, batch, seed + 1), xla_compile)
-        if v.name not in (torch_sides or {}):
-            states[v.name] = convert.jax_to_torch(params, arch.table, v.model_cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = os.path.join(tmp, "in.pkl"), os.path.join(tmp, "out.pkl")
-        with open(src, "wb") as f:
-            pickle.dump(job, f)
-        env = {**os.environ, "JAX_ENABLE_X64": "0"}
-        proc = subprocess.run([sys.executable, "-m", "parity.extra.x64_off", src, dst], env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
-        if proc.returncode != 0:
-            raise RuntimeError(f"parity.extra.x64_off child failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        with open(dst, "rb") as f:
-            child = pickle.load(f)
-    if child["x64"]:
-        raise RuntimeError("parity.extra.x64_off child ran with jax_enable_x64 on")
+    if run is None:
+        run = X64OffRun(variants, seed=seed, batch=batch, xla_compile=xla_compile, timeout_s=timeout_s)
+    missing = [v.name for v in variants if v.name not in run.bundles]
+    if missing:
+        raise ValueError(f"x64_off_checks: the child did not run {missing} (it ran {list(run.bundles)})")
+    outputs = run.outputs()
     results = []
-    for name, (v, params, bundle, _) in job.items():
-        ref = SideOutputs(*child["outputs"][name])
-        given = (torch_sides or {}).get(name)
-        got = given if given is not None else run_torch(v.arch, v, states[name], bundle, "float32", "cpu")
-        yardstick = None
-        if rule.calibrated:
-            yardstick = (own or {}).get(name)
-            if yardstick is None:
-                yardstick = reference_own_errors(v.arch, v, params, bundle, ref, "cpu", xla_compile)
+    for v in variants:
+        bundle, ref = run.bundles[v.name], outputs.pop(v.name)
+        got = (torch_sides or {}).get(v.name)
+        yardstick = (own or {}).get(v.name) if rule.calibrated else None
+        params = None
+        if got is None or (rule.calibrated and yardstick is None):
+            params = random_params(v.arch, v, seed, "float32")  # what both float32 sides round to anyway
+        if got is None:
+            got = run_torch(v.arch, v, convert.jax_to_torch(params, v.arch.table, v.model_cfg), bundle, "float32",
+                            "cpu")
+        if rule.calibrated and yardstick is None:
+            yardstick = reference_own_errors(v.arch, v, params, bundle, ref, "cpu", xla_compile)
+        del params
         for r in objective_checks(v.arch, v, ref, got, "float32", "cpu", own=yardstick, rule=rule):
             r.variant = f"{v.name} x64 off"
             r.info["per_parameter"] = None
             results.append(r)
+        del ref, got
     return results
 
 
