@@ -44,6 +44,10 @@ def test_timeline_records_the_suites_steps_and_restores_the_harness(capsys):
 
 
 def test_suite_mode_reports_the_largest_process_and_the_tree():
+    """The largest process is the suite's own (wait4 on it), not the largest child this
+    process ever waited for (RUSAGE_CHILDREN): a 2 GB child run first must not show."""
+    subprocess.run([sys.executable, "-c", "import numpy as np; a = np.ones(2 * 2**30 // 8)"], check=True)
     row = parity_cost.suite_run(TINY + ["--checks", "none"], timeout=600)
     assert row["returncode"] == 0
+    assert row["peak_rss_gb"] < 1.8
     assert row["peak_tree_rss_gb"] >= 0.9 * row["peak_rss_gb"] > 0.1

@@ -190,24 +190,24 @@ def _tree_sampler(pid: int):
 
 def suite_run(parity_args: list[str], timeout: float) -> dict:
     """`python -m parity PARITY_ARGS` in a fresh process: wall time, peak RSS of the largest
-    process (wait4) and of the whole process tree at once (sampled every 50 ms)."""
+    process (wait4 on that child: its own rusage, not this process's earlier children) and
+    of the whole process tree at once (sampled every 50 ms)."""
+    import threading
+
     cmd = [sys.executable, "-m", "parity", *parity_args]
     load_before = load_average()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = _tree_sampler(proc.pid)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stdout.close()
     wall = time.perf_counter() - t0
     tree_peak = sampler.stop()
-    # communicate() reaped the child; its rusage (children included) is in RUSAGE_CHILDREN
-    # of this process, which runs nothing else.
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     row = {"mode": "suite", "command": " ".join(["python -m parity", *parity_args]), "wall_s": wall,
            "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gb": usage.ru_maxrss / 1e6,
            # in the unit of ru_maxrss and VmHWM (kB / 1e6)
