@@ -190,8 +190,9 @@ def _tree_sampler(pid: int):
 
 def suite_run(parity_args: list[str], timeout: float) -> dict:
     """`python -m parity PARITY_ARGS` in a fresh process: wall time, peak RSS of the largest
-    process (wait4 on that child: its own rusage, not this process's earlier children) and
-    of the whole process tree at once (sampled every 50 ms)."""
+    process (wait4 on that child: its own rusage, not this process's earlier children; a
+    child's high-water mark starts at this process's resident set when it is spawned, small
+    from the command line) and of the whole process tree at once (sampled every 50 ms)."""
     import threading
 
     cmd = [sys.executable, "-m", "parity", *parity_args]
