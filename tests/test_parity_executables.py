@@ -149,6 +149,8 @@ def test_the_x64_off_child_is_compared_with_the_torch_side_of_its_own_weights():
     run = X64OffRun([v], seed=0, batch=3)
     try:
         with pytest.raises(ValueError, match="the child did not run"):
-            x64_off_checks([_variant("dit", 1)], run=run)
+            x64_off_checks([_variant("dit", 1)], batch=3, run=run)
+        with pytest.raises(ValueError, match="the child ran seed 0, batch 3"):
+            x64_off_checks([v], seed=1, batch=3, run=run)  # its weights are seed 0's
     finally:
         run.close()

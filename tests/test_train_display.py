@@ -86,14 +86,20 @@ def test_an_absurd_learning_rate_shows_in_the_displayed_loss(tmp_path, capsys, d
     assert os.path.getsize(os.path.join(cfg.out_dir, "loss.png")) > 0
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_wall_s_is_seconds_since_the_run_or_resumed_segment_started(tmp_path, digits, backend):
-    cfg = _cfg(tmp_path, backend, "steps=3", "log_every=1")
+def _timed_run(tmp_path, digits, backend, steps: int):
+    """(config, train module, metrics rows, wall seconds) of a run from a random init,
+    logging every step."""
+    cfg = _cfg(tmp_path, backend, f"steps={steps}", "log_every=1")
     train, init = _random_init(backend, cfg, digits)
     t0 = time.perf_counter()
     train.train(cfg, dataset=digits, init_params=init, progress=False)
-    first = time.perf_counter() - t0
-    rows = M.read_metrics(os.path.join(cfg.out_dir, "metrics.csv"))
+    wall = time.perf_counter() - t0
+    return cfg, train, M.read_metrics(os.path.join(cfg.out_dir, "metrics.csv")), wall
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_wall_s_is_seconds_since_the_run_or_resumed_segment_started(tmp_path, digits, backend):
+    cfg, train, rows, first = _timed_run(tmp_path, digits, backend, 3)
     wall = [r["wall_s"] for r in rows]
     assert 0 < wall[0] <= wall[1] <= wall[2] <= first, (wall, first)
 
@@ -112,12 +118,7 @@ def test_cpu_s_is_the_process_cpu_time_since_the_run_started(tmp_path, digits, b
     times the cores the process can run on (plus the clocks' granularity). The process has
     spent far more CPU before the run (imports, the model build, other tests) than on the
     run's tiny steps, so a cpu_s counted from the process's start fails the bound."""
-    cfg = _cfg(tmp_path, backend, "steps=4", "log_every=1")
-    train, init = _random_init(backend, cfg, digits)
-    t0 = time.perf_counter()
-    train.train(cfg, dataset=digits, init_params=init, progress=False)
-    wall = time.perf_counter() - t0
-    rows = M.read_metrics(os.path.join(cfg.out_dir, "metrics.csv"))
+    _, _, rows, wall = _timed_run(tmp_path, digits, backend, 4)
     cpu = [r["cpu_s"] for r in rows]
     assert 0 < cpu[0] < cpu[1] < cpu[2] < cpu[3], cpu
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -31,14 +31,14 @@ import sys
 import time
 
 from meanflow_common.cli_args import non_negative_int, positive_int
+from parity.bench import measure
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
 
 
 def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+    return " ".join(f"{x:.2f}" for x in measure.load_average())
 
 
 def _status_gb() -> tuple[float, float]:
@@ -183,9 +183,7 @@ def phase_run(args) -> dict:
 def _tree_sampler(pid: int):
     """The peak resident set of `pid` and its children together, sampled every 50 ms: a
     parent and the child it waits on are counted as the machine holds them."""
-    from parity.bench.measure import RssSampler, tree_rss_bytes
-
-    return RssSampler(0.05, lambda: tree_rss_bytes(pid))
+    return measure.RssSampler(0.05, lambda: measure.tree_rss_bytes(pid))
 
 
 def suite_run(parity_args: list[str], timeout: float) -> dict:

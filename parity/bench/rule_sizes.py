@@ -105,7 +105,6 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
     out = {"arch": arch.name, "preset": preset, "variant": v.name, "batch": batch, "seed": seed, "device": device,
            "n_params": _n_params(params), "rule": rule.as_dict(), "seconds": {"jax32": t_ref, "jax64_truth": t_truth}}
     t0 = time.time()
-    release_memory()
     state = torch_state(v, params)
     honest = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", device), "float32", device,
                               own=own, rule=rule)

@@ -332,10 +332,15 @@ def jax_to_torch(flax_params: Mapping, table: Table | str, config=None, template
     exists and the conversion holds one tree plus one leaf, not two trees.
     """
     table = get_table(table) if isinstance(table, str) else table
-    if consume and not (isinstance(flax_params, dict) and all(not isinstance(v, Mapping) for v in flax_params.values())):
-        raise TypeError("jax_to_torch(consume=True) needs a flat dict {'a/b/c': array} (flatten_tree)")
+    if consume:
+        _require_flat(flax_params, "jax_to_torch(consume=True)")
     src = flax_params if consume else flatten_tree(_strip_params(flax_params))
     return _convert(src, _j2t_pairs(table, config, src), "j2t", table, template, consume)
+
+
+def _require_flat(params, who: str) -> None:
+    if not (isinstance(params, dict) and all(not isinstance(v, Mapping) for v in params.values())):
+        raise TypeError(f"{who} needs a flat dict {{'a/b/c': array}} (flatten_tree)")
 
 
 def _j2t_pairs(table: Table, config, src: Mapping) -> dict:
@@ -348,8 +353,7 @@ def iter_jax_to_torch(flat_params: dict, table: Table | str, config=None):
     reducing each leaf (e.g. to an error) never holds a converted tree. Keys are checked
     before the first leaf is yielded."""
     table = get_table(table) if isinstance(table, str) else table
-    if not (isinstance(flat_params, dict) and all(not isinstance(v, Mapping) for v in flat_params.values())):
-        raise TypeError("iter_jax_to_torch needs a flat dict {'a/b/c': array} (flatten_tree)")
+    _require_flat(flat_params, "iter_jax_to_torch")
     return _convert_iter(flat_params, _j2t_pairs(table, config, flat_params), "j2t", table, consume=True)
 
 

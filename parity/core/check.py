@@ -162,8 +162,8 @@ def _dtype_pass(variants, dtype: str, device: str, *, seed: int, batch: int, par
     executables serve its trained run and its checks right after it; every variant's are
     forgotten once it is done. `x64_off`: the x64-off child starts before the first variant
     and compiles beside it; it is compared on that variant's torch side."""
-    from parity.core.harness import compile_variant, forget_compiled, master_dtype, release_memory, run_variant
-    from parity.core.harness import trained_params
+    from parity.core.harness import (compile_variant, forget_compiled, master_dtype, release_memory, run_variant,
+                                     trained_params)
     from parity.extra.checks import first_per_arch, run_checks
 
     firsts = {id(v.arch): v for v in reversed(variants)}

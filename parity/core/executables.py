@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jax
 
-from parity.core.arch import Arch, Variant
+from parity.core.arch import Variant
 from parity.core.precision import jax_compiler_options
 from parity.core.sides import jax_device, jax_dtype
 
@@ -28,11 +28,11 @@ _COMPILED_MAX = 64
 _COMPILES = [0]  # executables compiled by this process (for tests of reuse)
 
 
-def _loss_and_grad(arch: Arch, variant: Variant, xla_compile: str, device: str):
+def _loss_and_grad(variant: Variant, xla_compile: str, device: str):
     from jax_meanflow.objective import meanflow_loss
 
+    arch, mf_cfg = variant.arch, variant.mf_cfg
     module, _ = arch.jax_build(variant.model_cfg)
-    mf_cfg = variant.mf_cfg
 
     def loss_fn(params, x, y, noise, null_y):
         out = meanflow_loss(arch.jax_u_fn(module, params), x, y, noise, mf_cfg, null_y=null_y, train=False)
@@ -68,7 +68,7 @@ def precompile(jobs, device: str, xla_compile: str = "fast") -> list:
     with jax.default_device(jax_device(device)):
         for key, (v, params, inputs, dtype) in zip(keys, jobs):
             if key not in _COMPILED and key not in todo:
-                fn = _loss_and_grad(v.arch, v, xla_compile, device)
+                fn = _loss_and_grad(v, xla_compile, device)
                 todo[key] = fn.lower(_abstract(params, jax_dtype(dtype)), *_abstract(inputs))
     _COMPILES[0] += len(todo)
     if len(todo) == 1:

@@ -321,14 +321,14 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
     if owned:
         params_np = random_params(arch, variant, seed, master_dtype(dtype))
     bundle = arch.make_bundle(variant, batch, seed + 1)
-    dtypes = compile_variant(variant, dtype, device, batch=batch, seed=seed, rule=rule, xla_compile=xla_compile,
-                             params=params_np)
+    dtypes = compile_variant(variant, dtype, device, rule=rule, xla_compile=xla_compile, params=params_np,
+                             bundle=bundle)
     ref = run_jax(arch, variant, params_np, bundle, dtype, device, xla_compile)
     if not keep_compiled:
         forget_compiled(variant, (dtype,))
     release_memory(collect=False)
     own = None
-    if "float64" in dtypes[1:]:
+    if len(dtypes) > 1:  # calibrated: the float64 truth
         own = reference_own_errors(arch, variant, params_np, bundle, ref, device, xla_compile)
         if not keep_compiled:
             forget_compiled(variant, ("float64",))
@@ -344,14 +344,17 @@ def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int 
 
 
 def compile_variant(variant: Variant, dtype: str, device: str = "cpu", *, batch: int = 6, seed: int = 0,
-                    rule: Float32Rule = DEFAULT_RULE, xla_compile: str = "fast", params=None) -> tuple[str, ...]:
+                    rule: Float32Rule = DEFAULT_RULE, xla_compile: str = "fast", params=None,
+                    bundle: InputBundle | None = None) -> tuple[str, ...]:
     """Compile the JAX executables `run_variant` runs for `variant` in `dtype` (the
     reference's and, for a calibrated float32 check, its float64 truth's) concurrently, one
-    core each; `params`: the weights (default: the model's parameter shapes). Returns their
-    dtypes."""
+    core each; `params`: the weights (default: the model's parameter shapes); `bundle`: the
+    inputs (default: the bundle of `seed` + 1 at `batch`). Returns their dtypes, the
+    reference's first."""
     dtypes = (dtype, "float64") if dtype == "float32" and rule.calibrated else (dtype,)
     params = param_shapes(variant.arch, variant.model_cfg) if params is None else params
-    bundle = variant.arch.make_bundle(variant, batch, seed + 1)
+    if bundle is None:
+        bundle = variant.arch.make_bundle(variant, batch, seed + 1)
     with jax.default_device(jax_device(device)):
         precompile([(variant, params, jax_inputs(variant.arch, variant, bundle, d), d) for d in dtypes], device,
                    xla_compile)

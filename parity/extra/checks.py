@@ -43,10 +43,9 @@ def x64_off_applies(groups, random_weights: bool, dtypes, devices) -> bool:
 
 
 def once_checks(groups, variants, *, seed: int, batch: int, dtypes, devices, xla_compile: str,
-                random_weights: bool, torch_sides: dict | None = None, rule=None) -> list[CheckResult]:
-    """The checks that do not depend on the dtype or device loop; `torch_sides`: the torch
-    outputs the x64-off check may reuse (parity.extra.x64_off.x64_off_checks); `rule`: how the
-    float32 ones are judged (parity.core.rule.Float32Rule; None: the default, calibrated)."""
+                random_weights: bool, rule=None) -> list[CheckResult]:
+    """The checks that do not depend on the dtype or device loop; `rule`: how the float32 ones
+    are judged (parity.core.rule.Float32Rule; None: the default, calibrated)."""
     results = []
     if "branches" in groups:
         from parity.extra.coverage import coverage_check
@@ -60,7 +59,7 @@ def once_checks(groups, variants, *, seed: int, batch: int, dtypes, devices, xla
         from parity.extra.x64_off import x64_off_checks
 
         results += x64_off_checks(first_per_arch(variants), seed=seed, batch=batch, xla_compile=xla_compile,
-                                  torch_sides=torch_sides, rule=rule)
+                                  rule=rule)
     return results
 
 

@@ -59,6 +59,7 @@ class X64OffRun:
     def __init__(self, variants, *, seed: int = 0, batch: int = 6, xla_compile: str = "fast",
                  timeout_s: float = 600):
         self.variants = list(variants)
+        self.seed, self.batch, self.xla_compile = seed, batch, xla_compile
         self.bundles = {v.name: v.arch.make_bundle(v, batch, seed + 1) for v in self.variants}
         self.timeout_s = timeout_s
         self._tmp = tempfile.TemporaryDirectory()
@@ -130,6 +131,9 @@ def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str 
     rule = DEFAULT_RULE if rule is None else rule
     if run is None:
         run = X64OffRun(variants, seed=seed, batch=batch, xla_compile=xla_compile, timeout_s=timeout_s)
+    if (run.seed, run.batch, run.xla_compile) != (seed, batch, xla_compile):
+        raise ValueError(f"x64_off_checks: the child ran seed {run.seed}, batch {run.batch}, {run.xla_compile} "
+                         f"compile, not seed {seed}, batch {batch}, {xla_compile}")
     missing = [v.name for v in variants if v.name not in run.bundles]
     if missing:
         raise ValueError(f"x64_off_checks: the child did not run {missing} (it ran {list(run.bundles)})")
