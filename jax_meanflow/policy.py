@@ -32,7 +32,7 @@ from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, meanflow_loss,
 from jax_meanflow.solver import generate
 from meanflow_common.config import FlowerConfig, MeanFlowConfig, override
 
-__all__ = ["LowDimEncoder", "PolicyNet", "FlowerPolicy"]
+__all__ = ["LowDimEncoder", "PolicyNet", "FlowerPolicy", "make_u_fn"]
 
 
 class LowDimEncoder(nn.Module):
@@ -79,6 +79,27 @@ class PolicyNet(nn.Module):
 
     def __call__(self, z, t, h, cond: FlowerCond, train: bool = False):
         return self.model(z, t, h, cond, train=train)
+
+    def u(self, z, t, h, obs, train: bool = False):
+        """The network from the observations: z [B, T, A], t [B], h [B], obs [B, obs_dim] -> u."""
+        return self.model(z, t, h, self.encode(obs), train=train)
+
+
+def make_u_fn(net: PolicyNet, params, dropout_rng=None):
+    """u_fn(z, t, h, obs, train) -> u of the whole policy (encoder and transformer) with its
+    tree {"model", "encoder"}: the observations [B, obs_dim] are the conditioning. With
+    train=True and non-zero dropout rates, `dropout_rng` is required."""
+    cfg = net.config
+    has_dropout = max(cfg.attn_pdrop, cfg.resid_pdrop, cfg.mlp_pdrop,
+                      cfg.proprio_pdrop if cfg.use_proprio else 0.0) > 0.0
+
+    def u_fn(z, t, h, obs, train=False):
+        if train and has_dropout and dropout_rng is None:
+            raise ValueError("train=True with dropout needs make_u_fn(..., dropout_rng=key)")
+        rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else {}
+        return net.apply({"params": params}, z, t, h, obs, train=train, rngs=rngs, method="u")
+
+    return u_fn
 
 
 class FlowerPolicy:

@@ -346,3 +346,29 @@ FLOWER_PRESETS: dict[str, FlowerConfig] = {
 }
 
 __all__ += ["FlowerConfig", "FLOWER_PRESETS", "POSITION_MODES", "H_PLACEMENTS"]
+
+
+@dataclass(frozen=True)
+class PolicyConfig(FlowerConfig):
+    """The FLOWER policy: the transformer (every FlowerConfig field) behind the built-in
+    observation encoder, observations [B, obs_dim] -> `num_tokens` conditioning tokens.
+    obs_dim 4 is the built-in reach task's [x, y, goal_x, goal_y]."""
+
+    obs_dim: int = 4
+    num_tokens: int = 4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.obs_dim < 1 or self.num_tokens < 1:
+            raise ValueError(f"obs_dim and num_tokens must be >= 1, got {self.obs_dim}, {self.num_tokens}")
+
+
+# The policy presets: the FLOWER presets with the reach task's observations; "reach" is the
+# network of the reach trainer preset (FLOWER "small", chunks [10, 2], no dropout, time scale 1).
+POLICY_PRESETS: dict[str, PolicyConfig] = {
+    **{name: PolicyConfig(**dataclasses.asdict(cfg)) for name, cfg in FLOWER_PRESETS.items()},
+    "reach": PolicyConfig(**{**dataclasses.asdict(FLOWER_PRESETS["small"]), "action_dim": 2, "act_window_size": 10,
+                             "attn_pdrop": 0.0, "resid_pdrop": 0.0, "mlp_pdrop": 0.0, "time_scale": 1.0}),
+}
+
+__all__ += ["PolicyConfig", "POLICY_PRESETS"]

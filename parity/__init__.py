@@ -6,10 +6,13 @@ The names a user needs (imported on first use: `import parity` itself loads neit
     Layout, ModuleMapSpec  the data layout between the sides; the debugger's extra module pairs
     CHANNELS_LAST_TO_FIRST the NHWC <-> NCHW layout of image networks
     register_arch, get_arch  the registry (`--arch NAME`); also the `parity.archs` entry points
+    BenchSpec              one benchmarked size of a network (`Arch.bench_sizes`)
+    MeanFlowConfig         the objective's settings of a Variant
     Table, Rule            the conversion table between the Flax tree and the torch state dict
     InputBundle, sample_tr_numpy, drop_mask_numpy, cover_guidance_window   the float64 inputs an Arch builds
     check                  run the suite: check(arch_or_variants, dtypes=..., device=..., seed=..., batch=...)
     ParityReport, ParityError, CheckResult   what `check` returns / raises; one compared quantity
+    Check, CHECK_GROUPS    a check beyond the objective comparison (your own, or the built-in groups)
     Float32Rule            how float32 is judged: calibrated by a float64 run of the reference (default) or fixed
     Control                a negative control (a bug injected into the torch side)
     JvpOptions             the torch side's JVP engine and attention implementation
@@ -28,9 +31,11 @@ _EXPORTS = {
     "ModuleMapSpec": "parity.core.arch",
     "CHANNELS_LAST_TO_FIRST": "parity.core.arch",
     "SAME_LAYOUT": "parity.core.arch",
-    "register_arch": "parity.core.arch",
-    "get_arch": "parity.core.arch",
-    "resolve_variants": "parity.core.arch",
+    "BenchSpec": "parity.core.arch",
+    "register_arch": "parity.archs.registry",
+    "get_arch": "parity.archs.registry",
+    "resolve_variants": "parity.archs.registry",
+    "default_variants": "parity.archs.registry",
     "Table": "parity.convert.engine",
     "Rule": "parity.convert.engine",
     "Float32Rule": "parity.core.rule",
@@ -38,9 +43,12 @@ _EXPORTS = {
     "sample_tr_numpy": "parity.core.inputs",
     "drop_mask_numpy": "parity.core.inputs",
     "cover_guidance_window": "parity.core.inputs",
-    "check": "parity.core.check",
-    "ParityReport": "parity.core.check",
-    "ParityError": "parity.core.check",
+    "check": "parity.suite.api",
+    "ParityReport": "parity.suite.report",
+    "ParityError": "parity.suite.report",
+    "Check": "parity.checks.base",
+    "CHECK_GROUPS": "parity.checks.registry",
+    "MeanFlowConfig": "meanflow_common.config",
     "CheckResult": "parity.core.compare",
     "Control": "parity.core.controls",
     "JvpOptions": "torch_meanflow.objective",

@@ -31,7 +31,7 @@ def parity_check():
     -> ParityReport; target: an Arch, a Variant, a list of Variants or an --arch spec string."""
 
     def run(target, dtypes=("float32", "float64"), **options):
-        from parity.core.check import check
+        from parity.suite.api import check
 
         report = check(target, dtypes=dtypes, **options)
         if not report.passed:

@@ -15,9 +15,10 @@ from meanflow_common.config import DIT_PRESETS
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments, config_to_dict, model_config
 from parity import convert
 from parity.convert import checkpoints
-from parity.core.arch import default_variants, get_arch
+from parity.archs.registry import default_variants, get_arch
 from parity.cli import main
 from parity.core.harness import random_params, run_variant
+from parity.convert.tables.dit import TABLE as DIT_TABLE
 
 TINY = DIT_PRESETS["tiny"]
 TWO_HEADS = dataclasses.replace(TINY, num_heads=2)  # every tensor keeps its shape
@@ -42,10 +43,10 @@ def _damaged(path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
 def test_unreadable_weight_files_are_named(tmp_path, dit_params, suffix, how, capsys):
     path = tmp_path / f"w{suffix}"
-    checkpoints.save_torch_file(convert.jax_to_torch(dit_params, "dit", TINY), str(path))
+    checkpoints.save_torch_file(convert.jax_to_torch(dit_params, DIT_TABLE, TINY), str(path))
     _damaged(path, how)
     with pytest.raises(ValueError) as err:
-        checkpoints.load_params(str(path), "dit", TINY)
+        checkpoints.load_params(str(path), get_arch("dit"), TINY)
     assert f"{path} is not a readable checkpoint" in str(err.value)
     assert ("the file is empty" in str(err.value)) == (how == "empty")
     assert main(["convert", str(path), str(tmp_path / "out.pt"), "--arch", "dit", "--preset", "tiny"]) == 2
@@ -53,15 +54,15 @@ def test_unreadable_weight_files_are_named(tmp_path, dit_params, suffix, how, ca
 
 
 def test_int32_weights_are_refused_naming_key_and_dtype(tmp_path, dit_params):
-    sd = {k: np.zeros(v.shape, np.int32) for k, v in convert.jax_to_torch(dit_params, "dit", TINY).items()}
+    sd = {k: np.zeros(v.shape, np.int32) for k, v in convert.jax_to_torch(dit_params, DIT_TABLE, TINY).items()}
     path = tmp_path / "zeros.safetensors"
     checkpoints.save_torch_file(sd, str(path))
     with pytest.raises(TypeError, match=r"parameter '.+' has dtype int32, not a floating point type"):
-        checkpoints.load_params(str(path), "dit", TINY)
+        checkpoints.load_params(str(path), get_arch("dit"), TINY)
     folder = tmp_path / "zeros_orbax"
-    checkpoints.save_orbax(convert.torch_to_jax(sd, "dit", TINY), str(folder))
+    checkpoints.save_orbax(convert.torch_to_jax(sd, DIT_TABLE, TINY), str(folder))
     with pytest.raises(TypeError, match="has dtype int32"):
-        checkpoints.load_params(str(folder), "dit", TINY)
+        checkpoints.load_params(str(folder), get_arch("dit"), TINY)
 
 
 def test_all_zero_u_and_du_dt_fail_the_parity_check(dit_params):
@@ -80,9 +81,9 @@ def test_convert_records_the_model_config_and_refuses_another(tmp_path, dit_para
     checkpoints.save_orbax(dit_params, str(src))
     st = tmp_path / "w.safetensors"
     assert main(["convert", str(src), str(st), "--arch", "dit", "--preset", "tiny"]) == 0
-    checkpoints.load_params(str(st), "dit", TINY)  # the recorded config matches
+    checkpoints.load_params(str(st), get_arch("dit"), TINY)  # the recorded config matches
     with pytest.raises(ValueError, match=r"num_heads: recorded 4, now 2"):
-        checkpoints.load_params(str(st), "dit", TWO_HEADS)
+        checkpoints.load_params(str(st), get_arch("dit"), TWO_HEADS)
     code = main(["--arch", "dit", "--variant", "no cfg", "--dtype", "float64", "--set", "num_heads=2",
                  "--checkpoint", str(st)])
     assert code == 2 and "num_heads: recorded 4, now 2" in capsys.readouterr().err
@@ -109,7 +110,7 @@ def test_a_checkpoint_of_another_config_is_refused_by_every_loader(tmp_path, two
     four_cfg = model_config(apply_assignments(TRAIN_PRESETS["tiny"], []))
     # parity convert / --checkpoint: the trainer's meta records num_heads=2
     with pytest.raises(ValueError, match="num_heads: recorded 2, now 4"):
-        checkpoints.load_params(two.checkpoint, "dit", four_cfg)
+        checkpoints.load_params(two.checkpoint, get_arch("dit"), four_cfg)
     # load_run / evaluate with a checkpoint of the other run
     with pytest.raises(ValueError, match="model.num_heads: recorded 2, now 4"):
         T.load_run(four.run_dir, checkpoint=two.checkpoint)
@@ -140,8 +141,8 @@ def test_a_jax_checkpoint_of_another_config_and_one_without_manifest(tmp_path):
     with pytest.raises(ValueError, match="num_heads: recorded 2, now 4"):
         checkpoints.load_params(os.path.join(step, "params"), "dit", four_cfg)
     with pytest.raises(ValueError, match="num_heads: recorded 2, now 4"):
-        checkpoints.load_params(step, "dit", four_cfg, key="ema_params")  # the step folder itself
-    assert checkpoints.load_params(step, "dit", model_config(cfg), key="ema_params")
+        checkpoints.load_params(step, get_arch("dit"), four_cfg, key="ema_params")  # the step folder itself
+    assert checkpoints.load_params(step, get_arch("dit"), model_config(cfg), key="ema_params")
     os.remove(os.path.join(step, "params", "manifest.ocdbt"))
     with pytest.raises(ValueError, match=r"params is an incomplete checkpoint item: manifest.ocdbt missing"):
         restore_checkpoint(step, state)

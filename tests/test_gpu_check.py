@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from parity.extra import gpu_check
+from parity.bench import gpu_check
 
 no_gpu = pytest.mark.skipif(gpu_check.gpu_visible()[0], reason="a GPU is visible: this is the dry-run test")
 

@@ -5,7 +5,7 @@ with autocast off around the JVP computes what float32 JAX computes."""
 import numpy as np
 import pytest
 
-from parity.core.arch import default_variants, get_arch
+from parity.archs.registry import default_variants, get_arch
 from parity.core.harness import random_params
 from parity.core.precision import pinned_precision
 from parity.debug import prepare_case
@@ -55,7 +55,7 @@ def test_report_rows_are_informational_and_never_fail():
     """`python -m parity --mixed`: the bf16-mixed rows exceed the float32 tolerance (bf16 is
     used) yet never fail the report, and the table marks them as reported only."""
     from parity.core.report import format_table
-    from parity.extra.mixed_report import mixed_checks
+    from parity.checks.mixed import mixed_checks
 
     variant = next(v for v in default_variants() if v.arch.name == "flower" and v.name == "adaln rope")
     with pinned_precision(True):

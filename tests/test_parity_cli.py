@@ -6,10 +6,12 @@ import pytest
 
 from meanflow_common.config import DIT_PRESETS
 from parity import convert
+from parity.archs.registry import get_arch
 from parity.convert import checkpoints
 from parity.archs import DIT
 from parity.cli import main
 from parity.core.harness import random_params
+from parity.convert.tables.dit import TABLE as DIT_TABLE
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_convert_round_trip_from_the_command_line(tmp_path, dit_params):
     back = tmp_path / "back"
     assert main(["convert", str(st), str(back), "--arch", "dit", "--preset", "tiny"]) == 0
     a = convert.flatten_tree(dit_params)
-    b = convert.flatten_tree(checkpoints.load_params(str(back), "dit", cfg))
+    b = convert.flatten_tree(checkpoints.load_params(str(back), get_arch("dit"), cfg))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     pt = tmp_path / "model.pt"
     assert main(["convert", str(src), str(pt), "--arch", "dit", "--preset", "tiny"]) == 0
@@ -52,7 +54,7 @@ def test_convert_round_trip_from_the_command_line(tmp_path, dit_params):
 
 def test_report_on_a_checkpoint(tmp_path, dit_params):
     path = tmp_path / "model.safetensors"
-    checkpoints.save_torch_file(convert.jax_to_torch(dit_params, "dit", DIT_PRESETS["tiny"]), str(path))
+    checkpoints.save_torch_file(convert.jax_to_torch(dit_params, DIT_TABLE, DIT_PRESETS["tiny"]), str(path))
     assert main(["--arch", "dit", "--variant", "no cfg", "--dtype", "float64", "--checkpoint", str(path)]) == 0
 
 
@@ -60,7 +62,7 @@ def test_bad_input_is_named(tmp_path, dit_params, capsys):
     assert main(["--arch", "dit", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     path = tmp_path / "dit.safetensors"
-    checkpoints.save_torch_file(convert.jax_to_torch(dit_params, "dit", DIT_PRESETS["tiny"]), str(path))
+    checkpoints.save_torch_file(convert.jax_to_torch(dit_params, DIT_TABLE, DIT_PRESETS["tiny"]), str(path))
     # another size of the same architecture
     assert main(["--arch", "dit", "--preset", "small", "--variant", "no cfg", "--checkpoint", str(path)]) == 2
     assert "missing torch parameter 'blocks.2." in capsys.readouterr().err

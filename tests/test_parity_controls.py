@@ -5,7 +5,7 @@ stands far above rounding.
 """
 import pytest
 
-from parity.core.arch import default_variants, get_arch
+from parity.archs.registry import default_variants, get_arch
 from parity.core.controls import NO_OP_PORTING_CHANGES
 from parity.core.harness import random_params, run_variant
 

@@ -17,6 +17,7 @@ from jax_meanflow import flower as jf
 from jax_meanflow.params import randomize_params
 from meanflow_common.config import DIT_PRESETS, FLOWER_PRESETS
 from parity import convert
+from parity.archs.registry import get_arch
 from torch_meanflow import dit as tdit
 from torch_meanflow import flower as tf
 
@@ -58,7 +59,7 @@ def test_every_converted_array_is_the_layout_its_torch_module_needs(build, table
     flat = {k[len("params/"):] if k.startswith("params/") else k: v for k, v in flat.items()}
     sd = convert.jax_to_torch(params, table, cfg, template=model.state_dict())
     owners = _owner_kinds(model)
-    pairs = convert.expand_rules(convert.get_table(table), cfg)
+    pairs = convert.expand_rules(get_arch(table).table, cfg)
     square = 0
     for jax_path, torch_name, _ in pairs:
         src = np.asarray(flat[jax_path])

@@ -15,7 +15,7 @@ import pytest
 
 from parity import convert
 from parity.core import harness as H
-from parity.core.arch import get_arch
+from parity.archs.registry import get_arch
 from parity.core.executables import compile_count
 
 jax.config.update("jax_enable_x64", True)
@@ -164,7 +164,7 @@ def test_x64_off_check_on_the_suites_torch_side_equals_a_fresh_one():
     """The suite hands its first variant's torch outputs to the x64-off check (one torch run
     fewer); the rows are those of the check run on its own."""
     from parity.core.check import run_suite
-    from parity.extra.x64_off import x64_off_checks
+    from parity.checks.x64_off import x64_off_checks
 
     v = _variant("dit", 2)
     results, _ = run_suite([v], ["float32"], ["cpu"], batch=3, checks=("x64off",))

@@ -10,7 +10,7 @@ import pytest
 
 from parity import convert
 from parity.convert import checkpoints
-from parity.core.arch import default_variants, get_arch
+from parity.archs.registry import default_variants, get_arch
 from parity.cli import main
 from parity.core.controls import Control
 from parity.core.sides import build_torch
@@ -20,6 +20,7 @@ from parity.debug.modes import compare_modes
 from parity.debug.report import format_report, plot_errors, write_json
 from parity.core.harness import random_params
 from parity.core.precision import pinned_precision
+from parity.convert.tables.dit import TABLE as DIT_TABLE
 from torch_meanflow.objective import JVP_ENGINES
 
 # As `python -m parity debug` runs: pinned precision (also shares the compiled functions
@@ -175,7 +176,7 @@ def test_cli_debug_blames_and_writes(tmp_path, params, capsys):
 def test_cli_debug_checkpoint(tmp_path, params):
     """Given weights (a torch state-dict file) instead of the random ones: a clean run exits 0."""
     path = tmp_path / "dit.safetensors"
-    state = convert.jax_to_torch(params["dit"], "dit", _variant("dit").model_cfg)
+    state = convert.jax_to_torch(params["dit"], DIT_TABLE, _variant("dit").model_cfg)
     checkpoints.save_torch_file(state, str(path))
     args = ["debug", "--arch", "dit", "--checkpoint", str(path), "--out", str(tmp_path / "o"),
             "--json", str(tmp_path / "d.json")]

@@ -14,7 +14,7 @@ import pytest
 from parity import convert
 from parity.core import executables as E
 from parity.core import harness as H
-from parity.core.arch import get_arch
+from parity.archs.registry import get_arch
 from parity.core.inputs import rounded_bundle
 from parity.core.precision import jax_compiler_options, pinned_precision
 from parity.core.rule import own_errors
@@ -135,7 +135,7 @@ def test_consumed_weights_convert_to_the_same_state_and_are_given_up():
 def test_the_x64_off_child_is_compared_with_the_torch_side_of_its_own_weights():
     """Negative control: the child draws its weights from the seed; against the torch side of
     other weights (seed 1 instead of 0) the check fails, so the check reads the child's run."""
-    from parity.extra.x64_off import X64OffRun, x64_off_checks
+    from parity.checks.x64_off import X64OffRun, x64_off_checks
 
     v = _variant("dit", 2)
     with pinned_precision(True):

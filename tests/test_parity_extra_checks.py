@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from parity.core.arch import default_variants, get_arch
-from parity.extra.coverage import branches, coverage_check
-from parity.extra.checks import parse_groups
+from parity.archs.registry import default_variants, get_arch
+from parity.checks.branches import branches, coverage_check
+from parity.checks.registry import parse_groups
 from parity.core.inputs import cover_guidance_window, drop_mask_numpy, sample_tr_numpy
 
 VARIANTS = {f"{v.arch}:{v.name}": v for v in default_variants()}
@@ -63,7 +63,7 @@ def test_without_the_window_cover_a_branch_would_go_unreached():
 
 
 def test_dropout_rates_at_eval_equal_zero_rates_and_a_port_ignoring_train_fails(monkeypatch):
-    from parity.extra.dropout_eval import dropout_eval_checks
+    from parity.checks.dropout import dropout_eval_checks
 
     v = VARIANTS["flower:adaln rope"]
     results = dropout_eval_checks(v, "float64")
@@ -81,7 +81,7 @@ def test_dropout_rates_at_eval_equal_zero_rates_and_a_port_ignoring_train_fails(
 
 
 def test_float32_with_x64_off_in_a_subprocess():
-    from parity.extra.x64_off import x64_off_checks
+    from parity.checks.x64_off import x64_off_checks
 
     results = x64_off_checks([VARIANTS["dit:no cfg"]])
     assert len(results) == 7 and all(r.passed for r in results), [r for r in results if not r.passed]

@@ -11,6 +11,7 @@ from jax_meanflow import flower as jf
 from jax_meanflow.params import randomize_params
 from meanflow_common.config import FLOWER_PRESETS, override
 from parity.convert import ConversionError, ConversionShapeError, flatten_tree, jax_to_torch, torch_to_jax
+from parity.convert.tables.flower import TABLE as FLOWER_TABLE
 from torch_meanflow import flower as tf
 
 jax.config.update("jax_enable_x64", True)
@@ -27,7 +28,7 @@ def _pair(over, seed=0):
     cfg = override(FLOWER_PRESETS["tiny"], over)
     params = randomize_params(jf.init_flower(cfg, seed, jnp.float64), seed=seed + 1)
     model = tf.init_flower(cfg, seed, torch.float64)
-    sd = jax_to_torch(params, "flower", cfg, template=model.state_dict())
+    sd = jax_to_torch(params, FLOWER_TABLE, cfg, template=model.state_dict())
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()})
     return cfg, params, model
 
@@ -47,7 +48,7 @@ def _inputs(cfg, batch=3, seed=5):
 @pytest.mark.parametrize("over", VARIANTS, ids=lambda o: "-".join(str(x) for x in o.values()))
 def test_round_trip_and_forward_parity(over):
     cfg, params, model = _pair(over)
-    back = torch_to_jax(model.state_dict(), "flower", cfg, template=params)
+    back = torch_to_jax(model.state_dict(), FLOWER_TABLE, cfg, template=params)
     flat_a, flat_b = flatten_tree(params), flatten_tree(back)
     assert flat_a.keys() == flat_b.keys()
     for key in flat_a:
@@ -93,30 +94,30 @@ def test_bad_keys_and_shapes_are_named():
     missing = dict(sd)
     del missing["dit.1.cross_attn.q_norm.weight"]
     with pytest.raises(ConversionError, match=r"dit\.1\.cross_attn\.q_norm\.weight"):
-        torch_to_jax(missing, "flower", cfg, template=params)
+        torch_to_jax(missing, FLOWER_TABLE, cfg, template=params)
 
     extra = dict(sd, **{"action_space_embedder.action_embeddings": np.zeros((3, 4))})
     with pytest.raises(ConversionError, match="action_space_embedder"):
-        torch_to_jax(extra, "flower", cfg, template=params)
+        torch_to_jax(extra, FLOWER_TABLE, cfg, template=params)
 
     bad = dict(sd, **{"cond_linear.weight": np.zeros((cfg.dit_dim, cfg.cond_dim + 1))})
     with pytest.raises(ConversionShapeError, match="cond_linear"):
-        torch_to_jax(bad, "flower", cfg, template=params)
+        torch_to_jax(bad, FLOWER_TABLE, cfg, template=params)
 
     # a tree built for the other h placement lacks the decoder keys this config needs
     other = override(cfg, {"h_placement": "decoder"})
     with pytest.raises(ConversionError, match="action_decoders"):
-        jax_to_torch(params, "flower", other)
+        jax_to_torch(params, FLOWER_TABLE, other)
 
     with pytest.raises(ValueError, match="FlowerConfig"):
-        jax_to_torch(params, "flower", None)
+        jax_to_torch(params, FLOWER_TABLE, None)
 
 
 def test_table_without_positions_matches_both_inits():
     cfg = override(FLOWER_PRESETS["tiny"], {"position_mode": "none", "use_proprio": True})
     params = jf.init_flower(cfg, 0, jnp.float64)
     model = tf.init_flower(cfg, 0, torch.float64)
-    sd = jax_to_torch(params, "flower", cfg, template=model.state_dict())
+    sd = jax_to_torch(params, FLOWER_TABLE, cfg, template=model.state_dict())
     assert "positional_encoding" not in sd and len(sd) == len(model.state_dict())
-    back = torch_to_jax(model.state_dict(), "flower", cfg, template=params)
+    back = torch_to_jax(model.state_dict(), FLOWER_TABLE, cfg, template=params)
     assert flatten_tree(back).keys() == flatten_tree(params).keys()

@@ -3,7 +3,7 @@ errors, and on the real networks: the honest port passes, every negative control
 import numpy as np
 import pytest
 
-from parity.core.arch import default_variants, get_arch
+from parity.archs.registry import default_variants, get_arch
 from parity.core.compare import compare, compare_grads
 from parity.core.harness import SideOutputs, random_params, run_variant
 from parity.core.rule import DEFAULT_RULE, FIXED_RULE, Float32Rule, own_errors, rel_errors

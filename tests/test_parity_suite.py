@@ -6,7 +6,7 @@ architecture and head placement on CPU (compiling each JAX loss costs seconds on
 """
 import pytest
 
-from parity.core.arch import default_variants
+from parity.archs.registry import default_variants
 from parity.core.harness import run_variant
 
 VARIANTS = {f"{v.arch}:{v.name}": v for v in default_variants()}
@@ -37,7 +37,7 @@ def test_batch_not_power_of_two_and_other_seed():
 
 def test_checks_are_not_vacuous():
     """The compared quantities are far from zero: random weights, both r = t and r < t samples."""
-    from parity.core.arch import get_arch
+    from parity.archs.registry import get_arch
     from parity.core.harness import random_params, run_jax
 
     v = VARIANTS["dit:cfg kappa>0"]
@@ -64,7 +64,7 @@ def test_gpu(key, dtype):
 @pytest.mark.parametrize("key", ["dit:cfg kappa>0", "flower:adaln rope"])
 def test_after_training_steps(key):
     """Parity at trained weights too (zero-initialised layers moved off zero by AdamW)."""
-    from parity.core.arch import get_arch
+    from parity.archs.registry import get_arch
     from parity.core.harness import trained_params
 
     v = VARIANTS[key]
@@ -78,7 +78,7 @@ def test_fast_xla_compile_changes_rounding_only():
     and differ (the two modes really are two executables)."""
     import numpy as np
 
-    from parity.core.arch import get_arch
+    from parity.archs.registry import get_arch
     from parity.core.harness import random_params, run_jax
 
     v = VARIANTS["flower:decoder rope"]

@@ -11,7 +11,7 @@ import pytest
 import jax_meanflow.dit as jdit
 import jax_meanflow.layers as jlayers
 from jax_meanflow.objective import MeanFlowNoise, meanflow_loss
-from parity.core.arch import default_variants, get_arch
+from parity.archs.registry import default_variants, get_arch
 from parity.core.harness import random_params
 
 jax.config.update("jax_enable_x64", True)

@@ -19,8 +19,8 @@ import torch
 import jax_meanflow.objective as jobj
 import torch_meanflow.objective as tobj
 from meanflow_common.config import MeanFlowConfig, from_dict, override, to_dict
-from parity.extra import sampler_check
-from parity.extra import sampler_oracle as oracle
+from parity.checks import samplers as sampler_check
+from parity.core import sampler_oracle as oracle
 
 jax.config.update("jax_enable_x64", True)
 
@@ -70,7 +70,7 @@ def _expected(cfg, a, b, coins):
         want = t, np.where(coins < cfg.data_proportion, t, r)
     else:  # py-meanflow v1: r = t on the masked samples, then r = min(t, r); t keeps its draw
         want = t_raw, np.minimum(t_raw, np.where(coins < cfg.data_proportion, t_raw, r_raw))
-    # the report's NumPy oracle (parity.extra.sampler_oracle) is these formulas too
+    # the report's NumPy oracle (parity.core.sampler_oracle) is these formulas too
     t_o, r_o = oracle.order_tr(*(oracle.raw_times(a, b, cfg) if cfg.noise_dist == "logit_normal" else (a, b)),
                                coins, cfg)
     np.testing.assert_allclose(t_o, want[0], rtol=1e-15, atol=0)

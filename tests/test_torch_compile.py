@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.core.arch import default_variants, get_arch
+from parity.archs.registry import default_variants, get_arch
 from parity.core.harness import random_params
 from parity import convert
 from parity.core.sides import torch_inputs

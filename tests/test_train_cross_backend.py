@@ -13,9 +13,12 @@ import torch
 from jax_meanflow import train as jt
 from jax_meanflow.train_state import create_train_state as jax_state
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments, model_config
+from parity.archs.registry import get_arch
 from parity.convert.checkpoints import load_params
 from parity.convert import jax_to_torch, torch_to_jax
 from parity.train_parity import parity_config, run_pair
+from parity.convert.tables.dit import TABLE as DIT_TABLE
+from parity.convert.tables.policy import TABLE as POLICY_TABLE
 from torch_meanflow import train as tt
 from torch_meanflow.params import randomize_params
 from torch_meanflow.train_state import create_train_state as torch_state
@@ -53,7 +56,7 @@ def test_jax_checkpoint_samples_the_same_in_torch(pair64):
     mc = model_config(cfg)
     run = results["jax"]
     ema = load_params(os.path.join(run.checkpoint, "ema_params"), "dit", mc)
-    model, state = _torch_state_with(cfg, jax_to_torch(ema, "dit", mc))
+    model, state = _torch_state_with(cfg, jax_to_torch(ema, DIT_TABLE, mc))
     labels = np.arange(6) % 10
     for steps in (1, 2):
         x_jax = jt.make_sampler(cfg, run.model, run.state)(labels, num_steps=steps, seed=5)
@@ -67,7 +70,7 @@ def test_torch_checkpoint_samples_the_same_in_jax(tmp_path):
     model = randomize_params(tt.make_model(cfg, obs_dim=None), 2)
     result = tt.train(cfg, init_params=model.state_dict(), progress=False)
     mc = model_config(cfg)
-    params = load_params(result.checkpoint, "dit", mc)  # the file's "model" entry: the trained weights
+    params = load_params(result.checkpoint, get_arch("dit"), mc)  # the file's "model" entry: the trained weights
     _, template = jt.make_model(cfg)
     state = jax_state(jax.tree.map(lambda a, t: np.asarray(a, t.dtype), params, template), cfg.optim)
     labels = np.array([0, 3, 7, 9])
@@ -83,7 +86,7 @@ def test_torch_policy_checkpoint_samples_the_same_in_jax(tmp_path):
     mc = model_config(cfg)
     payload = torch.load(result.checkpoint, weights_only=True)
     policy, template = jt.make_model(cfg, obs_dim=4)
-    ema = torch_to_jax(payload["ema"], "policy", mc, template=template)
+    ema = torch_to_jax(payload["ema"], POLICY_TABLE, mc, template=template)
     state = jax_state(ema, cfg.optim)
     obs = np.random.default_rng(0).uniform(-1, 1, (5, 4))
     x_jax = jt.make_sampler(cfg, policy, state)(obs, seed=3)

@@ -27,7 +27,7 @@ from torch_meanflow.flower import FlowerCond, FlowerTransformer
 from torch_meanflow.objective import MeanFlowNoise, MeanFlowOutput, meanflow_loss, sample_noise, sample_tr
 from torch_meanflow.solver import generate
 
-__all__ = ["ObservationEncoder", "LowDimEncoder", "FlowerPolicy"]
+__all__ = ["ObservationEncoder", "LowDimEncoder", "FlowerPolicy", "make_u_fn"]
 
 
 @runtime_checkable
@@ -174,3 +174,13 @@ class FlowerPolicy(nn.Module):
             self._check_actions(noise, b)
             x = generate(self.u_fn, noise, cond, num_steps=num_steps)
         return x.clamp(-1.0, 1.0) if self.clip_actions else x
+
+
+def make_u_fn(policy: FlowerPolicy):
+    """u_fn(z, t, h, obs, train) -> u of the whole policy (encoder and transformer): the
+    observations [B, obs_dim] are the conditioning, as `jax_meanflow.policy.make_u_fn`."""
+
+    def u_fn(z, t, h, obs, train=False):
+        return policy.u_fn(z, t, h, policy.encode(obs), train=train)
+
+    return u_fn

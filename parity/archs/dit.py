@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from meanflow_common.config import DIT_PRESETS, MeanFlowConfig
+from meanflow_common.config import DIT_PRESETS, DiTConfig, MeanFlowConfig
 from parity.convert.tables.dit import TABLE
-from parity.core.arch import CHANNELS_LAST_TO_FIRST, Arch, ModuleMapSpec
+from parity.core.arch import CHANNELS_LAST_TO_FIRST, Arch, BenchSpec, ModuleMapSpec
 from parity.core.controls import OBJECTIVE_CONTROLS, Control
 from parity.core.inputs import InputBundle, cover_guidance_window, drop_mask_numpy, sample_tr_numpy
 
@@ -116,6 +116,21 @@ CONTROLS = OBJECTIVE_CONTROLS + (
             state=_untransposed_conv, module="x_embedder"),
 )
 
+def bench_sizes() -> dict:
+    """The benchmark's DiT sizes (`python -m parity bench --sizes`): no guidance (the bench's
+    --guidance turns CFG on), class dropout 0.1."""
+    mf = MeanFlowConfig(guidance_eq="", class_dropout_prob=0.1)
+    small = dict(patch_size=4, in_channels=4, num_classes=10)
+    return {
+        "dit-tiny": BenchSpec(DIT_PRESETS["tiny"], mf, "smoke test: 2 blocks, width 64, 16 tokens"),
+        "dit-s": BenchSpec(DiTConfig(input_size=16, hidden_size=128, depth=4, num_heads=4, **small), mf,
+                           "4 blocks, width 128, 16 tokens"),
+        "dit-m": BenchSpec(DiTConfig(input_size=32, hidden_size=384, depth=6, num_heads=6, **small), mf,
+                           "6 blocks, width 384, 64 tokens"),
+        "dit-b4": BenchSpec(DIT_PRESETS["DiT-B/4"], mf, "DiT-B/4 on 32x32x4 latents: 12 blocks, width 768, 64 tokens"),
+    }
+
+
 DIT = Arch(
     name="dit",
     presets=DIT_PRESETS,
@@ -139,4 +154,5 @@ DIT = Arch(
         block="blocks.{i}",
     ),
     controls=CONTROLS,
+    bench_sizes=bench_sizes(),
 )

@@ -9,7 +9,7 @@ import numpy as np
 
 from meanflow_common.config import FLOWER_PRESETS, MeanFlowConfig
 from parity.convert.tables.flower import TABLE
-from parity.core.arch import Arch, ModuleMapSpec
+from parity.core.arch import Arch, BenchSpec, ModuleMapSpec
 from parity.core.controls import Control
 from parity.core.inputs import InputBundle, drop_mask_numpy, sample_tr_numpy
 from parity.core.tolerances import F32
@@ -82,9 +82,18 @@ def _cond_torch(y, dtype, device):
     return FlowerCond(**{k: torch.as_tensor(a, dtype=dtype, device=device) for k, a in y.items()})
 
 
+# The dropout check's rates (non-zero, the proprio encoder's larger as in FLOWER's config).
+TEST_RATES = dict(attn_pdrop=0.1, resid_pdrop=0.1, mlp_pdrop=0.1, proprio_pdrop=0.2)
+
+
+def flower_set_dropout(cfg, on: bool):
+    """`cfg` with the test rates (on) or every dropout rate 0 (off)."""
+    return replace(cfg, **({k: v if on else 0.0 for k, v in TEST_RATES.items()}))
+
+
 def _variants(cfg):
     """Both h placements x both position modes; dropout off (masks cannot match across frameworks)."""
-    cfg = replace(cfg, attn_pdrop=0.0, resid_pdrop=0.0, mlp_pdrop=0.0, proprio_pdrop=0.0)
+    cfg = flower_set_dropout(cfg, False)
     return [(f"{placement} {pos}", replace(cfg, h_placement=placement, position_mode=pos), FLOWER_MEANFLOW)
             for placement in ("adaln", "decoder") for pos in ("rope", "learned")]
 
@@ -96,6 +105,63 @@ def _dropout(cfg) -> float:
 def _drop_time_scale(module):
     """FLOWER multiplies the time frequencies by 1000; a port that forgets it."""
     module.t_embedder.set_table("freqs", module.t_embedder.table("freqs") / 1000.0)
+
+
+def bench_sampler(backend: str, cfg, batch: int, device: str, num_steps: int, tokens: int):
+    """One timed sampling call: torch, `FlowerPolicy.sample_actions` (eager: encoder and
+    transformer, observations [B, 32]); jax, the jitted `generate` on the transformer alone
+    (`tokens` conditioning tokens given). Random weights (every parameter)."""
+    if backend == "torch":
+        import torch
+
+        from torch_meanflow.params import randomize_params
+        from torch_meanflow.policy import FlowerPolicy
+
+        policy = FlowerPolicy(cfg, obs_dim=32).to(device)
+        randomize_params(policy, 0)
+        policy.eval()
+        obs = torch.randn(batch, 32, generator=torch.Generator().manual_seed(0)).to(device)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+        def run():
+            policy.sample_actions(obs, num_steps=num_steps)
+            sync()
+
+        return run
+    import jax
+    import jax.numpy as jnp
+
+    from jax_meanflow.flower import FlowerCond, FlowerTransformer, init_flower, make_u_fn
+    from jax_meanflow.params import randomize_params as jax_randomize
+    from jax_meanflow.solver import make_generate
+
+    module = FlowerTransformer(cfg)
+    params = jax_randomize(init_flower(cfg, 0), 0)
+    rng = np.random.default_rng(0)
+    cond = FlowerCond(jnp.asarray(rng.standard_normal((batch, tokens, cfg.cond_dim)), jnp.float32),
+                      jnp.asarray(rng.standard_normal((batch, cfg.dit_dim)), jnp.float32))
+    e = jnp.asarray(rng.standard_normal((batch, cfg.act_window_size, cfg.action_dim)), jnp.float32)
+    sample = make_generate(lambda p: make_u_fn(module, p), num_steps=num_steps)
+
+    def run():
+        jax.block_until_ready(sample(params, e, cond))
+
+    return run
+
+
+def bench_sizes() -> dict:
+    """The benchmark's FLOWER sizes (`python -m parity bench --sizes`): 64 conditioning tokens
+    per sample (the bench's --tokens overrides them), sampling latency timed."""
+    mf = replace(FLOWER_MEANFLOW, data_proportion=0.75)
+    spec = dict(mf_cfg=mf, bundle_options={"tokens": 64}, sampler=bench_sampler)
+    return {
+        "flower-tiny": BenchSpec(FLOWER_PRESETS["tiny"], what="smoke test: 2 layers, width 32", **spec),
+        "flower-small": BenchSpec(FLOWER_PRESETS["small"], what="4 layers, width 128", **spec),
+        "flower-base": BenchSpec(FLOWER_PRESETS["base"], what="12 layers, width 512 (FLOWERVLA constructor defaults)",
+                                 **spec),
+        "flower-default": BenchSpec(FLOWER_PRESETS["default"], what="18 layers, width 1024 (conf/model/flower.yaml)",
+                                    **spec),
+    }
 
 
 FLOWER = Arch(
@@ -124,4 +190,6 @@ FLOWER = Arch(
     controls=(Control("flower_time_scale", "FLOWER's x1000 time-frequency scale dropped",
                       model=_drop_time_scale, module="t_embedder"),),
     dropout=_dropout,
+    set_dropout=flower_set_dropout,
+    bench_sizes=bench_sizes(),
 )

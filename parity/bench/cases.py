@@ -20,44 +20,45 @@ from typing import Any
 
 import numpy as np
 
-from meanflow_common.config import DIT_PRESETS, FLOWER_PRESETS, DiTConfig, MeanFlowConfig, OptimConfig
-from parity.archs import DIT, FLOWER
+from meanflow_common.config import MeanFlowConfig, OptimConfig
+from parity.archs.registry import builtin_suite
 from parity.bench.measure import Runner
-from parity.core.arch import Arch, Variant
+from parity.core.arch import Arch, BenchSpec, Variant
 from parity.core.inputs import InputBundle
 
 
 @dataclass(frozen=True)
 class BenchSize:
-    """One benchmarked network: its Arch, model config, objective config (no guidance by
-    default, so MeanFlow/FM measures the JVP alone; --guidance turns CFG on where the network
-    has class labels), what it is, and whether the FLOWER policy's sampling latency is timed."""
+    """One benchmarked network: its Arch and the Arch's `BenchSpec` (model and objective
+    configs: no guidance by default, so MeanFlow/FM measures the JVP alone; --guidance turns
+    CFG on where the network has class labels)."""
 
     arch: Arch
-    model_cfg: Any
-    mf_cfg: MeanFlowConfig
-    what: str
-    sampling: bool = False
+    spec: BenchSpec
+
+    @property
+    def model_cfg(self):
+        return self.spec.model_cfg
+
+    @property
+    def mf_cfg(self) -> MeanFlowConfig:
+        return self.spec.mf_cfg
+
+    @property
+    def what(self) -> str:
+        return self.spec.what
+
+    @property
+    def sampling(self) -> bool:
+        return self.spec.sampler is not None
 
 
-_DIT_MF = MeanFlowConfig(guidance_eq="", class_dropout_prob=0.1)
-_FLOWER_MF = MeanFlowConfig(guidance_eq="", class_dropout_prob=0.0)
+def sizes_of(archs) -> dict[str, BenchSize]:
+    """Every benchmark size the architectures declare (`Arch.bench_sizes`), in order."""
+    return {name: BenchSize(a, spec) for a in archs for name, spec in a.bench_sizes.items()}
 
-SIZES: dict[str, BenchSize] = {
-    "dit-tiny": BenchSize(DIT, DIT_PRESETS["tiny"], _DIT_MF, "smoke test: 2 blocks, width 64, 16 tokens"),
-    "dit-s": BenchSize(DIT, DiTConfig(input_size=16, patch_size=4, in_channels=4, hidden_size=128, depth=4,
-                                      num_heads=4, num_classes=10), _DIT_MF, "4 blocks, width 128, 16 tokens"),
-    "dit-m": BenchSize(DIT, DiTConfig(input_size=32, patch_size=4, in_channels=4, hidden_size=384, depth=6,
-                                      num_heads=6, num_classes=10), _DIT_MF, "6 blocks, width 384, 64 tokens"),
-    "dit-b4": BenchSize(DIT, DIT_PRESETS["DiT-B/4"], _DIT_MF,
-                        "DiT-B/4 on 32x32x4 latents: 12 blocks, width 768, 64 tokens"),
-    "flower-tiny": BenchSize(FLOWER, FLOWER_PRESETS["tiny"], _FLOWER_MF, "smoke test: 2 layers, width 32", True),
-    "flower-small": BenchSize(FLOWER, FLOWER_PRESETS["small"], _FLOWER_MF, "4 layers, width 128", True),
-    "flower-base": BenchSize(FLOWER, FLOWER_PRESETS["base"], _FLOWER_MF,
-                             "12 layers, width 512 (FLOWERVLA constructor defaults)", True),
-    "flower-default": BenchSize(FLOWER, FLOWER_PRESETS["default"], _FLOWER_MF,
-                                "18 layers, width 1024 (conf/model/flower.yaml)", True),
-}
+
+SIZES: dict[str, BenchSize] = sizes_of(builtin_suite())
 DEFAULT_SIZES = {"cpu": "dit-s,dit-m,flower-small,flower-base", "cuda": "dit-m,dit-b4,flower-base,flower-default"}
 QUICK_SIZES = "dit-tiny,flower-tiny"
 
@@ -84,14 +85,16 @@ def arch_sizes(variants) -> dict[str, BenchSize]:
     out: dict[str, BenchSize] = {}
     for v in variants:
         if v.arch.name not in out:
-            out[v.arch.name] = BenchSize(v.arch, v.model_cfg, v.mf_cfg, f"{v.arch.name}, variant {v.name!r} (--arch)")
+            out[v.arch.name] = BenchSize(v.arch, BenchSpec(v.model_cfg, v.mf_cfg,
+                                                           f"{v.arch.name}, variant {v.name!r} (--arch)"))
     return out
 
 
-def make_case(name: str, batch: int, tokens: int, guidance: bool, seed: int = 0,
+def make_case(name: str, batch: int, options: dict, guidance: bool, seed: int = 0,
               sizes: dict[str, BenchSize] | None = None) -> Case:
     """The case of size `name` (of `sizes`, default SIZES): its network, objective and one
-    bundle (`tokens` conditioning tokens per sample where the network takes tokens)."""
+    bundle (`options`: the command line's bundle options, e.g. {"tokens": 64}; each applies
+    where the size's `BenchSpec.bundle_options` declares it)."""
     sizes = SIZES if sizes is None else sizes
     if name not in sizes:
         raise KeyError(f"unknown size {name!r}; available: {', '.join(sizes)}")
@@ -99,7 +102,10 @@ def make_case(name: str, batch: int, tokens: int, guidance: bool, seed: int = 0,
     arch, cfg = size.arch, size.model_cfg
     mf_cfg = replace(size.mf_cfg, guidance_eq="cfg") if guidance and arch.null_label is not None else size.mf_cfg
     variant = Variant(arch, name, cfg, mf_cfg)
-    bundle = arch.make_bundle(variant, batch, seed + 1, tokens=tokens)
+    from parity.core.harness import variant_bundle  # here: the bench sets XLA flags before JAX loads
+
+    mine = {**size.spec.bundle_options, **{k: v for k, v in options.items() if k in size.spec.bundle_options}}
+    bundle = variant_bundle(variant, batch, seed, **mine)
     return Case(name, arch, cfg, mf_cfg, bundle, info={"what": size.what, "batch": batch,
                                                        "model_cfg": dataclasses.asdict(cfg),
                                                        "meanflow_cfg": dataclasses.asdict(mf_cfg)})

@@ -21,7 +21,6 @@ import tempfile
 import time
 from typing import Callable
 
-import numpy as np
 
 from parity.bench.cases import SIZES
 from parity.bench.measure import load_average
@@ -44,61 +43,19 @@ def _median_ms(fn: Callable[[], None], calls: int, warmup: int = 2) -> tuple[flo
     return first, 1e3 * statistics.median(times)
 
 
-def _torch_policy_sampler(cfg, batch: int, device: str, num_steps: int, obs_dim: int = 32):
-    import torch
-
-    from torch_meanflow.params import randomize_params
-    from torch_meanflow.policy import FlowerPolicy
-
-    policy = FlowerPolicy(cfg, obs_dim=obs_dim).to(device)
-    randomize_params(policy, 0)
-    policy.eval()
-    obs = torch.randn(batch, obs_dim, generator=torch.Generator().manual_seed(0)).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def run():
-        policy.sample_actions(obs, num_steps=num_steps)
-        sync()
-
-    return run
-
-
-def _jax_sampler(cfg, batch: int, tokens: int, num_steps: int):
-    import jax
-    import jax.numpy as jnp
-
-    from jax_meanflow.flower import FlowerCond, FlowerTransformer, init_flower, make_u_fn
-    from jax_meanflow.params import randomize_params
-    from jax_meanflow.solver import make_generate
-
-    module = FlowerTransformer(cfg)
-    params = randomize_params(init_flower(cfg, 0), 0)
-    rng = np.random.default_rng(0)
-    cond = FlowerCond(jnp.asarray(rng.standard_normal((batch, tokens, cfg.cond_dim)), jnp.float32),
-                      jnp.asarray(rng.standard_normal((batch, cfg.dit_dim)), jnp.float32))
-    e = jnp.asarray(rng.standard_normal((batch, cfg.act_window_size, cfg.action_dim)), jnp.float32)
-    sample = make_generate(lambda p: make_u_fn(module, p), num_steps=num_steps)
-
-    def run():
-        jax.block_until_ready(sample(params, e, cond))
-
-    return run
-
-
 def sampling_latency(size: str, device: str, batches=(1, 32), steps=(1, 4), tokens: int = 64,
                      calls: int = 20, backends=("torch", "jax"), log=print) -> list[dict]:
-    """Latency of sampling an action chunk, per backend, batch size and number of steps."""
+    """Latency of sampling, per backend, batch size and number of steps, with the size's own
+    sampler (`BenchSpec.sampler`)."""
     if not SIZES[size].sampling:
-        raise ValueError(f"sampling latency is measured on a FLOWER size, got {size!r}")
-    cfg = SIZES[size].model_cfg
+        raise ValueError(f"size {size!r} declares no sampler (BenchSpec.sampler); sampled sizes: "
+                         f"{', '.join(n for n, s in SIZES.items() if s.sampling)}")
+    spec = SIZES[size].spec
     rows = []
     for batch in batches:
         for backend in backends:
             for n in steps:
-                if backend == "torch":
-                    run = _torch_policy_sampler(cfg, batch, device, n)
-                else:
-                    run = _jax_sampler(cfg, batch, tokens, n)
+                run = spec.sampler(backend, spec.model_cfg, batch, device, n, tokens)
                 first, ms = _median_ms(run, calls)
                 what = "FlowerPolicy.sample_actions (eager)" if backend == "torch" else "jit generate (transformer)"
                 rows.append({"size": size, "backend": backend, "what": what, "batch": batch, "num_steps": n,

@@ -98,20 +98,16 @@ def phase_run(args) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from parity.archs.registry import select_variants
+    from parity.checks.base import SuiteContext
+    from parity.checks.registry import make_checks, parse_groups
     from parity.core import harness as H
-    from parity.core.arch import resolve_variants
     from parity.core.precision import pinned_precision
     from parity.core.rule import DEFAULT_RULE, FIXED_RULE
-    from parity.core.sides import jax_inputs
-    from parity.extra.checks import once_checks, parse_groups, run_checks, x64_off_applies
-    from parity.extra.x64_off import x64_off_checks
 
-    variants = resolve_variants(args.arch, args.preset)
-    if args.variant:
-        variants = [v for v in variants if args.variant in v.name]
-        if not variants:
-            raise SystemExit(f"no variant matches {args.variant!r}")
+    variants = select_variants(args.arch, args.preset, (), args.variant)
     dtype, device, seed, batch = args.dtype, "cpu", args.seed, args.batch
+    rule = DEFAULT_RULE if args.truth64 else FIXED_RULE
     load_before = load_average()
     print(f"parity cost: {args.arch} {args.preset} batch {batch} {dtype}, {len(variants)} variant(s), "
           f"trained {args.trained_steps}, truth64 {args.truth64}, checks {args.checks} (load {load_before})")
@@ -120,57 +116,43 @@ def phase_run(args) -> dict:
     t0 = time.perf_counter()
 
     def one(v, label, params=None):
-        arch = v.arch
-        owned = params is None
-        if owned:
-            params = ph.run(f"{label}: random weights", H.random_params, arch, v, seed, H.master_dtype(dtype))
-        bundle = arch.make_bundle(v, batch, seed + 1)
-        dtypes = (dtype, "float64") if args.truth64 else (dtype,)
-        ph.run(f"{label}: compile {' + '.join(dtypes)}", H.precompile,
-               [(v, params, jax_inputs(arch, v, bundle, d), d) for d in dtypes], device, args.xla_compile)
-        ref = ph.run(f"{label}: jax {dtype}", H.run_jax, arch, v, params, bundle, dtype, device, args.xla_compile)
-        own = None
-        if args.truth64:  # as run_variant measures it: each float64 gradient reduced as converted
-            own = ph.run(f"{label}: jax float64 (truth)", H.reference_own_errors, arch, v, params, bundle, ref,
-                         device, args.xla_compile)
-        state = [ph.run(f"{label}: convert", H.torch_state, v, params, consume=owned)]
-        del params
-        H.release_memory()  # as run_variant does between the sides
-        got = ph.run(f"{label}: torch {dtype}", H.run_torch, arch, v, state.pop(), bundle, dtype, device)
-        res = ph.run(f"{label}: compare", H.objective_checks, arch, v, ref, got, dtype, device, own=own,
-                     rule=DEFAULT_RULE if own is not None else FIXED_RULE)
-        del ref
-        return res, got, own
+        # the suite's own pipeline, each stage timed
+        sides = H.run_sides(v, dtype, device, seed=seed, batch=batch, params_np=params, xla_compile=args.xla_compile,
+                            rule=rule, step=lambda name, fn, *a, **k: ph.run(f"{label}: {name}", fn, *a, **k))
+        res = ph.run(f"{label}: compare", H.objective_checks, v.arch, v, sides.jax, sides.torch, dtype, device,
+                     own=sides.own, rule=rule)
+        sides.jax = None
+        return res, sides
 
-    # The order and the memory hygiene of run_suite: the trained variant right after the
-    # first one (same executables), executables forgotten once a variant is done.
-    groups = parse_groups(args.checks)
-    extra = dict(seed=seed, batch=batch, xla_compile=args.xla_compile, random_weights=True)
-    x64_early = x64_off_applies(groups, True, (dtype,), (device,))
-    with pinned_precision(True):
-        for k, v in enumerate(variants):
-            res, got, own = one(v, v.name)
-            results += res
-            if k == 0 and x64_early:  # where run_suite runs it: on the first variant's torch side
-                results += ph.run("x64 off (child process)", x64_off_checks, [v], seed=seed, batch=batch,
-                                  xla_compile=args.xla_compile, torch_sides={v.name: got}, own={v.name: own},
-                                  rule=DEFAULT_RULE if own is not None else FIXED_RULE)
-            del got, own
-            if k == 0 and args.trained_steps > 0:
-                params = ph.run(f"train {args.trained_steps} steps", H.trained_params, v.arch, v, seed,
-                                args.trained_steps, batch=batch, xla_compile=args.xla_compile,
-                                dtype=H.master_dtype(dtype))
-                results += one(v, f"{v.name} trained{args.trained_steps}", params)[0]
-                del params
-            H.forget_compiled(v, None if k > 0 else ("float64",))
-            H.release_memory()
-        if groups:
-            results += ph.run("checks (per dtype)", run_checks, groups, variants, dtype, device, **extra)
-        H.forget_compiled(variants[0])
-        H.release_memory()
-    once = tuple(g for g in groups if g != "x64off") if x64_early else groups
-    if once:
-        results += ph.run("checks (once)", once_checks, once, variants, dtypes=(dtype,), devices=(device,), **extra)
+    # The order and the memory hygiene of run_suite: the checks prepared first (the x64-off
+    # child beside the first compile), the trained variant right after the first one (same
+    # executables), executables forgotten once a variant is done.
+    ctx = SuiteContext(seed=seed, batch=batch, dtypes=(dtype,), devices=(device,), xla_compile=args.xla_compile,
+                       rule=rule)
+    active = make_checks(parse_groups(args.checks))
+    try:
+        with pinned_precision(True):
+            for c in active:
+                ph.run(f"{c.name}: prepare", c.prepare, variants, ctx)
+            for k, v in enumerate(variants):
+                res, sides = one(v, v.name)
+                results += res
+                for c in active:
+                    results += ph.run(f"{c.name}: {v.name}", c.check, v, dtype, device, sides)
+                del sides
+                if k == 0 and args.trained_steps > 0:
+                    params = ph.run(f"train {args.trained_steps} steps", H.trained_params, v.arch, v, seed,
+                                    args.trained_steps, batch=batch, xla_compile=args.xla_compile,
+                                    dtype=H.master_dtype(dtype))
+                    results += one(v, f"{v.name} trained{args.trained_steps}", params)[0]
+                    del params
+                H.forget_compiled(v)
+                H.release_memory()
+            for c in active:
+                results += ph.run(f"{c.name}: finish", c.finish)
+    finally:
+        for c in active:
+            c.close()
     total = time.perf_counter() - t0
     peak = max(r["peak_tree_rss_gb"] for r in ph.rows)
     failed = [f"{r.variant}/{r.quantity}" for r in results if not r.passed]
@@ -222,10 +204,12 @@ def suite_run(parity_args: list[str], timeout: float) -> dict:
 
 # The harness's steps whose calls a timeline records: (module, attribute path).
 TIMELINE_CALLS = (
-    ("parity.core.harness", ("random_params", "compile_variant", "run_jax", "reference_own_errors", "torch_state",
-                             "run_torch", "objective_checks", "trained_params")),
-    ("parity.extra.x64_off", ("X64OffRun.__init__", "X64OffRun.wait", "x64_off_checks")),
-    ("parity.extra.checks", ("run_checks", "once_checks")),
+    ("parity.core.harness", ("run_sides", "random_params", "compile_variant", "run_jax", "reference_own_errors",
+                             "torch_state", "run_torch", "objective_checks", "trained_params")),
+    ("parity.checks.x64_off", ("X64OffRun.__init__", "X64OffRun.wait", "x64_off_checks")),
+    ("parity.checks.dropout", ("DropoutCheck.check",)),
+    ("parity.checks.branches", ("BranchesCheck.finish",)),
+    ("parity.checks.samplers", ("SamplersCheck.finish",)),
 )
 
 
@@ -236,7 +220,7 @@ def timeline_run(parity_args: list[str]) -> dict:
     suite's order and overlaps, which the phase tool only mirrors."""
     import importlib
 
-    from parity.cli import main as parity_main
+    from parity.suite.command import main as parity_main
 
     rows: list = []
     t0 = time.perf_counter()

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown runner {n!r}; available: {', '.join(TORCH_VARIANTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    case = make_case(args.size, args.batch, args.tokens, False, 0)
+    case = make_case(args.size, args.batch, {"tokens": args.tokens}, False, 0)
     _, state_dict = _weights(case, 0)
     runners = torch_runners(case, state_dict, "cpu", names)
     for r in runners:

@@ -77,9 +77,9 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
     """One size: the honest rows and each control's verdict (see the module docstring);
     `trained_steps` > 0: the honest rows again after that many Adam steps from the standard
     initialisation (the report's "trained" variant), in "trained"."""
-    from parity.core.arch import resolve_variants
-    from parity.core.harness import (forget_compiled, objective_checks, random_params, reference_own_errors,
-                                     release_memory, run_jax, run_torch, torch_state, trained_params)
+    from parity.archs.registry import resolve_variants
+    from parity.core.harness import (objective_checks, random_params, release_memory, run_sides, run_torch,
+                                     torch_state, trained_params)
     from parity.core.rule import DEFAULT_RULE
 
     rule = DEFAULT_RULE if rule is None else rule
@@ -93,22 +93,25 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
     # The weights live on disk (memory-mapped) while the JAX sides run: at DiT-XL/2 their
     # 2.7 GB would otherwise sit beside the float64 run's weights, gradients and activations.
     params = _spilled(random_params(arch, v, seed, "float32"), spill.name)
-    bundle = arch.make_bundle(v, batch, seed + 1)
-    ref = run_jax(arch, v, params, bundle, "float32", device)
-    forget_compiled(v)  # each executable is used once here
-    release_memory()
-    t_ref = time.time() - start
-    own = reference_own_errors(arch, v, params, bundle, ref, device)
-    forget_compiled(v)
-    release_memory()
-    t_truth = time.time() - start - t_ref
+    times: dict = {}
+
+    def timed(label, fn, *args, **kwargs):
+        t0 = time.time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            times[label] = times.get(label, 0.0) + time.time() - t0
+
+    # the suite's pipeline; the reference's own float32 error is always measured (every row reports it)
+    sides = run_sides(v, "float32", device, seed=seed, batch=batch, params_np=params, keep_compiled=False,
+                      rule=rule if rule.calibrated else DEFAULT_RULE, step=timed)
+    ref, own, bundle = sides.jax, sides.own, sides.bundle
+    honest = objective_checks(arch, v, ref, sides.torch, "float32", device, own=own, rule=rule)
+    del sides
     out = {"arch": arch.name, "preset": preset, "variant": v.name, "batch": batch, "seed": seed, "device": device,
-           "n_params": _n_params(params), "rule": rule.as_dict(), "seconds": {"jax32": t_ref, "jax64_truth": t_truth}}
-    t0 = time.time()
-    state = torch_state(v, params)
-    honest = objective_checks(arch, v, ref, run_torch(arch, v, state, bundle, "float32", device), "float32", device,
-                              own=own, rule=rule)
-    out["seconds"]["torch32"] = time.time() - t0
+           "n_params": _n_params(params), "rule": rule.as_dict(),
+           "seconds": {"jax32": times["compile"] + times["jax float32"], "jax64_truth": times["jax float64 truth"],
+                       "torch32": times["convert"] + times["torch float32"]}}
     out["honest"] = [_row(r) for r in honest]
     out["controls"] = []
     chosen, out["controls_skipped"] = _controls(v, batch) if controls else ([], {})
@@ -127,11 +130,10 @@ def measure_size(arch_name: str, preset: str, *, variant: str | None = None, bat
         t0 = time.time()
         del ref, own
         params = trained_params(arch, v, seed, trained_steps, batch=batch, dtype="float32")
-        ref = run_jax(arch, v, params, bundle, "float32", device)
-        own = reference_own_errors(arch, v, params, bundle, ref, device)
-        release_memory()
-        res = objective_checks(arch, v, ref, run_torch(arch, v, torch_state(v, params), bundle, "float32", device),
-                               "float32", device, own=own, rule=rule)
+        sides = run_sides(v, "float32", device, seed=seed, batch=batch, params_np=params, keep_compiled=False,
+                          rule=rule if rule.calibrated else DEFAULT_RULE)
+        res = objective_checks(arch, v, sides.jax, sides.torch, "float32", device, own=sides.own, rule=rule)
+        del sides
         worst = next(r for r in res if r.quantity == "grad")
         out["trained"] = {"steps": trained_steps, "rows": [_row(r) for r in res], "seconds": time.time() - t0,
                           "grad_leaf": {k: worst.info.get(k) for k in ("floor_scale", "own_err", "own_rms")}}

@@ -101,7 +101,7 @@ def run_case(name: str, args, log=print, jax_in_quick: bool = True, sizes=None) 
     runner (one MeanFlow step) only where `jax_in_quick` (the first size of the run)."""
     from parity.bench.cases import jax_runners, torch_runners
 
-    case = make_case(name, args.batch, args.tokens, args.guidance, args.seed, sizes=sizes)
+    case = make_case(name, args.batch, {"tokens": args.tokens}, args.guidance, args.seed, sizes=sizes)
     log(f"\n== {name}: {case.info['what']}, batch {args.batch} (load {load_average()}) ==")
     with timed(case.info, "setup_s"):
         params_np, state_dict = _weights(case, args.seed)
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     table = dict(SIZES)
     if args.arch:  # resolved after the backends are set up: the user's module may import them
         from parity.bench.cases import arch_sizes
-        from parity.core.arch import resolve_variants
+        from parity.archs.registry import resolve_variants
 
         own = arch_sizes(resolve_variants(args.arch, args.preset))
         table.update(own)

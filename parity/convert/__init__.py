@@ -3,14 +3,12 @@
 backend."""
 from parity.convert.engine import (  # noqa: F401
     KINDS,
-    TABLES,
     ConversionError,
     ConversionShapeError,
     Rule,
     Table,
     expand_rules,
     flatten_tree,
-    get_table,
     iter_jax_to_torch,
     jax_to_torch,
     torch_to_jax,

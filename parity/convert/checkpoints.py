@@ -131,16 +131,16 @@ def _to_numpy_tree(tree):
 
 
 def _arch(arch):
-    """An Arch, or the registered one of that name."""
-    from parity.core.arch import get_arch
-
-    return get_arch(arch)
+    """The Arch (an object: this layer knows no registry)."""
+    if isinstance(arch, str) or not hasattr(arch, "torch_build"):
+        raise TypeError(f"an Arch object is needed, got {arch!r}; look a name up with parity.get_arch({arch!r})")
+    return arch
 
 
 def torch_template(arch, model_cfg) -> dict:
-    """{state-dict name: shape} of the torch model of `model_cfg` (`arch`: an Arch or a
-    registered name), built on the meta device (no memory is allocated, so this is cheap for
-    DiT-XL as for the tiny presets)."""
+    """{state-dict name: shape} of the torch model of `model_cfg` (`arch`: an Arch), built on
+    the meta device (no memory is allocated, so this is cheap for DiT-XL as for the tiny
+    presets)."""
     import torch
 
     with torch.device("meta"):
@@ -150,7 +150,7 @@ def torch_template(arch, model_cfg) -> dict:
 
 def load_params(path: str, arch, model_cfg, key: str | None = None) -> dict:
     """Any checkpoint -> JAX-layout numpy params tree, validated against `model_cfg` of
-    `arch` (an Arch or a registered name).
+    `arch` (an Arch).
 
     `path`: an orbax params directory, a JAX trainer step folder (its `params`, or the item
     `key` names, e.g. "ema_params"), or a .pt/.safetensors file (`key`: its entry, e.g. "ema").
@@ -221,7 +221,7 @@ def save_orbax(tree: dict, path: str, overwrite: bool = False):
 
 
 def convert_file(src: str, dst: str, arch, model_cfg, key: str | None = None, overwrite: bool = False):
-    """Convert a checkpoint of `arch` (an Arch or a registered name) between the two sides;
+    """Convert a checkpoint of `arch` (an Arch) between the two sides;
     the direction follows the file kinds."""
     arch = _arch(arch)
     params = load_params(src, arch, model_cfg, key=key)

@@ -6,8 +6,8 @@ from the same table, so they cannot drift apart.
 
 A table is an object: an architecture's `Arch.table` holds its `Table`, and the engine takes
 the object (this module imports neither backend). The built-in tables live in
-`parity/convert/tables/` (dit.py, flower.py, policy.py: `TABLE = Table(...)` each);
-`get_table("dit")` / `TABLES["dit"]` still find them by name, importing on first use.
+`parity/convert/tables/` (dit.py, flower.py, policy.py: `TABLE = Table(...)` each); a name
+is looked up through its architecture (`parity.get_arch("dit").table`), never here.
 A network of your own declares its `Table` next to its `Arch` (docs/EXTENDING.md).
 
 Table rules. `Rule(jax_path, torch_name, kind)`:
@@ -32,7 +32,6 @@ Values are copied as NumPy arrays with their dtype preserved; the round trip is 
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import re
 from collections.abc import Mapping
@@ -48,8 +47,6 @@ __all__ = [
     "Rule",
     "Table",
     "KINDS",
-    "TABLES",
-    "get_table",
     "flatten_tree",
     "unflatten_tree",
     "expand_rules",
@@ -120,37 +117,6 @@ class Table:
     def rules_for(self, config) -> list[Rule]:
         rules = self.rules(config) if callable(self.rules) else self.rules
         return list(rules)
-
-
-# ---------------------------------------------------------------------------------
-# Registry (lazy: a table module may import heavier things)
-# ---------------------------------------------------------------------------------
-
-_TABLE_MODULES = {
-    "dit": "parity.convert.tables.dit",
-    "flower": "parity.convert.tables.flower",
-    "policy": "parity.convert.tables.policy",
-}
-
-
-def get_table(name: str) -> Table:
-    if name not in _TABLE_MODULES:
-        raise KeyError(f"unknown conversion table {name!r}; available: {sorted(_TABLE_MODULES)}")
-    return importlib.import_module(_TABLE_MODULES[name]).TABLE
-
-
-class _LazyTables(Mapping):
-    def __getitem__(self, name: str) -> Table:
-        return get_table(name)
-
-    def __iter__(self):
-        return iter(_TABLE_MODULES)
-
-    def __len__(self):
-        return len(_TABLE_MODULES)
-
-
-TABLES: Mapping[str, Table] = _LazyTables()
 
 
 # ---------------------------------------------------------------------------------
@@ -320,7 +286,7 @@ def _check_template(out: Mapping[str, np.ndarray], template: Mapping, side: str,
         raise ConversionShapeError(str(err)) from None
 
 
-def jax_to_torch(flax_params: Mapping, table: Table | str, config=None, template: Mapping | None = None,
+def jax_to_torch(flax_params: Mapping, table: Table, config=None, template: Mapping | None = None,
                  consume: bool = False):
     """Flax params (nested dict, optionally under "params", or flat with "/" paths) ->
     {torch name: np.ndarray}.
@@ -331,11 +297,18 @@ def jax_to_torch(flax_params: Mapping, table: Table | str, config=None, template
     converted, so each source array (e.g. a JAX gradient buffer) is freed once its copy
     exists and the conversion holds one tree plus one leaf, not two trees.
     """
-    table = get_table(table) if isinstance(table, str) else table
+    _require_table(table)
     if consume:
         _require_flat(flax_params, "jax_to_torch(consume=True)")
     src = flax_params if consume else flatten_tree(_strip_params(flax_params))
     return _convert(src, _j2t_pairs(table, config, src), "j2t", table, template, consume)
+
+
+def _require_table(table) -> None:
+    if not isinstance(table, Table):
+        raise TypeError(f"a conversion Table is needed, got {table!r}: the architecture's own, e.g. "
+                        f"parity.get_arch({table!r}).table" if isinstance(table, str) else
+                        f"a conversion Table is needed, got {type(table).__name__}")
 
 
 def _require_flat(params, who: str) -> None:
@@ -347,23 +320,23 @@ def _j2t_pairs(table: Table, config, src: Mapping) -> dict:
     return {j: (t, kind) for j, t, kind in expand_rules(table, config, keys=list(src), side="jax")}
 
 
-def iter_jax_to_torch(flat_params: dict, table: Table | str, config=None):
+def iter_jax_to_torch(flat_params: dict, table: Table, config=None):
     """`jax_to_torch(flat_params, table, config, consume=True)` one leaf at a time: yields
     (torch name, np.ndarray), popping each source entry as it goes, so that a consumer
     reducing each leaf (e.g. to an error) never holds a converted tree. Keys are checked
     before the first leaf is yielded."""
-    table = get_table(table) if isinstance(table, str) else table
+    _require_table(table)
     _require_flat(flat_params, "iter_jax_to_torch")
     return _convert_iter(flat_params, _j2t_pairs(table, config, flat_params), "j2t", table, consume=True)
 
 
-def torch_to_jax(state_dict: Mapping, table: Table | str, config=None, template: Mapping | None = None) -> dict:
+def torch_to_jax(state_dict: Mapping, table: Table, config=None, template: Mapping | None = None) -> dict:
     """{torch name: tensor or array} -> Flax params nested dict (without "params").
 
     `template`: the Flax side's expected tree (fresh init, arrays or shape structs), nested or
     flat with "/" paths; when given, keys and shapes must match it exactly.
     """
-    table = get_table(table) if isinstance(table, str) else table
+    _require_table(table)
     src = dict(state_dict)
     triples = expand_rules(table, config, keys=list(src), side="torch")
     pairs = {t: (j, kind) for j, t, kind in triples}

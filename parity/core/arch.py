@@ -15,9 +15,9 @@ Calling conventions (both networks):
   `torch_u_fn(module) -> u_fn(z, t, h, y, train) -> u`.
 z and u have the data's shape (in each side's layout), t and h are [B].
 
-Where the architectures come from: `register_arch(arch)` (the built-ins in `parity.archs`
-register themselves this way), the entry-point group `parity.archs` of installed packages,
-or a `package.module:NAME` spec resolved by `resolve_variants`.
+The registry (`register_arch`, `get_arch`, `resolve_variants`: a name, an entry point of the
+group `parity.archs`, or a `package.module:NAME` spec) lives above this module, with the
+built-ins, in `parity.archs.registry`.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ import numpy as np
 
 from meanflow_common.config import MeanFlowConfig, get_preset, override
 
-ENTRY_POINT_GROUP = "parity.archs"
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,21 @@ class ModuleMapSpec:
     block: str = ""
 
 
+@dataclass(frozen=True)
+class BenchSpec:
+    """One benchmarked size of a network: its model config, objective config, what it is
+    (printed), the Arch's extra `make_bundle` options (e.g. conditioning tokens per sample;
+    the benchmark's command line overrides them by name) and `sampler(model_cfg, batch,
+    device, num_steps) -> fn()`, one timed sampling call of the network's deployed form
+    (None: not timed)."""
+
+    model_cfg: Any
+    mf_cfg: MeanFlowConfig
+    what: str
+    bundle_options: Mapping[str, Any] = field(default_factory=dict)
+    sampler: Callable | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class Arch:
     """One network pair. Compared by identity (the harness caches compiled functions per Arch).
@@ -94,7 +108,10 @@ class Arch:
     controls: negative controls written for this network (`parity.core.controls.Control`);
     dropout(model_cfg) -> the largest dropout rate in training (the benchmark's train step);
     jax_shapes(model_cfg) -> the Flax parameter tree as jax.ShapeDtypeStruct leaves, computing
-    nothing (the harness draws random weights into it); None: taken from a float32 `init`.
+    nothing (the harness draws random weights into it); None: taken from a float32 `init`;
+    set_dropout(model_cfg, on) -> the config with non-zero test dropout rates (on) or every
+    rate 0 (off); None: the network has no dropout (the dropout check skips it);
+    bench_sizes: {size name: `BenchSpec`}, the sizes `python -m parity bench` measures.
     """
 
     name: str
@@ -117,6 +134,8 @@ class Arch:
     controls: tuple = ()
     dropout: Callable[[Any], float] = lambda cfg: 0.0
     jax_shapes: Callable[[Any], Any] | None = None
+    set_dropout: Callable[[Any, bool], Any] | None = None
+    bench_sizes: Mapping[str, "BenchSpec"] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):
@@ -126,6 +145,10 @@ class Arch:
                              f"its presets {sorted(self.presets)}")
         if self.tolerances and not self.tolerance_reason:
             raise ValueError(f"Arch {self.name!r}: tolerance overrides need a tolerance_reason (the measurement)")
+        for c in self.controls:
+            # a bug in this network's modules or weights is refused on another network
+            if (c.model is not None or c.state is not None) and not c.owner:
+                object.__setattr__(c, "owner", self.name)
 
     def __repr__(self) -> str:
         return f"Arch({self.name!r})"
@@ -135,15 +158,16 @@ class Arch:
 
     def __reduce__(self):
         # Pickled by reference (its callables need not pickle, e.g. for a child process): the
-        # registered name, or the module attribute that holds this object.
-        if _REGISTRY.get(self.name) is self:
-            return (get_arch, (self.name,))
+        # module attribute that holds this object, imported again on unpickling. The built-ins
+        # and entry-point architectures are module attributes.
         for mod_name, module in list(sys.modules.items()):
+            if mod_name == "__main__":
+                continue  # another process's __main__ is another program
             for attr, value in list(getattr(module, "__dict__", {}).items()):
                 if value is self:
-                    return (resolve_arch, (f"{mod_name}:{attr}",))
-        raise pickle.PicklingError(f"Arch {self.name!r} is neither registered nor a module attribute; "
-                                   f"register it (parity.register_arch) to pickle it")
+                    return (_module_attribute, (f"{mod_name}:{attr}",))
+        raise pickle.PicklingError(f"Arch {self.name!r} is not a module attribute; define it at the top level "
+                                   f"of an importable module to pickle it (e.g. for the x64-off child)")
 
     def preset(self, name: str | None = None):
         """The model config of preset `name` (default: `default_preset`)."""
@@ -191,87 +215,6 @@ class Variant:
             raise TypeError(f"Variant {self.name!r}: mf_cfg must be a MeanFlowConfig, got {type(self.mf_cfg).__name__}")
 
 
-# ----------------------------------------------------------------------------------
-# Registry: built-ins, registered archs and the entry-point group
-# ----------------------------------------------------------------------------------
-
-_REGISTRY: dict[str, Arch] = {}
-
-
-def register_arch(arch: Arch, *, replace_existing: bool = False) -> Arch:
-    """Make `arch` known by its name (`--arch NAME`, `get_arch`). Returns `arch`."""
-    if not isinstance(arch, Arch):
-        raise TypeError(f"register_arch needs an Arch, got {type(arch).__name__}")
-    old = _REGISTRY.get(arch.name)
-    if old is not None and old is not arch and not replace_existing:
-        raise ValueError(f"an architecture named {arch.name!r} is already registered; "
-                         f"pass replace_existing=True to replace it")
-    _REGISTRY[arch.name] = arch
-    return arch
-
-
-def _load_builtins():
-    return importlib.import_module("parity.archs")  # registers the built-ins
-
-
-def builtin_suite() -> tuple[Arch, ...]:
-    """The architectures of the default suite (`python -m parity` without --arch), in order."""
-    return tuple(_load_builtins().DEFAULT_SUITE)
-
-
-def _entry_point(name: str):
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            return ep
-    return None
-
-
-def registered() -> dict[str, Arch]:
-    """The registered architectures by name (built-ins first)."""
-    _load_builtins()
-    return dict(_REGISTRY)
-
-
-def get_arch(name: str) -> Arch:
-    """A registered architecture, or one that an installed package declares in the
-    entry-point group `parity.archs`."""
-    if isinstance(name, Arch):
-        return name
-    _load_builtins()
-    if name not in _REGISTRY:
-        ep = _entry_point(name)
-        if ep is not None:
-            obj = ep.load()
-            arch = obj if isinstance(obj, Arch) else _arch_of(obj, f"entry point {ep.value}")
-            return register_arch(arch) if name == arch.name else arch
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown architecture {name!r}; registered: {', '.join(sorted(_REGISTRY))} "
-                       f"(or give package.module:NAME)")
-    return _REGISTRY[name]
-
-
-def _arch_of(obj, where: str) -> Arch:
-    variants = _as_variants(obj, where)
-    return variants[0].arch
-
-
-def _as_variants(obj, where: str, preset: str | None = None, sets: Sequence[str] = ()) -> list[Variant]:
-    if isinstance(obj, Arch):
-        return obj.default_variants(preset, sets)
-    if isinstance(obj, Variant):
-        obj = [obj]
-    if isinstance(obj, (list, tuple)) and obj and all(isinstance(v, Variant) for v in obj):
-        if preset is not None:
-            raise ValueError(f"{where} is a list of variants: --preset does not apply (their configs are fixed)")
-        out = list(obj)
-        if sets:
-            out = [replace(v, model_cfg=override(v.model_cfg, list(sets))) for v in out]
-        return out
-    raise TypeError(f"{where} is a {type(obj).__name__}, not an Arch, a Variant or a non-empty list of Variants")
-
-
 def load_object(spec: str):
     """The object named by "package.module:NAME" (the module imported from sys.path)."""
     module_name, _, attr = spec.partition(":")
@@ -290,6 +233,10 @@ def load_object(spec: str):
     return obj
 
 
+def _module_attribute(spec: str):
+    return load_object(spec)
+
+
 def check_sets(sets: Sequence[str], model_cfgs: Sequence) -> None:
     """Every --set "FIELD=VALUE" names a field of at least one of `model_cfgs` (a typo is an
     error, not a silently unmodified model)."""
@@ -301,43 +248,6 @@ def check_sets(sets: Sequence[str], model_cfgs: Sequence) -> None:
         if name not in known:
             kinds = "/".join(sorted({type(c).__name__ for c in model_cfgs}))
             raise KeyError(f"--set {item!r}: unknown field {name!r} of {kinds}; valid: {', '.join(sorted(known))}")
-
-
-def resolve_variants(spec: str | None = None, preset: str | None = None, sets: Sequence[str] = ()) -> list[Variant]:
-    """The variants a command runs, from `--arch`.
-
-    spec: None (the built-in suite), "all" (every registered architecture), comma-separated
-    registered names, or "package.module:NAME" naming an Arch, a Variant or a list of Variants.
-    preset and sets (model config "field=value") apply to every architecture named.
-    """
-    if spec is None:
-        names: Sequence = builtin_suite()
-    elif spec == "all":
-        names = list(registered())
-    elif ":" in spec:
-        return _as_variants(load_object(spec), spec, preset, sets)
-    else:
-        names = [s.strip() for s in spec.split(",") if s.strip()]
-    archs = [get_arch(name) for name in names]
-    fields_of = {a.name: {f.name for f in dataclass_fields(a.preset(preset))} for a in archs}
-    check_sets(sets, [a.preset(preset) for a in archs])
-    out: list[Variant] = []
-    for arch in archs:  # each architecture takes the fields its config has
-        mine = [s for s in sets if s.split("=", 1)[0].strip() in fields_of[arch.name]]
-        out += arch.default_variants(preset, mine)
-    return out
-
-
-def default_variants(preset: str | None = None) -> list[Variant]:
-    """The built-in suite: every built-in architecture's default variants (on `preset`)."""
-    return resolve_variants(None, preset)
-
-
-def resolve_arch(spec: str) -> Arch:
-    """One Arch from a registered name or "package.module:NAME"."""
-    if ":" in spec:
-        return _arch_of(load_object(spec), spec)
-    return get_arch(spec)
 
 
 def archs_of(variants: Sequence[Variant]) -> list[Arch]:

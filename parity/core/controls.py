@@ -28,7 +28,9 @@ import torch_meanflow.objective as tobj
 @dataclass(frozen=True)
 class Control:
     """One injected bug. module: the torch module the divergence debugger must blame
-    ("" = the objective); engine: the torch JVP engine the bug needs (None: the run's)."""
+    ("" = the objective); engine: the torch JVP engine the bug needs (None: the run's);
+    owner: the name of the network whose modules or weights a `model`/`state` bug names
+    (refused on another network; "" for a control that fits any)."""
 
     name: str
     description: str
@@ -37,6 +39,7 @@ class Control:
     state: Optional[Callable[[dict], dict]] = None
     module: str = ""
     engine: Optional[str] = None
+    owner: str = ""
 
 
 @contextlib.contextmanager
@@ -140,14 +143,12 @@ def get_control(name: str, arch) -> Control:
 
 
 def check_control(control: Control | None, arch) -> None:
-    """A control that changes the model or its weights and was written for another registered
-    network (one of its `controls`) is refused on `arch`; ad-hoc controls are the caller's."""
-    from parity.core.arch import registered
-
+    """A control that changes the model or its weights and was written for another network
+    (its `owner` names it) is refused on `arch`; ad-hoc controls (no owner) are the caller's."""
     if control is None or (control.model is None and control.state is None):
         return
     if any(c is control for c in arch.controls):
         return
-    if any(c is control for a in registered().values() for c in a.controls):
-        raise ValueError(f"control {control.name!r} changes a network's modules or weights and is not one of "
+    if control.owner and control.owner != arch.name:
+        raise ValueError(f"control {control.name!r} changes {control.owner}'s modules or weights and is not one of "
                          f"{arch.name}'s controls ({', '.join(c.name for c in arch.controls) or 'none'})")

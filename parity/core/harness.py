@@ -255,18 +255,6 @@ def objective_checks(arch: Arch, variant: Variant, ref: SideOutputs, got: SideOu
     return results
 
 
-def prepare_weights(variant: Variant, seed: int, params_np: dict | None = None, control=None,
-                    dtype: str = "float64"):
-    """(JAX params, torch state dict): every parameter randomised from `seed` (or given),
-    converted through the table, a control's conversion bug applied; random weights are
-    kept in `master_dtype(dtype)` (given ones as they are)."""
-    arch = variant.arch
-    check_control(control, arch)
-    if params_np is None:
-        params_np = random_params(arch, variant, seed, master_dtype(dtype))
-    return params_np, torch_state(variant, params_np, control)
-
-
 def torch_state(variant: Variant, params_np: dict, control=None, consume: bool = False) -> dict:
     """The torch state dict of JAX-layout `params_np` (a control's conversion bug applied);
     `consume`: the caller gives `params_np` up (it is emptied), so each JAX-layout leaf is
@@ -298,49 +286,94 @@ def reference_own_errors(arch: Arch, variant: Variant, params_np: dict, bundle: 
     return own_errors_from(ref, terms, convert.iter_jax_to_torch(flat, arch.table, variant.model_cfg))
 
 
-def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
-                params_np: dict | None = None, control=None, xla_compile: str = "fast",
-                jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE,
-                keep: dict | None = None, keep_compiled: bool = True) -> list[CheckResult]:
-    """Compare every objective term and every gradient of one variant; one result each.
+def variant_bundle(variant: Variant, batch: int, seed: int, **options) -> InputBundle:
+    """The input bundle of a run whose weights come from `seed`: the variant's own bundle
+    (`Arch.make_bundle`) drawn from seed + 1 at `batch` (`options`: the Arch's bundle options,
+    e.g. its benchmark inputs). Every tool that reproduces a parity run (the suite, the
+    debugger, the checks, the benchmarks) draws its inputs here."""
+    return variant.arch.make_bundle(variant, batch, seed + 1, **options)
 
-    `control` (parity.core.controls.Control) injects a known bug into the torch side;
-    `xla_compile` ("fast" or "full", parity.core.precision.XLA_COMPILE) how XLA:CPU compiles
-    the JAX reference; `jvp` the torch side's JVP engine and attention; `rule` how float32 is
-    judged (parity.core.rule: by default calibrated by a float64 run of the reference,
-    `reference_own_errors`); `keep`: a dict that receives the sides' `SideOutputs` ("jax",
-    "torch") and the reference's own float32 error ("own", None unless calibrated) for
-    further checks; `keep_compiled=False`: each JAX executable is forgotten once run (the
-    reference's before the truth runs), for a variant that is not run again. One side runs
-    at a time: the JAX weights are freed before the torch module is built from its state
-    dict, which then becomes the module's parameters (no second copy).
+
+@dataclass
+class Sides:
+    """One variant's pipeline run (`run_sides`): the float64 `bundle` (JAX layout), the
+    reference's and the port's `SideOutputs` (`jax`, `torch`), the reference's own float32
+    error under a calibrated rule (`own`, else None) and, with keep_weights, the JAX-layout
+    weights and the torch state dict they were converted to."""
+
+    bundle: InputBundle
+    jax: SideOutputs | None
+    torch: SideOutputs | None
+    own: OwnErrors | None = None
+    params_np: dict | None = None
+    state_dict: dict | None = None
+
+
+def _direct(_label: str, fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def run_sides(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
+              params_np: dict | None = None, control=None, xla_compile: str = "fast",
+              jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE, keep_compiled: bool = True,
+              keep_weights: bool = False, step=_direct) -> Sides:
+    """The parity pipeline of one variant: weights (every leaf random from `seed`, in the
+    master dtype, or `params_np`), the bundle of `seed` (`variant_bundle`), the JAX objective
+    with gradients, under a calibrated float32 `rule` its float64 truth on the same float32
+    numbers (`reference_own_errors`), then the torch objective on the converted weights (a
+    `control`'s bug injected). One side runs at a time: random weights are converted leaf by
+    leaf and freed before the torch module is built, unless `keep_weights` (the debugger
+    captures both networks on them later). `keep_compiled=False`: each JAX executable is
+    forgotten once run; `step(label, fn, *args)` runs each stage (a benchmark times them).
     """
     arch = variant.arch
     check_control(control, arch)
-    owned = params_np is None
-    if owned:
-        params_np = random_params(arch, variant, seed, master_dtype(dtype))
-    bundle = arch.make_bundle(variant, batch, seed + 1)
-    dtypes = compile_variant(variant, dtype, device, rule=rule, xla_compile=xla_compile, params=params_np,
-                             bundle=bundle)
-    ref = run_jax(arch, variant, params_np, bundle, dtype, device, xla_compile)
+    owned = params_np is None and not keep_weights
+    if params_np is None:
+        params_np = step("random weights", random_params, arch, variant, seed, master_dtype(dtype))
+    bundle = variant_bundle(variant, batch, seed)
+    dtypes = step("compile", compile_variant, variant, dtype, device, rule=rule, xla_compile=xla_compile,
+                  params=params_np, bundle=bundle)
+    ref = step(f"jax {dtype}", run_jax, arch, variant, params_np, bundle, dtype, device, xla_compile)
     if not keep_compiled:
         forget_compiled(variant, (dtype,))
     release_memory(collect=False)
     own = None
     if len(dtypes) > 1:  # calibrated: the float64 truth
-        own = reference_own_errors(arch, variant, params_np, bundle, ref, device, xla_compile)
+        own = step("jax float64 truth", reference_own_errors, arch, variant, params_np, bundle, ref, device,
+                   xla_compile)
         if not keep_compiled:
             forget_compiled(variant, ("float64",))
         release_memory(collect=False)
     # the caller's weights stay theirs; random ones are converted leaf by leaf and freed
-    state = [torch_state(variant, params_np, control, consume=owned)]
+    state = [step("convert", torch_state, variant, params_np, control, consume=owned)]
+    kept = (params_np, state[0]) if keep_weights else (None, None)
     del params_np
     release_memory()
-    got = run_torch(arch, variant, state.pop(), bundle, dtype, device, control, jvp)
+    got = step(f"torch {dtype}", run_torch, arch, variant, state.pop(), bundle, dtype, device, control, jvp)
+    return Sides(bundle, ref, got, own, *kept)
+
+
+def run_variant(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 0, batch: int = 6,
+                params_np: dict | None = None, control=None, xla_compile: str = "fast",
+                jvp: JvpOptions | None = None, rule: Float32Rule = DEFAULT_RULE,
+                keep: dict | None = None, keep_compiled: bool = True) -> list[CheckResult]:
+    """Compare every objective term and every gradient of one variant; one result each
+    (`run_sides`, then `objective_checks`).
+
+    `control` (parity.core.controls.Control) injects a known bug into the torch side;
+    `xla_compile` ("fast" or "full", parity.core.precision.XLA_COMPILE) how XLA:CPU compiles
+    the JAX reference; `jvp` the torch side's JVP engine and attention; `rule` how float32 is
+    judged (parity.core.rule: by default calibrated by a float64 run of the reference);
+    `keep`: a dict that receives the sides' `SideOutputs` ("jax", "torch") and the
+    reference's own float32 error ("own") for further checks; `keep_compiled=False`: each
+    JAX executable is forgotten once run, for a variant that is not run again.
+    """
+    sides = run_sides(variant, dtype, device, seed=seed, batch=batch, params_np=params_np, control=control,
+                      xla_compile=xla_compile, jvp=jvp, rule=rule, keep_compiled=keep_compiled)
     if keep is not None:
-        keep.update(jax=ref, torch=got, own=own)
-    return objective_checks(arch, variant, ref, got, dtype, device, own=own, rule=rule)
+        keep.update(jax=sides.jax, torch=sides.torch, own=sides.own)
+    return objective_checks(variant.arch, variant, sides.jax, sides.torch, dtype, device, own=sides.own, rule=rule)
 
 
 def compile_variant(variant: Variant, dtype: str, device: str = "cpu", *, batch: int = 6, seed: int = 0,
@@ -354,7 +387,7 @@ def compile_variant(variant: Variant, dtype: str, device: str = "cpu", *, batch:
     dtypes = (dtype, "float64") if dtype == "float32" and rule.calibrated else (dtype,)
     params = param_shapes(variant.arch, variant.model_cfg) if params is None else params
     if bundle is None:
-        bundle = variant.arch.make_bundle(variant, batch, seed + 1)
+        bundle = variant_bundle(variant, batch, seed)
     with jax.default_device(jax_device(device)):
         precompile([(variant, params, jax_inputs(variant.arch, variant, bundle, d), d) for d in dtypes], device,
                    xla_compile)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from meanflow_common.config import MeanFlowConfig
-from parity.extra import sampler_oracle
+from parity.core import sampler_oracle
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def sample_tr_numpy(rng: np.random.Generator, batch: int, cfg: MeanFlowConfig):
     """(t, r) with the reference semantics, float64 [B] each.
 
     The first floor(B * data_proportion) samples get r = t (the "first" mask of the
-    JAX reference; parity.extra.sampler_oracle has the formulas); the bundle is explicit
+    JAX reference; parity.core.sampler_oracle has the formulas); the bundle is explicit
     randomness, so both sides see the same mask.
     """
     return sampler_oracle.draw_tr(rng, batch, replace(cfg, rt_mask="first"))

@@ -26,7 +26,7 @@ from typing import Any
 
 from parity.core.arch import Variant
 from parity.core.compare import CheckResult, error_stats
-from parity.core.harness import objective_checks, prepare_weights, reference_own_errors, run_jax, run_torch
+from parity.core.harness import objective_checks, run_sides
 from parity.core.rule import DEFAULT_RULE
 from parity.core.sides import build_torch
 from parity.core.tolerances import tolerance
@@ -266,17 +266,14 @@ def prepare_case(variant: Variant, dtype: str = "float64", device: str = "cpu", 
     on both sides (with the control's bug on the torch side), the torch one with JVP engine
     `engine` and JVP attention `attention`."""
     arch = variant.arch
-    jvp = JvpOptions(engine, attention)
-    params_np, state_dict = prepare_weights(variant, seed, params_np, control)
-    bundle = arch.make_bundle(variant, batch, seed + 1)
-    ref = run_jax(arch, variant, params_np, bundle, dtype, device)
-    # The objective's verdict as the report gives it: float32 under the calibrated rule.
-    own = reference_own_errors(arch, variant, params_np, bundle, ref, device) if dtype == "float32" else None
-    got = run_torch(arch, variant, state_dict, bundle, dtype, device, control, jvp)
-    return DebugCase(arch, variant, dtype, device, control, params_np, state_dict, bundle,
-                     net_inputs(arch, variant, bundle, ref.terms["v_g"]),
-                     objective_checks(arch, variant, ref, got, dtype, device, own=own, rule=DEFAULT_RULE), ref,
-                     engine, attention)
+    # the suite's own pipeline, the weights kept for the captures; the objective's verdict as
+    # the report gives it (float32 under the calibrated rule)
+    sides = run_sides(variant, dtype, device, seed=seed, batch=batch, params_np=params_np, control=control,
+                      jvp=JvpOptions(engine, attention), rule=DEFAULT_RULE, keep_weights=True)
+    return DebugCase(arch, variant, dtype, device, control, sides.params_np, sides.state_dict, sides.bundle,
+                     net_inputs(arch, variant, sides.bundle, sides.jax.terms["v_g"]),
+                     objective_checks(arch, variant, sides.jax, sides.torch, dtype, device, own=sides.own,
+                                      rule=DEFAULT_RULE), sides.jax, engine, attention)
 
 
 def analyse(case: DebugCase) -> DebugResult:

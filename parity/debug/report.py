@@ -7,7 +7,8 @@ import os
 
 from meanflow_common.cli_args import non_negative_int, positive_int
 from meanflow_common.json_io import write_json as write_json_file
-from parity.core.arch import Variant, resolve_variants
+from parity.core.arch import Variant
+from parity.archs.registry import resolve_variants
 from parity.debug.analyse import NETWORK, DebugResult, analyse, prepare_case
 from parity.debug.capture import DEFAULT_ATTENTION, DEFAULT_ENGINE
 from torch_meanflow.attention import JVP_IMPLS

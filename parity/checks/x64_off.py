@@ -8,10 +8,12 @@ evaluates the JAX side in float32 on the parent's input bundle, and the parent c
 with the torch side in float32.
 
 The child can run while the parent does something else (`X64OffRun` starts it, `outputs()`
-collects it): the suite starts it before its first float32 variant and waits for it once
-that variant's executables are compiled, so the two compile side by side.
+collects it): `X64OffCheck` starts it as the suite begins and waits for it once the first
+float32 variant's executables are compiled, so the two compile side by side; the torch side
+of that variant's own run is compared with it. With a negative control the torch side of the
+suite's runs carries the bug, so the check runs its own clean torch side at the end.
 
-    python -m parity.extra.x64_off IN.pkl OUT.pkl    # the child (the parent writes IN.pkl)
+    python -m parity.checks.x64_off IN.pkl OUT.pkl    # the child (the parent writes IN.pkl)
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 
+from parity.checks.base import Check, first_per_arch
 from parity.core.compare import CheckResult
 
 
@@ -32,7 +35,7 @@ def _child(src: str, dst: str) -> None:
     from parity.core.harness import param_shapes, run_jax
 
     if jax.config.jax_enable_x64:
-        raise SystemExit("parity.extra.x64_off: jax_enable_x64 is on in the child; it must run with x64 off")
+        raise SystemExit("parity.checks.x64_off: jax_enable_x64 is on in the child; it must run with x64 off")
     with open(src, "rb") as f:
         job = pickle.load(f)
     out = {}
@@ -60,7 +63,9 @@ class X64OffRun:
                  timeout_s: float = 600):
         self.variants = list(variants)
         self.seed, self.batch, self.xla_compile = seed, batch, xla_compile
-        self.bundles = {v.name: v.arch.make_bundle(v, batch, seed + 1) for v in self.variants}
+        from parity.core.harness import variant_bundle
+
+        self.bundles = {v.name: variant_bundle(v, batch, seed) for v in self.variants}
         self.timeout_s = timeout_s
         self._tmp = tempfile.TemporaryDirectory()
         src, self._dst = os.path.join(self._tmp.name, "in.pkl"), os.path.join(self._tmp.name, "out.pkl")
@@ -69,7 +74,7 @@ class X64OffRun:
         env = {**os.environ, "JAX_ENABLE_X64": "0"}
         # stderr to a file, not a pipe: a pipe nobody reads while the parent works would fill and stall the child
         self._err = open(os.path.join(self._tmp.name, "stderr.txt"), "w+")
-        self._proc = subprocess.Popen([sys.executable, "-m", "parity.extra.x64_off", src, self._dst], env=env,
+        self._proc = subprocess.Popen([sys.executable, "-m", "parity.checks.x64_off", src, self._dst], env=env,
                                       stdout=subprocess.DEVNULL, stderr=self._err)
         self._outputs = None
 
@@ -81,13 +86,13 @@ class X64OffRun:
             code = self._proc.wait(timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
             self.close()
-            raise RuntimeError(f"parity.extra.x64_off child still running after {self.timeout_s:g} s: killed") from None
+            raise RuntimeError(f"parity.checks.x64_off child still running after {self.timeout_s:g} s: killed") from None
         self._proc = None
         if code != 0:
             self._err.seek(0)
             err = self._err.read()[-4000:]
             self.close()
-            raise RuntimeError(f"parity.extra.x64_off child failed (exit {code}):\n{err}")
+            raise RuntimeError(f"parity.checks.x64_off child failed (exit {code}):\n{err}")
 
     def outputs(self) -> dict:
         from parity.core.harness import SideOutputs
@@ -98,7 +103,7 @@ class X64OffRun:
                 child = pickle.load(f)
             self.close()
             if child["x64"]:
-                raise RuntimeError("parity.extra.x64_off child ran with jax_enable_x64 on")
+                raise RuntimeError("parity.checks.x64_off child ran with jax_enable_x64 on")
             self._outputs = {name: SideOutputs(*out) for name, out in child["outputs"].items()}
         return self._outputs
 
@@ -160,7 +165,49 @@ def x64_off_checks(variants, *, seed: int = 0, batch: int = 6, xla_compile: str 
     return results
 
 
+class X64OffCheck(Check):
+    """"x64off": float32 on CPU with random weights only (given weights are the caller's and
+    may not pickle). Owns its child from start to end: started in `prepare` (beside the first
+    float32 variant's compile), compared in `check` with that variant's torch side, reported
+    in `finish`, killed in `close`."""
+
+    name = "x64off"
+
+    def prepare(self, variants, ctx) -> None:
+        super().prepare(variants, ctx)
+        self.firsts = first_per_arch(variants)
+        self.applies = ctx.random_weights and "float32" in ctx.dtypes and "cpu" in ctx.devices
+        self.rows: list[CheckResult] = []
+        self.run = None
+        if self.applies and ctx.control is None:
+            from parity.core.harness import compile_variant
+
+            self.run = X64OffRun(self.firsts, seed=ctx.seed, batch=ctx.batch, xla_compile=ctx.xla_compile)
+            # the parent compiles while the child runs; then one of them at a time holds weights
+            compile_variant(self.firsts[0], "float32", "cpu", batch=ctx.batch, seed=ctx.seed, rule=ctx.rule,
+                            xla_compile=ctx.xla_compile)
+            self.run.wait()
+
+    def check(self, variant, dtype: str, device: str, sides) -> list[CheckResult]:
+        if self.run is not None and (dtype, device) == ("float32", "cpu") and any(v is variant for v in self.firsts):
+            self.rows += x64_off_checks([variant], seed=self.ctx.seed, batch=self.ctx.batch,
+                                        xla_compile=self.ctx.xla_compile, torch_sides={variant.name: sides.torch},
+                                        own={variant.name: sides.own}, rule=self.ctx.rule, run=self.run)
+        return []
+
+    def finish(self) -> list[CheckResult]:
+        if self.applies and self.run is None:  # a control's torch side is not the clean one: run it here
+            self.rows = x64_off_checks(self.firsts, seed=self.ctx.seed, batch=self.ctx.batch,
+                                       xla_compile=self.ctx.xla_compile, rule=self.ctx.rule)
+        return self.rows
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.close()
+            self.run = None
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m parity.extra.x64_off IN.pkl OUT.pkl")
+        raise SystemExit("usage: python -m parity.checks.x64_off IN.pkl OUT.pkl")
     _child(sys.argv[1], sys.argv[2])

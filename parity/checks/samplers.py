@@ -1,5 +1,5 @@
 """The samplers in the parity report: each backend's `sample_noise` against the other and
-against the formulas written out in NumPy (parity.extra.sampler_oracle).
+against the formulas written out in NumPy (parity.core.sampler_oracle).
 
 The objective comparison feeds both sides one explicit bundle and so bypasses the samplers;
 this is what makes a sampler bug in one port fail `python -m parity`. For each config, on a
@@ -19,9 +19,10 @@ from dataclasses import replace
 import numpy as np
 
 from meanflow_common.config import MeanFlowConfig
-from parity.extra import sampler_oracle as oracle
+from parity.core import sampler_oracle as oracle
 from parity.archs.dit import DIT_MEANFLOW
 from parity.archs.flower import FLOWER_MEANFLOW
+from parity.checks.base import Check
 from parity.core.compare import CheckResult
 
 N = 20000
@@ -129,3 +130,12 @@ def sampler_checks(n: int = N, seed: int = 0, draw_jax=draw_jax, draw_torch=draw
         d, where = _ks(got_j, got_t, crit)
         results.append(_result(name, "t,r KS cross", d, crit, d <= crit, where))
     return results
+
+
+class SamplersCheck(Check):
+    """"samplers": `sampler_checks` once per run (its draws depend on the seed alone)."""
+
+    name = "samplers"
+
+    def finish(self) -> list[CheckResult]:
+        return sampler_checks(seed=self.ctx.seed)

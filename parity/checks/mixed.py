@@ -1,4 +1,4 @@
-"""The parity report's bf16-mixed rows (`python -m parity --mixed`): reported, never failed.
+"""The parity report's bf16-mixed rows (`python -m parity --mixed`, `--checks mixed`): reported, never failed.
 
 Per float32 variant and device, the network's u and du/dt (the JVP at (z_t, t, r) along
 (v_g, 1, 0)) of torch under bfloat16 autocast against Flax with its layers at
@@ -8,6 +8,7 @@ row's info also gives both sides' error against float32 JAX, the reference at th
 """
 from __future__ import annotations
 
+from parity.checks.base import Check
 from parity.core.compare import CheckResult, error_stats
 from parity.core.tolerances import tolerance
 
@@ -40,3 +41,16 @@ def mixed_checks(variants, device: str, *, seed: int, batch: int, params_for=Non
                     where, info={"informational": True, "note": row["note"],
                                  "torch_rel_vs_float32_jax": row[f"{q}_rel"]}))
     return results
+
+
+class MixedCheck(Check):
+    """"mixed": the bf16-mixed rows of each variant per float32 (dtype, device); not in "all"."""
+
+    name = "mixed"
+    in_all = False
+
+    def check(self, variant, dtype: str, device: str, sides) -> list[CheckResult]:
+        if dtype != "float32":
+            return []
+        return mixed_checks([variant], device, seed=self.ctx.seed, batch=self.ctx.batch,
+                            params_for=self.ctx.params_for)

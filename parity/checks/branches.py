@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from parity.checks.base import Check
 from parity.core.compare import CheckResult
 from parity.core.inputs import InputBundle
 
@@ -40,3 +41,14 @@ def coverage_check(variant, bundle: InputBundle) -> CheckResult:
         where=("unreached: " + ", ".join(missing)) if missing else f"{len(counts)} reached",
         info={"samples_per_branch": counts},
     )
+
+
+class BranchesCheck(Check):
+    """"branches": one `coverage_check` per variant, on the bundle its run is given."""
+
+    name = "branches"
+
+    def finish(self) -> list[CheckResult]:
+        from parity.core.harness import variant_bundle
+
+        return [coverage_check(v, variant_bundle(v, self.ctx.batch, self.ctx.seed)) for v in self.variants]

@@ -100,7 +100,7 @@ def _validate(argv: list[str]) -> None:
     variants (SystemExit on a stale flag, preset or variant name)."""
     if argv[:2] == ["parity", "rule-sizes"]:
         from parity.bench.rule_sizes import build_parser
-        from parity.core.arch import resolve_variants
+        from parity.archs.registry import resolve_variants
 
         for spec in build_parser().parse_args(argv[2:]).sizes.split(","):
             arch, _, preset = spec.partition(":")
@@ -109,9 +109,14 @@ def _validate(argv: list[str]) -> None:
             except KeyError as err:
                 raise SystemExit(f"rule-sizes part: {err.args[0]}") from err
     elif argv[0] == "parity":
-        from parity.cli import _variants, build_parser
+        from parity.archs.registry import select_variants
+        from parity.suite.command import build_parser
 
-        _variants(build_parser().parse_args(argv[1:]))
+        args = build_parser().parse_args(argv[1:])
+        try:
+            select_variants(args.arch, args.preset, args.set, args.variant)
+        except KeyError as err:
+            raise SystemExit(f"parity part: {err.args[0]}") from err
     else:
         from parity.bench.cases import SIZES
         from parity.bench.run import build_parser
