@@ -43,8 +43,8 @@ def _digits(rows: Sequence[dict]) -> list[str]:
     out.append(f"NN train: median distance to the nearest training digit (held-out digits: "
                f"{r0['nn_train_px_held_out']:.2f} px / {r0['nn_train_feat_held_out']:.2f} feat); near copy: closer "
                f"than {r0['near_copy_radius']:.3f} px (the smallest training-training distance); Z_U: data-copying "
-               f"test (Meehan et al. 2020, pixels, {N_CELLS} k-means cells of the training digits), null = as far from the "
-               f"training digits as held-out digits, copying when Z_U < {r0['copy_threshold']:g}")
+               f"test (Meehan et al. 2020, pixels, {N_CELLS} k-means cells of the training digits), null = as far "
+               f"from the training digits as held-out digits, copying when Z_U < {r0['copy_threshold']:g}")
     return out
 
 
