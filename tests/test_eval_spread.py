@@ -101,3 +101,14 @@ def test_command_line_bad_file_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "meanflow_common.evaluate.spread", str(bad)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and str(bad) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_files_before_the_copying_figures_still_print(tmp_path, capsys):
+    rec = {"run": "runs/a", "task": "digits", "num_steps": 1, "accuracy": 1.0, "fd": 3.0, "precision": 0.9,
+           "recall": 0.7, "diversity_ratio": 0.8}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps([rec]))
+    assert spread.main([str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "| runs/a | 1 | 1 training x 1 eval | 1.000 | 3.000 | 0.900 | 0.700 | 0.800 |" in out
+    assert "copy_z" not in out and "copy_z" in err and "left out" in err

@@ -132,7 +132,8 @@ class CopyTest:
     def test(self, generated) -> dict:
         """{"z": aggregate Z_U (NaN when no cell has enough points), "cells": the number of
         cells that entered it, "cell_z": Z_U per cell (NaN for the cells left out),
-        "copying": z < Z_THRESHOLD, "threshold": Z_THRESHOLD}."""
+        "copying": z < Z_THRESHOLD (False when z is NaN: not tested, too few samples per cell),
+        "threshold": Z_THRESHOLD}."""
         gen = _flat(generated, "generated samples")
         gen_d = nearest_distances(gen, self.train)[0]
         gen_cell = nearest_distances(gen, self.centroids)[1]
