@@ -80,6 +80,14 @@ def test_copier_fails_held_out_passes(digits):
     assert copier["copy_z"] < -10 and copier["copying"] and copier["distinct"] < 1000
     # ... while its FD / recall are real-digit level: what the copying figures are for.
     assert copier["fd"] < 3 and copier["recall"] > 0.8
+    # Per sample: a training digit is at 0 from itself; a held-out digit's distance by brute force.
+    from meanflow_common.evaluate import get_classifier, train_distances
+
+    x = digits.test["x"][:3].astype(np.float64)
+    d_px, d_feat = train_distances(x, get_classifier().features(x))
+    brute = np.sqrt(((_flat(x)[:, None] - _flat(digits.train["x"])[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(d_px, brute, rtol=1e-12)
+    assert d_feat.shape == (3,) and (d_feat > 0).all()
     held = score_digits(digits.test["x"].astype(np.float64), digits.test["y"])
     assert held["exact_copy_fraction"] == 0.0 and held["near_copy_fraction"] == 0.0 and not held["copying"]
     assert held["nn_train_px_median"] == held["nn_train_px_held_out"]

@@ -18,6 +18,7 @@ from meanflow_common.evaluate.digits_eval import (
     evaluate_digits,
     real_reference_fd,
     score_digits,
+    train_distances,
     within_class_spread,
 )
 from meanflow_common.evaluate.expert_policy import ExpertPolicy
@@ -38,5 +39,5 @@ __all__ = [
     "rollout", "rollout_metrics", "chunk_sides", "first_chunk_modes", "knn_precision_recall", "knn_radii",
     "diversity_ratio", "within_class_spread", "mode_coverage", "mode_entropy", "path_stats", "score_policy",
     "ExpertPolicy", "DIGIT_BASELINES", "anchor_records", "add_expert_ratios", "CopyTest", "copying_metrics",
-    "distinct_count", "near_copy_radius", "nearest_distances",
+    "distinct_count", "near_copy_radius", "nearest_distances", "train_distances",
 ]

@@ -50,7 +50,7 @@ from meanflow_common.evaluate.frechet import frechet_from_stats, gaussian_stats
 from meanflow_common.evaluate.knn import DEFAULT_K, knn_precision_recall
 
 __all__ = ["digit_eval_inputs", "score_digits", "evaluate_digits", "real_reference_fd", "within_class_spread",
-           "diversity_ratio", "copying_metrics"]
+           "diversity_ratio", "copying_metrics", "train_distances"]
 
 NUM_CLASSES = 10
 
@@ -91,12 +91,20 @@ def _copy_reference():
             CopyTest.fit(train_px, test_px), CopyTest.fit(train_feats, test_feats))
 
 
+def train_distances(x: np.ndarray, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the distance to the nearest training digit: (in pixels float64 [N], in
+    classifier features float64 [N]) of images x [N, 8, 8, 1] with their features [N, 64]."""
+    train_px, train_feats = _copy_reference()[:2]
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    return nearest_distances(flat, train_px)[0], nearest_distances(feats, train_feats)[0]
+
+
 def copying_metrics(x: np.ndarray, feats: np.ndarray) -> dict:
     """The copying figures (module doc) of images x [N, 8, 8, 1] (clipped) with their
     classifier features [N, 64]."""
-    train_px, train_feats, radius, px_ref, feat_ref, test_px, test_feat = _copy_reference()
+    _, _, radius, px_ref, feat_ref, test_px, test_feat = _copy_reference()
     flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    d_px, d_feat = nearest_distances(flat, train_px)[0], nearest_distances(feats, train_feats)[0]
+    d_px, d_feat = train_distances(x, feats)
     z_px, z_feat = test_px.test(flat), test_feat.test(feats)
     return {
         "nn_train_px_median": float(np.median(d_px)),
