@@ -71,7 +71,8 @@ def test_copy_test_cells_weights_and_minimum_count():
     # A cell with fewer than min_count generated points is left out.
     few = test.test(gen[:59])  # 9 points in the copied cell
     assert few["cells"] == 1 and few["z"] == pytest.approx(z0) and np.isnan(few["cell_z"]).sum() == 1
-    assert np.isnan(CopyTest.fit(train, held, n_cells=2, min_count=100).test(gen)["z"])
+    untested = CopyTest.fit(train, held, n_cells=2, min_count=100).test(gen)
+    assert np.isnan(untested["z"]) and untested["copying"] is None and untested["cells"] == 0
 
 
 def test_copier_fails_held_out_passes(digits):
@@ -138,3 +139,13 @@ def test_planted_bug_sign_of_u_flips_the_verdict(digits, monkeypatch):
     monkeypatch.setattr(copying, "mann_whitney_z", lambda g, r: -mann_whitney_z(g, r))
     out = copying.CopyTest.fit(_flat(digits.train["x"]), _flat(digits.test["x"])).test(_flat(digits.train["x"][:500]))
     assert not out["copying"] and out["z"] > 3
+
+
+def test_too_few_samples_is_untested_not_a_pass():
+    from meanflow_common.evaluate import DIGIT_BASELINES, evaluate_digits
+    from meanflow_common.evaluate.table import format_table
+
+    rec = evaluate_digits(DIGIT_BASELINES["copier (training, with replacement)"](0), n_per_class=2)
+    assert rec["copying"] is None and np.isnan(rec["copy_z"]) and rec["exact_copy_fraction"] == 1.0
+    row = format_table([{**rec, "task": "digits", "baseline": "copier"}]).splitlines()[2]
+    assert row.endswith("| nan | untested |")

@@ -132,7 +132,7 @@ class CopyTest:
     def test(self, generated) -> dict:
         """{"z": aggregate Z_U (NaN when no cell has enough points), "cells": the number of
         cells that entered it, "cell_z": Z_U per cell (NaN for the cells left out),
-        "copying": z < Z_THRESHOLD (False when z is NaN: not tested, too few samples per cell),
+        "copying": z < Z_THRESHOLD (None when z is NaN: not tested, too few samples per cell),
         "threshold": Z_THRESHOLD}."""
         gen = _flat(generated, "generated samples")
         gen_d = nearest_distances(gen, self.train)[0]
@@ -145,4 +145,4 @@ class CopyTest:
         used = weights > 0
         z = float((weights[used] * cell_z[used]).sum() / weights[used].sum()) if used.any() else float("nan")
         return {"z": z, "cells": int(used.sum()), "cell_z": cell_z.tolist(),
-                "copying": bool(z < Z_THRESHOLD), "threshold": Z_THRESHOLD}
+                "copying": None if np.isnan(z) else bool(z < Z_THRESHOLD), "threshold": Z_THRESHOLD}

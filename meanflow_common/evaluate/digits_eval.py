@@ -28,7 +28,7 @@ Metrics:
   training digits; exact copies included); distinct, the number of different samples;
   copy_z, the aggregate Z_U of the data-copying test of Meehan et al. (2020) in pixel space
   (copy_z_feat: the same in feature space, copy_cells: the cells that entered copy_z) and
-  copying = copy_z < copy_threshold (-3). Null: the samples are as far from the training
+  copying = copy_z < copy_threshold (-3), None when too few samples fall in the cells to test. Null: the samples are as far from the training
   digits as held-out digits are; a strongly negative Z_U rejects it.
 
 Accuracy saturates (a repeated class-mean image scores 1.0) and FD mixes fidelity with

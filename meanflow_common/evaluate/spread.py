@@ -69,7 +69,8 @@ def seed_means(records: Iterable[dict], metrics: Sequence[str]) -> dict:
             if m not in r:
                 raise KeyError(f"record of {r['run']} (NFE {r.get('num_steps')}) has no metric {m!r}; "
                                f"it has {sorted(k for k, v in r.items() if isinstance(v, (int, float)))}")
-            out[(recipe, r.get("num_steps"))][seed][m].append(float(r[m]))  # bools and "nan" too
+            v = r[m]  # None (a test not run) as NaN; bools and "nan" / "inf" strings as floats
+            out[(recipe, r.get("num_steps"))][seed][m].append(float("nan") if v is None else float(v))
     return out
 
 

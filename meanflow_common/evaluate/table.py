@@ -35,7 +35,8 @@ def _digits(rows: Sequence[dict]) -> list[str]:
             _num(r["diversity_ratio"], ".3f"),
             f"{_num(r['nn_train_px_median'], '.2f')} / {_num(r['nn_train_feat_median'], '.2f')}",
             f"{_num(r['exact_copy_fraction'], '.3f')} / {_num(r['near_copy_fraction'], '.3f')}",
-            f"{r['distinct']} / {r['n']}", _num(r["copy_z"], ".1f"), "yes" if r["copying"] else "no"]))
+            f"{r['distinct']} / {r['n']}", _num(r["copy_z"], ".1f"),
+            "untested" if r["copying"] is None else "yes" if r["copying"] else "no"]))
     r0 = rows[0]
     out.append(f"\nprecision / recall: k-NN, k = {r0['pr_k']}, classifier features, reference: {r0['pr_reference']}; "
                f"diversity: within-class feature spread over the reference's; FD real (training vs held-out "
