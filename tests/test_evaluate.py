@@ -167,8 +167,14 @@ def test_evaluate_cli_records_table_and_errors(tmp_path, digits, capsys):
     # The anchors follow the runs, scored on the same inputs, with the new metrics.
     anchors = [(r["task"], r["baseline"]) for r in records if r["method"] == "baseline"]
     assert anchors == [("digits", "class mean"), ("digits", "class mean + noise"),
-                       ("digits", "real training digits"), ("reach", "expert")]
+                       ("digits", "real training digits"), ("digits", "copier (training, with replacement)"),
+                       ("digits", "shrunk to class mean"), ("digits", "mode collapse (2 per class)"),
+                       ("reach", "expert")]
     by = {r["baseline"]: r for r in records if r["method"] == "baseline"}
+    # The copying figures: the copier fails the copying test, the run (held-out digits) passes.
+    assert by["copier (training, with replacement)"]["copying"] and not runs_out[0]["copying"]
+    assert runs_out[0]["exact_copy_fraction"] == 0.0 and by["mode collapse (2 per class)"]["distinct"] == 20
+    assert "| copying |" in table and "Z_U: data-copying test" in table
     assert by["real training digits"]["recall"] > by["class mean + noise"]["recall"] > by["class mean"]["recall"]
     assert runs_out[0]["pr_k"] == 3 and runs_out[0]["pr_reference"].startswith("held-out digits")
     for key in ("precision", "recall", "diversity_ratio"):

@@ -83,6 +83,11 @@ def test_trivial_baselines_score_below_real_digits_on_recall():
     assert mean["recall"] < 0.02 and mean["diversity_ratio"] == pytest.approx(0.0, abs=1e-9)
     assert noisy["recall"] < real["recall"] - 0.5 and noisy["precision"] < real["precision"]
     assert real["fd"] < mean["fd"] / 5 and real["pr_reference"] == "held-out digits (359)"
+    # FD alone misranks the shrunk digits (below every trained model's ~3.5 and near the copier);
+    # recall exposes them. Mode collapse: recall 0, 20 distinct samples.
+    shrunk, collapse = scores["shrunk to class mean"], scores["mode collapse (2 per class)"]
+    assert shrunk["fd"] < 10 and shrunk["recall"] < 0.1 and shrunk["exact_copy_fraction"] == 0.0
+    assert collapse["recall"] == 0.0 and collapse["distinct"] == 20 and collapse["fd"] > 15
 
 
 def test_mode_entropy_known_splits():

@@ -1,5 +1,6 @@
 """Evaluation shared by both backends (NumPy + scikit-learn): the fixed digit classifier,
-the Fréchet distance, k-NN precision / recall, digit-generator scores, closed-loop reach
+the Fréchet distance, k-NN precision / recall, digit-generator scores, copying and novelty
+against the training digits (nearest-neighbour distances, the data-copying test), closed-loop reach
 rollouts and their mode / path metrics, and the anchors (trivial baselines, the expert).
 
 Backends plug in through plain callables on NumPy arrays (`generate_fn(noise, labels)`,
@@ -9,12 +10,15 @@ jax_meanflow.evaluate` build them from a run's checkpoint.
 from meanflow_common.evaluate.anchors import add_expert_ratios, anchor_records
 from meanflow_common.evaluate.baselines import DIGIT_BASELINES
 from meanflow_common.evaluate.classifier import DigitClassifier, get_classifier
+from meanflow_common.evaluate.copying import CopyTest, distinct_count, near_copy_radius, nearest_distances
 from meanflow_common.evaluate.digits_eval import (
+    copying_metrics,
     digit_eval_inputs,
     diversity_ratio,
     evaluate_digits,
     real_reference_fd,
     score_digits,
+    train_distances,
     within_class_spread,
 )
 from meanflow_common.evaluate.expert_policy import ExpertPolicy
@@ -34,5 +38,6 @@ __all__ = [
     "score_digits", "frechet_distance", "frechet_from_stats", "gaussian_stats", "RolloutResult",
     "rollout", "rollout_metrics", "chunk_sides", "first_chunk_modes", "knn_precision_recall", "knn_radii",
     "diversity_ratio", "within_class_spread", "mode_coverage", "mode_entropy", "path_stats", "score_policy",
-    "ExpertPolicy", "DIGIT_BASELINES", "anchor_records", "add_expert_ratios",
+    "ExpertPolicy", "DIGIT_BASELINES", "anchor_records", "add_expert_ratios", "CopyTest", "copying_metrics",
+    "distinct_count", "near_copy_radius", "nearest_distances", "train_distances",
 ]

@@ -7,7 +7,15 @@ same evaluation noise as the models; statistics from the TRAINING digits only):
 - "class mean + noise": that image plus white noise, one standard deviation per class (the
   root-mean-square pixel deviation of the class), i.e. variation without structure;
 - "real training digits": training images of the conditioning class (the ceiling of recall
-  and the floor of FD that this many samples can reach against the held-out set).
+  and the floor of FD that this many samples can reach against the held-out set; it is a copy
+  of the training set, and the copying test of `meanflow_common.evaluate.copying` says so);
+- "copier (training, with replacement)": training digits of the class drawn uniformly with
+  replacement: scores near the real-digits ceiling on FD / precision / recall, so only the
+  copying figures (100% exact copies) can tell it from a good generator;
+- "shrunk to class mean": mean + 0.5 (training digit - mean) of the class (a low FD with a
+  low recall: FD alone ranks it above the trained models);
+- "mode collapse (2 per class)": two fixed training digits per class, one of them at random
+  per sample (recall 0, 20 distinct samples; it copies too).
 
 Reach: the expert itself as a closed-loop policy (`meanflow_common.evaluate.expert_policy`).
 """
@@ -17,7 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["DIGIT_BASELINES", "class_mean_generator", "class_mean_noise_generator", "real_digits_generator"]
+__all__ = ["DIGIT_BASELINES", "class_mean_generator", "class_mean_noise_generator", "real_digits_generator",
+           "copier_generator", "shrunk_generator", "mode_collapse_generator"]
 
 Generator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -82,9 +91,46 @@ def real_digits_generator(seed: int = 0) -> Generator:
     return gen
 
 
-# name -> factory(seed) -> generator; the evaluation table lists them in this order.
+def _drawing(pools: dict, rng: np.random.Generator, transform=lambda x, c: x) -> Generator:
+    """A generator returning transform(pools[c][j], c), j drawn uniformly with replacement."""
+
+    def gen(noise, labels):
+        labels = _labels(labels, noise)
+        out = np.empty((len(labels), 8, 8, 1))
+        for c in map(int, np.unique(labels)):
+            rows = np.flatnonzero(labels == c)
+            out[rows] = transform(pools[c][rng.integers(len(pools[c]), size=len(rows))], c)
+        return out
+
+    return gen
+
+
+def copier_generator(seed: int = 0) -> Generator:
+    """Training digits of the conditioning class drawn uniformly with replacement."""
+    return _drawing(_train_by_class(), np.random.default_rng([seed, 11]))
+
+
+def shrunk_generator(seed: int = 0) -> Generator:
+    """mean_c + 0.5 (x - mean_c), x a training digit of class c drawn with replacement."""
+    by_class = _train_by_class()
+    means = {c: x.mean(0) for c, x in by_class.items()}
+    return _drawing(by_class, np.random.default_rng([seed, 12]), lambda x, c: means[c] + 0.5 * (x - means[c]))
+
+
+def mode_collapse_generator(seed: int = 0) -> Generator:
+    """One of two fixed training digits of the class (chosen per seed), at random per sample."""
+    rng = np.random.default_rng([seed, 13])
+    pools = {c: x[rng.choice(len(x), 2, replace=False)] for c, x in _train_by_class().items()}
+    return _drawing(pools, rng)
+
+
+# name -> factory(seed) -> generator; the evaluation table lists them in this order (the
+# first three first, as before the copying anchors were added).
 DIGIT_BASELINES = {
     "class mean": class_mean_generator,
     "class mean + noise": class_mean_noise_generator,
     "real training digits": real_digits_generator,
+    "copier (training, with replacement)": copier_generator,
+    "shrunk to class mean": shrunk_generator,
+    "mode collapse (2 per class)": mode_collapse_generator,
 }

@@ -18,14 +18,16 @@ construction:
 
 Digits records: accuracy (fixed classifier, conditioning class), fd (its features vs the
 held-out digits), fd_real, k-NN precision / recall (with pr_k and pr_reference) and the
-within-class diversity_ratio (meanflow_common.evaluate.digits_eval). Reach records: success,
+within-class diversity_ratio, and the copying figures against the TRAINING digits (nearest-
+training distances, exact / near copies, distinct samples, the data-copying test copy_z and its
+verdict copying; meanflow_common.evaluate.digits_eval, copying). Reach records: success,
 collision and timeout rates, successes above / below the obstacle, mode entropy, per-start
 mode coverage, clearance and path length (and their ratios to the expert's), and the sides
 the first chunk from the start commits to (open loop: a policy averaging the two modes goes
 "between"); see meanflow_common.evaluate.reach_metrics. After the runs come the anchors of
-each task evaluated (meanflow_common.evaluate.anchors: the trivial digit generators and the
-real training digits; the reach expert), scored on the same noise and tasks; --no-anchors
-leaves them out. Figures go to <run>/eval_<nfe>nfe.png.
+each task evaluated (meanflow_common.evaluate.anchors: the trivial digit generators, the
+real training digits, a copier, shrunk digits and a mode collapse; the reach expert), scored
+on the same noise and tasks; --no-anchors leaves them out. Figures go to <run>/eval_<nfe>nfe.png.
 """
 from __future__ import annotations
 

@@ -18,11 +18,24 @@ Metrics:
 - diversity_ratio: the within-class feature spread of the samples over that of the
   held-out digits, averaged over the classes (spread of a class = the root-mean-square
   distance of its features to their class mean; 0 for one repeated image per class, about
-  1 for real digits).
+  1 for real digits);
+- copying and novelty against the TRAINING digits (`meanflow_common.evaluate.copying`):
+  nn_train_px_median / nn_train_feat_median, the median distance of a sample to its nearest
+  training digit in pixels (64 values on [-1, 1]) and in classifier features, beside the
+  same medians of the held-out digits (nn_train_px_held_out, nn_train_feat_held_out: the
+  level of a fresh real digit); exact_copy_fraction (distance <= 1e-6) and
+  near_copy_fraction (distance below near_copy_radius, the smallest distance between two
+  training digits; exact copies included); distinct, the number of different samples;
+  copy_z, the aggregate Z_U of the data-copying test of Meehan et al. (2020) in pixel space
+  (copy_z_feat: the same in feature space, copy_cells: the cells that entered copy_z) and
+  copying = copy_z < copy_threshold (-3), None when too few samples fall in the cells to test. Null: the samples are as far from the training
+  digits as held-out digits are; a strongly negative Z_U rejects it.
 
 Accuracy saturates (a repeated class-mean image scores 1.0) and FD mixes fidelity with
 diversity; recall and the diversity ratio are what separate a generator from the trivial
-baselines of `meanflow_common.evaluate.baselines`.
+baselines of `meanflow_common.evaluate.baselines`. None of them sees copying (they compare
+with the held-out digits only): a copy of the training set scores as well as real data; the
+copying figures are what tell it apart.
 """
 from __future__ import annotations
 
@@ -32,11 +45,12 @@ from typing import Callable
 import numpy as np
 
 from meanflow_common.evaluate.classifier import check_images, get_classifier
+from meanflow_common.evaluate.copying import EXACT_TOL, CopyTest, distinct_count, near_copy_radius, nearest_distances
 from meanflow_common.evaluate.frechet import frechet_from_stats, gaussian_stats
 from meanflow_common.evaluate.knn import DEFAULT_K, knn_precision_recall
 
 __all__ = ["digit_eval_inputs", "score_digits", "evaluate_digits", "real_reference_fd", "within_class_spread",
-           "diversity_ratio"]
+           "diversity_ratio", "copying_metrics", "train_distances"]
 
 NUM_CLASSES = 10
 
@@ -58,6 +72,55 @@ def _held_out_stats():
     clf = get_classifier()
     test_feats = clf.features(data.test["x"])
     return gaussian_stats(test_feats), clf.features(data.train["x"]), test_feats, data.test["y"]
+
+
+@functools.lru_cache(maxsize=1)
+def _copy_reference():
+    """The fixed training-set side of the copying figures: (train pixels [M, 64], train
+    features [M, 64], near-copy radius, held-out px / feature medians, pixel and feature
+    CopyTest)."""
+    from meanflow_common.data import get_dataset
+
+    data = get_dataset("digits")
+    _, train_feats, test_feats, _ = _held_out_stats()
+    train_px = data.train["x"].reshape(len(data.train["x"]), -1).astype(np.float64)
+    test_px = data.test["x"].reshape(len(data.test["x"]), -1).astype(np.float64)
+    return (train_px, train_feats, near_copy_radius(train_px),
+            float(np.median(nearest_distances(test_px, train_px)[0])),
+            float(np.median(nearest_distances(test_feats, train_feats)[0])),
+            CopyTest.fit(train_px, test_px), CopyTest.fit(train_feats, test_feats))
+
+
+def train_distances(x: np.ndarray, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the distance to the nearest training digit: (in pixels float64 [N], in
+    classifier features float64 [N]) of images x [N, 8, 8, 1] with their features [N, 64]."""
+    train_px, train_feats = _copy_reference()[:2]
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    return nearest_distances(flat, train_px)[0], nearest_distances(feats, train_feats)[0]
+
+
+def copying_metrics(x: np.ndarray, feats: np.ndarray) -> dict:
+    """The copying figures (module doc) of images x [N, 8, 8, 1] (clipped) with their
+    classifier features [N, 64]."""
+    _, _, radius, px_ref, feat_ref, test_px, test_feat = _copy_reference()
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    d_px, d_feat = train_distances(x, feats)
+    z_px, z_feat = test_px.test(flat), test_feat.test(feats)
+    return {
+        "nn_train_px_median": float(np.median(d_px)),
+        "nn_train_feat_median": float(np.median(d_feat)),
+        "nn_train_px_held_out": px_ref,
+        "nn_train_feat_held_out": feat_ref,
+        "exact_copy_fraction": float(np.mean(d_px <= EXACT_TOL)),
+        "near_copy_fraction": float(np.mean(d_px < radius)),
+        "near_copy_radius": radius,
+        "distinct": distinct_count(flat),
+        "copy_z": z_px["z"],
+        "copy_z_feat": z_feat["z"],
+        "copy_cells": z_px["cells"],
+        "copying": z_px["copying"],
+        "copy_threshold": z_px["threshold"],
+    }
 
 
 def within_class_spread(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -120,6 +183,7 @@ def score_digits(samples: np.ndarray, labels: np.ndarray) -> dict:
         "diversity_ratio": diversity_ratio(feats, labels, ref_feats, ref_labels),
         "out_of_range": out_of_range,
         "classifier_held_out_accuracy": clf.held_out_accuracy,
+        **copying_metrics(x, feats),
     }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from meanflow_common.evaluate.copying import N_CELLS
+
 __all__ = ["format_table"]
 
 
@@ -24,15 +26,26 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def _digits(rows: Sequence[dict]) -> list[str]:
-    head = ["run", "backend", "method", "train steps", "NFE", "accuracy", "FD", "precision", "recall", "diversity"]
+    head = ["run", "backend", "method", "train steps", "NFE", "accuracy", "FD", "precision", "recall", "diversity",
+            "NN train px / feat", "copies exact / near", "distinct", "Z_U", "copying"]
     out = [_row(head), _row(["---"] * len(head))]
     for r in rows:
-        out.append(_row(_who(r) + [_num(r["accuracy"], ".3f"), _num(r["fd"], ".2f"), _num(r["precision"], ".3f"),
-                                   _num(r["recall"], ".3f"), _num(r["diversity_ratio"], ".3f")]))
+        out.append(_row(_who(r) + [
+            _num(r["accuracy"], ".3f"), _num(r["fd"], ".2f"), _num(r["precision"], ".3f"), _num(r["recall"], ".3f"),
+            _num(r["diversity_ratio"], ".3f"),
+            f"{_num(r['nn_train_px_median'], '.2f')} / {_num(r['nn_train_feat_median'], '.2f')}",
+            f"{_num(r['exact_copy_fraction'], '.3f')} / {_num(r['near_copy_fraction'], '.3f')}",
+            f"{r['distinct']} / {r['n']}", _num(r["copy_z"], ".1f"),
+            "untested" if r["copying"] is None else "yes" if r["copying"] else "no"]))
     r0 = rows[0]
     out.append(f"\nprecision / recall: k-NN, k = {r0['pr_k']}, classifier features, reference: {r0['pr_reference']}; "
                f"diversity: within-class feature spread over the reference's; FD real (training vs held-out "
                f"digits) {r0['fd_real']:.2f}")
+    out.append(f"NN train: median distance to the nearest training digit (held-out digits: "
+               f"{r0['nn_train_px_held_out']:.2f} px / {r0['nn_train_feat_held_out']:.2f} feat); near copy: closer "
+               f"than {r0['near_copy_radius']:.3f} px (the smallest training-training distance); Z_U: data-copying "
+               f"test (Meehan et al. 2020, pixels, {N_CELLS} k-means cells of the training digits), null = as far "
+               f"from the training digits as held-out digits, copying when Z_U < {r0['copy_threshold']:g}")
     return out
 
 
