@@ -363,12 +363,14 @@ class PolicyConfig(FlowerConfig):
             raise ValueError(f"obs_dim and num_tokens must be >= 1, got {self.obs_dim}, {self.num_tokens}")
 
 
-# The policy presets: the FLOWER presets with the reach task's observations; "reach" is the
-# network of the reach trainer preset (FLOWER "small", chunks [10, 2], no dropout, time scale 1).
+# The policy presets: the FLOWER presets with the reach task's observations; "reach" and
+# "tiny_reach" are the networks of the trainer presets of those names (chunks [10, 2] of 2-D
+# velocities, no dropout, time scale 1), so a reach run's checkpoint converts by its preset.
+_REACH_POLICY = dict(action_dim=2, act_window_size=10, attn_pdrop=0.0, resid_pdrop=0.0, mlp_pdrop=0.0, time_scale=1.0)
 POLICY_PRESETS: dict[str, PolicyConfig] = {
     **{name: PolicyConfig(**dataclasses.asdict(cfg)) for name, cfg in FLOWER_PRESETS.items()},
-    "reach": PolicyConfig(**{**dataclasses.asdict(FLOWER_PRESETS["small"]), "action_dim": 2, "act_window_size": 10,
-                             "attn_pdrop": 0.0, "resid_pdrop": 0.0, "mlp_pdrop": 0.0, "time_scale": 1.0}),
+    "reach": PolicyConfig(**{**dataclasses.asdict(FLOWER_PRESETS["small"]), **_REACH_POLICY}),
+    "tiny_reach": PolicyConfig(**{**dataclasses.asdict(FLOWER_PRESETS["tiny"]), **_REACH_POLICY}),
 }
 
 __all__ += ["PolicyConfig", "POLICY_PRESETS"]

@@ -126,7 +126,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named(jax_params, torch_model
     with pytest.raises(KeyError, match="y_embedder.embedding_table.weight"):
         torch_to_jax(sd, DIT_TABLE, CFG)
     with pytest.raises(KeyError, match="unexpected torch parameter 'pos_embed'"):
-        torch_to_jax(dict(template, pos_embed=torch.zeros(1, 16, 64)), "dit", CFG)
+        torch_to_jax(dict(template, pos_embed=torch.zeros(1, 16, 64)), DIT_TABLE, CFG)
 
 
 def test_template_mismatch_exposes_a_table_bug(jax_params, torch_model):

@@ -163,7 +163,7 @@ def test_trained_variant_reuses_the_checks_executable_and_forgotten_ones_recompi
 def test_x64_off_check_on_the_suites_torch_side_equals_a_fresh_one():
     """The suite hands its first variant's torch outputs to the x64-off check (one torch run
     fewer); the rows are those of the check run on its own."""
-    from parity.core.check import run_suite
+    from parity.suite.run import run_suite
     from parity.checks.x64_off import x64_off_checks
 
     v = _variant("dit", 2)

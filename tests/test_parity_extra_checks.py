@@ -89,10 +89,61 @@ def test_float32_with_x64_off_in_a_subprocess():
 
 
 def test_check_groups_parse():
-    assert parse_groups("all") == ("branches", "samplers", "dropout", "x64off")
+    assert parse_groups("all") == ("branches", "samplers", "dropout", "x64off")  # "mixed" is informational
     assert parse_groups("none") == () and parse_groups("samplers") == ("samplers",)
-    with pytest.raises(ValueError, match=r"--checks: unknown group\(s\) \['bogus'\]"):
+    assert parse_groups("all,mixed") == ("branches", "samplers", "dropout", "x64off", "mixed")
+    with pytest.raises(ValueError, match=r"--checks: unknown group 'bogus'"):
         parse_groups("samplers,bogus")
+
+
+def test_the_command_line_and_the_api_share_one_default():
+    import inspect
+
+    import parity
+    from parity.checks.registry import DEFAULT_CHECKS
+    from parity.suite.command import build_parser
+
+    assert build_parser().parse_args([]).checks == DEFAULT_CHECKS
+    assert inspect.signature(parity.check).parameters["checks"].default == DEFAULT_CHECKS
+
+
+def test_a_check_object_of_ones_own_is_driven_through_the_run_and_closed_on_failure():
+    import parity
+    from parity.checks.base import Check
+    from parity.core.compare import CheckResult
+
+    class Recorder(Check):
+        name = "recorder"
+
+        def __init__(self, fail=False):
+            self.calls, self.fail = [], fail
+
+        def prepare(self, variants, ctx):
+            super().prepare(variants, ctx)
+            self.calls.append(("prepare", len(variants), ctx.batch))
+
+        def check(self, variant, dtype, device, sides):
+            self.calls.append(("check", variant.name, dtype, sides.jax is None, sides.torch is not None))
+            if self.fail:
+                raise RuntimeError("planted")
+            return []
+
+        def finish(self):
+            self.calls.append(("finish",))
+            return [CheckResult("dit", "recorder", "-", "-", "mine", 0.0, 0.0, 0.0, False, "own row")]
+
+        def close(self):
+            self.calls.append(("close",))
+
+    v = VARIANTS["dit:no cfg"]
+    rec = Recorder()
+    report = parity.check(v, dtypes=("float64",), checks=[rec], batch=4)
+    assert rec.calls == [("prepare", 1, 4), ("check", "no cfg", "float64", True, True), ("finish",), ("close",)]
+    assert not report.passed and [r.quantity for r in report.failures] == ["mine"]  # its own row decides too
+    bad = Recorder(fail=True)
+    with pytest.raises(RuntimeError, match="planted"):
+        parity.check(v, dtypes=("float64",), checks=[bad], batch=4)
+    assert bad.calls[-1] == ("close",)
 
 
 def test_a_sampler_bug_in_one_port_fails_python_m_parity(monkeypatch, capsys):
@@ -125,4 +176,4 @@ def test_unknown_check_group_is_exit_2(capsys):
     from parity.cli import main
 
     assert main(["--arch", "dit", "--checks", "bogus"]) == 2
-    assert "--checks: unknown group(s) ['bogus']" in capsys.readouterr().err
+    assert "--checks: unknown group 'bogus'" in capsys.readouterr().err

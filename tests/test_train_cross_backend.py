@@ -93,3 +93,30 @@ def test_torch_policy_checkpoint_samples_the_same_in_jax(tmp_path):
     x_torch = tt.make_sampler(cfg, result.model, result.state)(obs, seed=3)
     assert x_jax.shape == (5, 10, 2) and np.abs(x_torch).max() > 0.05
     np.testing.assert_allclose(x_jax, x_torch, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_reach_checkpoint_is_checked_and_converted_with_arch_policy(tmp_path, backend, capsys):
+    """`--arch policy`: the reach trainers' checkpoints (the policy: transformer + encoder) go
+    through `parity convert` and `parity --checkpoint` by the trainer preset's name."""
+    from parity.cli import main
+
+    trainer = tt if backend == "torch" else jt
+    cfg = apply_assignments(TRAIN_PRESETS["tiny_reach"], [f"out_dir={tmp_path / 'reach'}", "steps=2"])
+    result = trainer.train(cfg, progress=False)
+    src = result.checkpoint if backend == "torch" else os.path.join(result.checkpoint, "ema_params")
+    key = ["--checkpoint-key", "ema"] if backend == "torch" else []
+    dst = str(tmp_path / ("policy" if backend == "torch" else "policy.safetensors"))
+    assert main(["convert", src, dst, "--arch", "policy", "--preset", "tiny_reach", *key]) == 0
+    back = str(tmp_path / ("back.safetensors" if backend == "torch" else "back"))
+    assert main(["convert", dst, back, "--arch", "policy", "--preset", "tiny_reach"]) == 0
+    a = load_params(src, get_arch("policy"), get_arch("policy").preset("tiny_reach"), key="ema" if key else None)
+    b = load_params(back, get_arch("policy"), get_arch("policy").preset("tiny_reach"))
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # bit for bit
+    capsys.readouterr()
+    args = ["--arch", "policy", "--preset", "tiny_reach", "--variant", "adaln", "--dtype", "float64",
+            "--checkpoint", dst, "--trained-steps", "0", "--checks", "none"]
+    assert main(args) == 0, capsys.readouterr().out
+    # the other preset's network is refused, naming the differing fields
+    assert main(["convert", src, str(tmp_path / "x.safetensors"), "--arch", "policy", "--preset", "tiny", *key]) == 2
+    assert "action_dim" in capsys.readouterr().err

@@ -5,7 +5,7 @@
     python -m parity.bench.parity_cost --suite -- --arch dit --preset DiT-B/4 --dtype float32 --batch 2
     python -m parity.bench.parity_cost --timeline -- --arch dit --preset DiT-B/4 --dtype float32 --batch 2
 
-Phases follow `parity.core.check.run_suite` for one dtype and device, calling the harness's
+Phases follow `parity.suite.run.run_suite` for one dtype and device, calling the harness's
 own functions: per variant the random weights, the JAX objective with gradients (its
 tracing + XLA compilation reported apart, from jax.monitoring), optionally one more JAX
 run in float64 on the same weights and bundle (the reference the float32 rule measures
