@@ -21,11 +21,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from meanflow_common.tasks import get_task
+
 __all__ = ["recipe_of", "seed_means", "spread_rows", "main"]
 
-DIGITS_METRICS = ("accuracy", "fd", "precision", "recall", "diversity_ratio")
-REACH_METRICS = ("success_rate", "mode_above_fraction", "mode_entropy_bits", "coverage_covered",
-                 "clearance_median", "path_length_median", "first_chunk_between")
 _SEED = re.compile(r"_s(\d+)$")
 
 
@@ -80,7 +79,7 @@ def spread_rows(records: Iterable[dict], metrics: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m meanflow_common.evaluate.spread", description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", help="--json files of python -m {jax,torch}_meanflow.evaluate")
-    p.add_argument("--metrics", nargs="+", help="record fields (default: by the task of the first record)")
+    p.add_argument("--metrics", nargs="+", help="record fields (default: the summary metrics of the first record's task)")
     args = p.parse_args(argv)
     records = []
     for path in args.files:
@@ -93,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records += data
     if not records:
         raise SystemExit("no records in the given files")
-    metrics = args.metrics or (DIGITS_METRICS if records[0]["task"] == "digits" else REACH_METRICS)
+    metrics = args.metrics or get_task(records[0]["task"]).summary_metrics
     print("| recipe | NFE | seeds | " + " | ".join(metrics) + " |")
     print("|---|---|---|" + "---|" * len(metrics))
     for row in spread_rows(records, metrics):

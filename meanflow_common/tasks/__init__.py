@@ -6,6 +6,7 @@ evaluation and per-backend hooks, passed to `register_task`; the trainers need n
 (docs/TRAINING.md, "Your own training task").
 """
 from meanflow_common.tasks.base import EvalOptions, Task
-from meanflow_common.tasks.registry import get_task, register_task, registered_tasks, task_names
+from meanflow_common.tasks.registry import get_task, register_task, registered_tasks, task_names, unregister_task
 
-__all__ = ["Task", "EvalOptions", "get_task", "register_task", "registered_tasks", "task_names"]
+__all__ = ["Task", "EvalOptions", "get_task", "register_task", "registered_tasks", "task_names",
+           "unregister_task"]

@@ -76,6 +76,8 @@ class Task:
         trained run's `sample(cond, noise=None, num_steps=None)`; figure: a PNG path to
         write (None: no plots). None: the evaluator has nothing to score.
     eval_steps: {method: sampling-step counts the evaluator tries by default}.
+    summary_metrics: the record fields a summary table shows by default (the spreads over
+        training seeds, `meanflow_common.evaluate.spread`).
     anchors(options) -> [(name, metrics)]: reference rows scored like a run (baselines).
     finish_records(records): adjusts the evaluator's records in place once the anchors are
         in (e.g. ratios to a reference row).
@@ -99,6 +101,7 @@ class Task:
     run_info: Callable[[Mapping[str, Any]], dict] = _no_info
     evaluate: Optional[Callable[..., dict]] = None
     eval_steps: Mapping[str, tuple] = field(default_factory=dict)
+    summary_metrics: tuple = ()
     anchors: Optional[Callable[[EvalOptions], list]] = None
     finish_records: Optional[Callable[[list], None]] = None
 

@@ -86,5 +86,6 @@ DIGITS = register_task(Task(
     hooks={"jax": "jax_meanflow.tasks:DIGITS", "torch": "torch_meanflow.tasks:DIGITS"},
     evaluate=_evaluate,
     eval_steps={"meanflow": (1, 2), "flow_matching": (1, 10)},
+    summary_metrics=("accuracy", "fd", "precision", "recall", "diversity_ratio"),
     anchors=_anchors,
 ))

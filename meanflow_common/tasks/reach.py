@@ -109,6 +109,8 @@ REACH = register_task(Task(
     run_info=_run_info,
     evaluate=_evaluate,
     eval_steps={"meanflow": (1,), "flow_matching": (1, 4), "regression": (1,)},
+    summary_metrics=("success_rate", "mode_above_fraction", "mode_entropy_bits", "coverage_covered",
+                     "clearance_median", "path_length_median", "first_chunk_between"),
     anchors=_anchors,
     finish_records=add_expert_ratios,
 ))

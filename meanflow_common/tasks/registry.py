@@ -11,15 +11,16 @@ import importlib
 
 from meanflow_common.tasks.base import Task
 
-__all__ = ["register_task", "get_task", "registered_tasks", "task_names"]
+__all__ = ["register_task", "unregister_task", "get_task", "registered_tasks", "task_names"]
 
 _BUILTIN_MODULES = ("meanflow_common.tasks.digits", "meanflow_common.tasks.reach")
 _REGISTRY: dict[str, Task] = {}
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)  # each registers its task
+def _load_builtins() -> tuple[Task, ...]:
+    """The built-in Tasks (their modules register them when first imported)."""
+    return tuple(v for m in _BUILTIN_MODULES for v in vars(importlib.import_module(m)).values()
+                 if isinstance(v, Task))
 
 
 def register_task(task: Task, *, replace_existing: bool = False) -> Task:
@@ -34,6 +35,14 @@ def register_task(task: Task, *, replace_existing: bool = False) -> Task:
         raise ValueError(f"a task named {task.name!r} is already registered; pass replace_existing=True to replace it")
     _REGISTRY[task.name] = task
     return task
+
+
+def unregister_task(task) -> None:
+    """Forget a registered task (by name or Task); the built-ins stay."""
+    name = task.name if isinstance(task, Task) else task
+    if name in {t.name for t in _load_builtins()}:
+        raise ValueError(f"the built-in task {name!r} cannot be unregistered")
+    _REGISTRY.pop(name, None)
 
 
 def registered_tasks() -> dict[str, Task]:
@@ -51,6 +60,8 @@ def get_task(task) -> Task:
     registered tasks for an unknown name."""
     if isinstance(task, Task):
         return task
+    if isinstance(task, str) and task in _REGISTRY:  # the trainers ask often: no import on this path
+        return _REGISTRY[task]
     _load_builtins()
     if not isinstance(task, str) or task not in _REGISTRY:
         raise ValueError(f"unknown task {task!r}; registered: {', '.join(_REGISTRY)} "
