@@ -18,7 +18,7 @@ from jax_meanflow import dit
 from jax_meanflow.policy import FlowerPolicy
 from meanflow_common.train_config import TrainConfig, model_config, objective_config
 
-__all__ = ["TaskHooks", "DIGITS", "REACH"]
+__all__ = ["TaskHooks", "KeyedModel", "DIGITS", "REACH"]
 
 
 def _identity_cond(model, params, cond):
@@ -67,6 +67,20 @@ class TaskHooks:
     finish: Callable = _unchanged
     model_key: Callable = _by_value
     dropout: bool = False
+
+
+class KeyedModel:
+    """A model in a compile cache key: equal and hashed by its hooks' model_key, so a rebuilt
+    but identical network (a second run, a loaded run) reuses the compiled step."""
+
+    def __init__(self, hooks: TaskHooks, model):
+        self.model, self.key = model, hooks.model_key(model)
+
+    def __eq__(self, other):
+        return isinstance(other, KeyedModel) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
 
 
 # ----------------------------------------------------------------------------------

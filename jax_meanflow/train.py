@@ -33,7 +33,7 @@ from jax_meanflow import parallel
 from jax_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
 from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
 from jax_meanflow.solver import generate
-from jax_meanflow.tasks import TaskHooks
+from jax_meanflow.tasks import KeyedModel, TaskHooks
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
 from meanflow_common import train_loop
 from meanflow_common.keys import check_keys_and_shapes
@@ -45,8 +45,8 @@ from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
 from meanflow_common.train_config import TrainConfig, model_config, objective_config
 from meanflow_common.train_loop import TrainBackend, World, run_training
 
-__all__ = ["BACKEND", "JaxBackend", "task_hooks", "make_model", "make_loss_fn", "step_randomness", "to_batch", "make_sampler", "train",
-           "load_run", "main"]
+__all__ = ["BACKEND", "JaxBackend", "task_hooks", "make_model", "make_loss_fn", "step_randomness", "to_batch",
+           "make_sampler", "train", "load_run", "main"]
 
 BACKEND = "jax"
 
@@ -68,20 +68,6 @@ def task_hooks(cfg: TrainConfig) -> TaskHooks:
         raise TypeError(f"task {task.name!r}: its jax hooks must be a jax_meanflow.tasks.TaskHooks, "
                         f"got {type(hooks).__name__}")
     return hooks
-
-
-class _Keyed:
-    """A model in a compile cache key: equal and hashed by its hooks' model_key, so a rebuilt
-    but identical network (a second run, a loaded run) reuses the compiled step."""
-
-    def __init__(self, hooks: TaskHooks, model):
-        self.model, self.key = model, hooks.model_key(model)
-
-    def __eq__(self, other):
-        return isinstance(other, _Keyed) and self.key == other.key
-
-    def __hash__(self):
-        return hash(self.key)
 
 
 def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, info: Optional[dict] = None):
@@ -113,7 +99,7 @@ def make_loss_fn(cfg: TrainConfig, model) -> Callable:
     """
     hooks = task_hooks(cfg)
     return _loss_fn(get_task(cfg.task), hooks, cfg.method, cfg.dtype, model_config(cfg), objective_config(cfg),
-                    _Keyed(hooks, model))
+                    KeyedModel(hooks, model))
 
 
 @functools.lru_cache(maxsize=32)
@@ -182,7 +168,7 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
     master, _ = _dtypes(cfg.dtype)
     params = state.ema_params if use_ema else state.params
     hooks = task_hooks(cfg)
-    keyed = _Keyed(hooks, model)
+    keyed = KeyedModel(hooks, model)
 
     def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
         # checked on the host: under jit a bad label would silently index the wrong row

@@ -24,10 +24,9 @@ def sample_inputs(cfg: TrainConfig, cond: Any, noise: Any = None, num_steps: Opt
 
     cond: as the task's `check_cond` takes it: digits labels int [B] in [0, num_classes)
     (the null class num_classes only with `allow_null`), reach observations float
-    [B, obs_dim]. noise: [B, *data_shape(cfg)] in
-    the data interface's layout (digits NHWC), default `np.random.default_rng(seed)` normal
-    draws (float64). num_steps: int >= 1, default cfg.mf.num_steps; the regression baseline
-    always takes one step.
+    [B, obs_dim]. noise: [B, *data_shape(cfg)] in the data interface's layout (digits
+    NHWC), default `np.random.default_rng(seed)` normal draws (float64). num_steps: int
+    >= 1, default cfg.mf.num_steps; the regression baseline always takes one step.
     """
     task = get_task(cfg.task)
     cond = task.check_cond(model_config(cfg), cond, allow_null)

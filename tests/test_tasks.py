@@ -84,7 +84,9 @@ def _jax_hooks():
         return lambda z, t, h, y, train=False: net.apply({"params": params}, z, t, h, y)
 
     def null(net, mf, y):
-        return jnp.full(y.shape[:1], net.config.num_classes, y.dtype) if mf.guidance_eq else None
+        if not (mf.guidance_eq or mf.class_dropout_prob > 0):
+            return None
+        return jnp.full(y.shape[:1], net.config.num_classes, y.dtype)
 
     return TaskHooks(build=build, u_fn=u_fn, cond_array=lambda c, dtype: jnp.asarray(np.asarray(c, np.int32)),
                      null_cond=null)
@@ -113,10 +115,12 @@ def _torch_hooks():
             return BlobNet(model_config(cfg)).to(device=device, dtype=dtype)
 
     def null(net, mf, y):
-        return torch.full_like(y, net.config.num_classes) if mf.guidance_eq else None
+        return torch.full_like(y, net.config.num_classes) if (mf.guidance_eq or mf.class_dropout_prob > 0) else None
 
-    return TaskHooks(build=build, u_fn=lambda net: net, null_cond=null,
-                     cond_tensor=lambda c, device, dtype: torch.as_tensor(np.asarray(c), dtype=torch.long, device=device))
+    def labels(cond, device, dtype):
+        return torch.as_tensor(np.asarray(cond), dtype=torch.long, device=device)
+
+    return TaskHooks(build=build, u_fn=lambda net: net, null_cond=null, cond_tensor=labels)
 
 
 class _LazyHooks(dict):
@@ -220,7 +224,8 @@ def test_the_config_asks_the_task(blobs):
         check_batch(cfg, model_config(cfg), {"x": batch["x"][:8]})
     with pytest.raises(TypeError, match=r"batch\['x'\] must be floating point"):
         check_batch(cfg, model_config(cfg), {"x": np.zeros((8, 2), np.int64), "y": batch["y"][:8]})
-    with pytest.raises(KeyError, match=r"unknown blob MLP preset \(TrainConfig.model for task 'blobs'\) 'small'; available: tiny"):
+    with pytest.raises(KeyError, match=r"unknown blob MLP preset \(TrainConfig.model for task 'blobs'\) 'small'; "
+                                       r"available: tiny"):
         TrainConfig(task="blobs", model="small")
     with pytest.raises(ValueError, match=r"method 'regression' is not a method of task 'blobs' .*needs task='reach'"):
         TrainConfig(task="blobs", model="tiny", method="regression")

@@ -48,8 +48,8 @@ from torch_meanflow.solver import generate
 from torch_meanflow.tasks import TaskHooks
 from torch_meanflow.train_state import TrainState, compile_loss, create_train_state, train_step
 
-__all__ = ["BACKEND", "TorchBackend", "task_hooks", "make_model", "make_loss_fn", "step_seed", "step_randomness", "to_batch", "make_sampler",
-           "train", "load_run", "main"]
+__all__ = ["BACKEND", "TorchBackend", "task_hooks", "make_model", "make_loss_fn", "step_seed", "step_randomness",
+           "to_batch", "make_sampler", "train", "load_run", "main"]
 
 BACKEND = "torch"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}

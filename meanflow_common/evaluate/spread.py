@@ -79,7 +79,8 @@ def spread_rows(records: Iterable[dict], metrics: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m meanflow_common.evaluate.spread", description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", help="--json files of python -m {jax,torch}_meanflow.evaluate")
-    p.add_argument("--metrics", nargs="+", help="record fields (default: the summary metrics of the first record's task)")
+    p.add_argument("--metrics", nargs="+",
+                   help="record fields (default: the summary metrics of the first record's task)")
     args = p.parse_args(argv)
     records = []
     for path in args.files:
