@@ -63,7 +63,7 @@ class Task:
     data_shape(model_cfg) -> one generated example's shape (no batch dimension), in the
         data interface's layout; layout: that layout in words, for errors ("NHWC").
     check_batch(model_cfg, batch): ValueError / TypeError naming what does not fit the
-        model (the keys, batch sizes and float_keys are checked before it).
+        model (the keys and batch sizes are checked before it, float_keys after).
     check_cond(model_cfg, cond, allow_null) -> the sampler's conditioning as a checked
         NumPy array [B, ...] (allow_null: the null class of a labelled task).
     methods: the training methods it supports (of `train_config.METHODS`).
