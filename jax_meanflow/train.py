@@ -8,10 +8,13 @@ a resumed run repeats an uninterrupted one exactly and `devices=N` (a mesh, see
 `jax_meanflow.parallel`) repeats `devices=1`. Twin of `torch_meanflow.train`: the same
 function names, the same TrainConfig, the same run folder.
 
-    digits: DiT (NHWC), labels with CFG as the MeanFlowConfig says;
-    reach:  FlowerPolicy (jax_meanflow.policy) on observations -> action chunks.
-    method: "meanflow" | "flow_matching" (h = 0, no JVP) | "regression" (reach: MSE of
-            -u(0, t=1, h=1 | obs) to the actions; sampled with zero noise in one step).
+    task:   what cfg.task names (`meanflow_common.tasks.Task`), through its JAX hooks
+            (`jax_meanflow.tasks.TaskHooks`): digits, a DiT (NHWC), labels with CFG as
+            the MeanFlowConfig says; reach, a FlowerPolicy on observations -> action
+            chunks; a user's registered task alike. No branch here on a task's name.
+    method: "meanflow" | "flow_matching" (h = 0, no JVP) | "regression" (tasks that list
+            it, e.g. reach: MSE of -u(0, t=1, h=1 | cond) to the data; sampled with zero
+            noise in one step).
     dtype "bfloat16": params, optimizer and EMA in float32; the loss runs on bfloat16
     copies of the params and data (the cast is differentiated, so grads are float32).
 """
@@ -26,58 +29,63 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_meanflow import dit, parallel
+from jax_meanflow import parallel
 from jax_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
 from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
-from jax_meanflow.policy import FlowerPolicy
 from jax_meanflow.solver import generate
+from jax_meanflow.tasks import KeyedModel, TaskHooks
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
 from meanflow_common import train_loop
 from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
 from meanflow_common.metrics import tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
+from meanflow_common.tasks import get_task
 from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
 from meanflow_common.train_config import TrainConfig, model_config, objective_config
 from meanflow_common.train_loop import TrainBackend, World, run_training
 
-__all__ = ["BACKEND", "JaxBackend", "make_model", "make_loss_fn", "step_randomness", "to_batch", "make_sampler", "train",
-           "load_run", "main"]
+__all__ = ["BACKEND", "JaxBackend", "task_hooks", "make_model", "make_loss_fn", "step_randomness", "to_batch",
+           "make_sampler", "train", "load_run", "main"]
 
 BACKEND = "jax"
 
 
-def _dtypes(cfg: TrainConfig):
-    """(master dtype of params/optimizer/EMA, compute dtype of the loss)."""
-    if cfg.dtype == "float64":
+def _dtypes(dtype_name: str):
+    """(master dtype of params/optimizer/EMA, compute dtype of the loss) of TrainConfig.dtype."""
+    if dtype_name == "float64":
         if not jax.config.jax_enable_x64:
             raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) (the CLI sets it)")
         return jnp.float64, jnp.float64
-    return jnp.float32, (jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)
+    return jnp.float32, (jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32)
 
 
-def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, obs_dim: Optional[int] = None):
-    """(model, params): the DiT module and its init, or a FlowerPolicy and its params.
+def task_hooks(cfg: TrainConfig) -> TaskHooks:
+    """The JAX hooks of cfg.task (`meanflow_common.tasks.Task.backend_hooks`)."""
+    task = get_task(cfg.task)
+    hooks = task.backend_hooks(BACKEND)
+    if not isinstance(hooks, TaskHooks):
+        raise TypeError(f"task {task.name!r}: its jax hooks must be a jax_meanflow.tasks.TaskHooks, "
+                        f"got {type(hooks).__name__}")
+    return hooks
 
-    The reach policy needs obs_dim, given or read from `example_batch["obs"]`.
+
+def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, info: Optional[dict] = None):
+    """(model, params) of the task's network (digits: the DiT module and its init; reach: a
+    FlowerPolicy and its params), from cfg.seed in the master dtype.
+
+    info: the run's data facts (`Task.run_info`, e.g. the reach policy's obs_dim), given or
+    read from `example_batch`.
     """
-    master, _ = _dtypes(cfg)
-    mc = model_config(cfg)
-    if cfg.task == "digits":
-        return dit.DiT(mc), dit.init_dit(mc, jax.random.PRNGKey(cfg.seed), master)
-    if obs_dim is None:
-        if example_batch is None:
-            raise ValueError("the reach policy needs obs_dim or an example batch with 'obs'")
-        obs_dim = int(np.shape(example_batch["obs"])[1])
-    policy = FlowerPolicy(mc, obs_dim, objective_config(cfg), cfg.clip_actions, cfg.obs_tokens)
-    return policy, policy.init(cfg.seed, master)
+    master, _ = _dtypes(cfg.dtype)
+    return task_hooks(cfg).build(cfg, get_task(cfg.task).model_info(example_batch, info), master)
 
 
-def _regression_loss(u_fn, actions, cond, train: bool) -> MeanFlowOutput:
-    """The reach baseline: -u(0, t=1, h=1 | cond) regressed on the actions (unweighted MSE)."""
-    one = jnp.ones((actions.shape[0],), actions.dtype)
-    u = u_fn(jnp.zeros_like(actions), one, one, cond, train)
-    target = -actions
+def _regression_loss(u_fn, data, cond, train: bool) -> MeanFlowOutput:
+    """The regression baseline: -u(0, t=1, h=1 | cond) regressed on the data (unweighted MSE)."""
+    one = jnp.ones((data.shape[0],), data.dtype)
+    u = u_fn(jnp.zeros_like(data), one, one, cond, train)
+    target = -data
     per = jnp.sum((u - target) ** 2, axis=tuple(range(1, u.ndim)))
     return MeanFlowOutput(u=u, du_dt=jnp.zeros_like(u), v=target, v_g=target, u_tgt=target,
                           loss_per_sample=per, loss=jnp.mean(per), v_loss=per, weight=jnp.ones_like(per))
@@ -89,41 +97,30 @@ def make_loss_fn(cfg: TrainConfig, model) -> Callable:
     One function object per (task, method, dtype, model, objective), so jit compiles the
     train step once per process for repeated runs of the same recipe.
     """
-    obs = (model.obs_dim, model.num_tokens) if isinstance(model, FlowerPolicy) else None
-    return _loss_fn(cfg.task, cfg.method, cfg.dtype, model_config(cfg), objective_config(cfg), obs, cfg.clip_actions)
+    hooks = task_hooks(cfg)
+    return _loss_fn(get_task(cfg.task), hooks, cfg.method, cfg.dtype, model_config(cfg), objective_config(cfg),
+                    KeyedModel(hooks, model))
 
 
 @functools.lru_cache(maxsize=32)
-def _loss_fn(task, method, dtype_name, mc, mf, obs, clip_actions):
-    cfg = TrainConfig(task=task, method=method, dtype=dtype_name, mf=mf)
-    master, compute = _dtypes(cfg)
+def _loss_fn(task, hooks, method, dtype_name, mc, mf, keyed):
+    master, compute = _dtypes(dtype_name)
     cast = functools.partial(jax.tree.map, lambda a: a.astype(compute) if jnp.issubdtype(a.dtype, jnp.floating) else a)
     objective = meanflow_loss if method == "meanflow" else flow_matching_loss
-    if task == "digits":
-        module = dit.DiT(mc)
-        uses_null = bool(mf.guidance_eq) or mf.class_dropout_prob > 0
+    model = keyed.model
 
-        def loss_fn(params, batch, noise):
-            x = batch["x"].astype(compute)
-            null_y = jnp.full(x.shape[:1], mc.num_classes, batch["y"].dtype) if uses_null else None
-            out = objective(dit.make_u_fn(module, cast(params)), x, batch["y"], cast(noise), mf, null_y=null_y)
-            return out.loss.astype(master), out
-
-        return loss_fn
-    policy = FlowerPolicy(mc, obs[0], mf, clip_actions, obs[1])
-
-    def policy_loss_fn(params, batch, noise):
+    def loss_fn(params, batch, noise):
         p = cast(params)
-        obs_, actions = batch["obs"].astype(compute), batch["actions"].astype(compute)
-        cond = policy.encode(p, obs_)
-        u_fn = policy.u_fn(p, batch["dropout_rng"])
+        data, cond = batch[task.data_key].astype(compute), cast(batch[task.cond_key])
+        y = hooks.encode(model, p, cond)
+        u_fn = hooks.u_fn(model, p, batch.get("dropout_rng"))
         if method == "regression":
-            out = _regression_loss(u_fn, actions, cond, True)
+            out = _regression_loss(u_fn, data, y, True)
         else:
-            out = objective(u_fn, actions, cond, cast(noise), policy.mf_cfg, null_y=None, train=True)
+            out = objective(u_fn, data, y, cast(noise), mf, null_y=hooks.null_cond(model, mf, y), train=True)
         return out.loss.astype(master), out
 
-    return policy_loss_fn
+    return loss_fn
 
 
 @functools.lru_cache(maxsize=16)
@@ -140,25 +137,27 @@ def _compiled_draw(shape, mf, dtype_name, backend):
 
 def step_randomness(cfg: TrainConfig, step: int, x_shape) -> tuple[MeanFlowNoise, Any]:
     """(noise, dropout key) of the update after `step` updates: fold_in(PRNGKey(seed), step)."""
-    master, _ = _dtypes(cfg)
+    master, _ = _dtypes(cfg.dtype)
     shape = tuple(int(s) for s in x_shape)
     draw = _compiled_draw(shape, objective_config(cfg), jnp.dtype(master).name, jax.default_backend())
     return draw(jax.random.PRNGKey(cfg.seed), np.uint32(step))
 
 
 def to_batch(cfg: TrainConfig, batch: dict) -> dict:
-    """NumPy batch of the data interface -> jnp arrays in the master dtype (images stay NHWC)."""
-    master, _ = _dtypes(cfg)
-    if cfg.task == "digits":
-        return {"x": jnp.asarray(batch["x"], master), "y": jnp.asarray(np.asarray(batch["y"]).astype(np.int32))}
-    return {"obs": jnp.asarray(batch["obs"], master), "actions": jnp.asarray(batch["actions"], master)}
+    """NumPy batch of the data interface -> jnp arrays: the task's data in the master dtype
+    (images stay NHWC), its conditioning by the hooks' cond_array (digits labels int32)."""
+    master, _ = _dtypes(cfg.dtype)
+    task, hooks = get_task(cfg.task), task_hooks(cfg)
+    return {k: (hooks.cond_array(batch[k], master) if k == task.cond_key else jnp.asarray(batch[k], master))
+            for k in task.batch_keys}
 
 
 def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = True) -> Callable:
     """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False) -> NumPy samples.
 
     The request is checked on the host first (`meanflow_common.sampling.sample_inputs`:
-    integer labels in [0, num_classes), the null class only with allow_null, num_steps >= 1).
+    the task's `check_cond`, e.g. integer labels in [0, num_classes), the null class only
+    with allow_null; num_steps >= 1).
 
     cond: labels int [B] (digits) or observations [B, obs_dim] (reach). noise: e in the
     data's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn from
@@ -166,17 +165,16 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
     num_steps default cfg.mf.num_steps. flow_matching runs Euler steps with h = 0;
     regression uses zero noise and one step. Runs jitted, in the master dtype.
     """
-    master, _ = _dtypes(cfg)
+    master, _ = _dtypes(cfg.dtype)
     params = state.ema_params if use_ema else state.params
-    mc = model_config(cfg)
-    obs = (model.obs_dim, model.num_tokens) if isinstance(model, FlowerPolicy) else None
+    hooks = task_hooks(cfg)
+    keyed = KeyedModel(hooks, model)
 
     def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
         # checked on the host: under jit a bad label would silently index the wrong row
         cond, noise, steps = sample_inputs(cfg, cond, noise, num_steps, seed, allow_null)
-        run = _sampler(cfg.task, cfg.method, mc, obs, cfg.clip_actions, steps)
-        cond = jnp.asarray(cond.astype(np.int32)) if cfg.task == "digits" else jnp.asarray(cond, master)
-        args = (params, jnp.asarray(noise, master), cond)
+        run = _sampler(hooks, cfg.method, keyed, steps)
+        args = (params, jnp.asarray(noise, master), hooks.cond_array(cond, master))
         if _fast(cfg):
             return np.asarray(_fast_call(run, functools.partial(run.lower, *args), *args))
         return np.asarray(run(*args))
@@ -185,21 +183,18 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
 
 
 @functools.lru_cache(maxsize=32)
-def _sampler(task, method, mc, obs, clip_actions, num_steps):
-    policy = FlowerPolicy(mc, obs[0], None, clip_actions, obs[1]) if task == "reach" else None
+def _sampler(hooks, method, keyed, num_steps):
+    model = keyed.model
 
     @jax.jit
     def run(params, e, cond):
-        if task == "digits":
-            u_fn, y = dit.make_u_fn(dit.DiT(mc), params), cond
-        else:
-            u_fn, y = policy.u_fn(params), policy.encode(params, cond)
+        u_fn, y = hooks.u_fn(model, params, None), hooks.encode(model, params, cond)
         if method == "flow_matching":
             u_fn = functools.partial(_zero_h, u_fn)
         if method == "regression":
             e = jnp.zeros_like(e)
         x = generate(u_fn, e, y, num_steps=num_steps)
-        return jnp.clip(x, -1.0, 1.0) if (task == "reach" and clip_actions) else x
+        return hooks.finish(model, x)
 
     return run
 
@@ -269,8 +264,8 @@ class JaxBackend(TrainBackend):
         return World(processes=jax.process_count(), rank=jax.process_index(), devices=n, share=parallel.share,
                      collective=True)
 
-    def make_model(self, cfg, example=None, obs_dim=None):
-        return make_model(cfg, example, obs_dim)
+    def make_model(self, cfg, example=None, info=None):
+        return make_model(cfg, example, info)
 
     def create_state(self, cfg, model, params, init_params=None):
         if init_params is not None:
@@ -281,6 +276,7 @@ class JaxBackend(TrainBackend):
         return parallel.replicate(state, parallel.make_mesh(world.devices)) if world.devices > 1 else state
 
     def make_step(self, cfg, model, world):
+        task, hooks = get_task(cfg.task), task_hooks(cfg)
         loss_fn = make_loss_fn(cfg, model)
         mesh = parallel.make_mesh(world.devices) if world.devices > 1 else None
         if mesh is None:
@@ -296,14 +292,14 @@ class JaxBackend(TrainBackend):
 
         def step(state, s, np_batch, noise_fn, check_loss):
             batch = to_batch(cfg, np_batch)
-            shape = batch["x"].shape if cfg.task == "digits" else batch["actions"].shape
+            shape = batch[task.data_key].shape
             noise, dropout_key = step_randomness(cfg, s, shape)
             if noise_fn is not None:
                 noise = noise_fn(s, batch)
             if mesh is not None:
                 batch, noise = parallel.shard_batch(batch, mesh), parallel.shard_batch(noise, mesh)
                 dropout_key = parallel.replicate(dropout_key, mesh)
-            if cfg.task == "reach":
+            if hooks.dropout:
                 batch["dropout_rng"] = dropout_key
             new_state, metrics = run(state, batch, noise)
             metrics = {k: parallel.host_value(v) for k, v in metrics.items()}

@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from meanflow_common.checks import check_labels, check_num_steps
+from meanflow_common.checks import check_num_steps
+from meanflow_common.tasks import get_task
 from meanflow_common.train_config import TrainConfig, data_shape, model_config
 
 __all__ = ["sample_inputs"]
@@ -21,19 +22,14 @@ def sample_inputs(cfg: TrainConfig, cond: Any, noise: Any = None, num_steps: Opt
                   allow_null: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """(cond, noise, steps) for one sampling call, checked.
 
-    cond: digits labels int [B] in [0, num_classes) (the null class num_classes only with
-    `allow_null`), reach observations float [B, obs_dim]. noise: [B, *data_shape(cfg)] in
-    the data interface's layout (digits NHWC), default `np.random.default_rng(seed)` normal
-    draws (float64). num_steps: int >= 1, default cfg.mf.num_steps; the regression baseline
-    always takes one step.
+    cond: as the task's `check_cond` takes it: digits labels int [B] in [0, num_classes)
+    (the null class num_classes only with `allow_null`), reach observations float
+    [B, obs_dim]. noise: [B, *data_shape(cfg)] in the data interface's layout (digits
+    NHWC), default `np.random.default_rng(seed)` normal draws (float64). num_steps: int
+    >= 1, default cfg.mf.num_steps; the regression baseline always takes one step.
     """
-    if cfg.task == "digits":
-        cond = check_labels(cond, model_config(cfg).num_classes, allow_null)
-    else:
-        cond = np.asarray(cond)
-        if cond.dtype.kind != "f" or cond.ndim != 2 or cond.shape[0] < 1:
-            raise ValueError(f"observations must be float [B, obs_dim] with B >= 1, got dtype {cond.dtype}, "
-                             f"shape {cond.shape}")
+    task = get_task(cfg.task)
+    cond = task.check_cond(model_config(cfg), cond, allow_null)
     shape = (cond.shape[0], *data_shape(cfg))
     if noise is None:
         noise = np.random.default_rng(seed).standard_normal(shape)
@@ -42,7 +38,7 @@ def sample_inputs(cfg: TrainConfig, cond: Any, noise: Any = None, num_steps: Opt
         raise TypeError(f"noise must be floating point, got dtype {noise.dtype}")
     if noise.shape != shape:
         raise ValueError(f"noise has shape {noise.shape}; {cfg.task} sampling of {shape[0]} takes {shape} "
-                         f"({'NHWC' if cfg.task == 'digits' else '[B, T, A]'})")
+                         f"({task.layout})")
     if not np.all(np.isfinite(noise)):
         raise ValueError("noise holds NaN or inf")
     steps = cfg.mf.num_steps if num_steps is None else check_num_steps(num_steps)

@@ -5,9 +5,12 @@
 both sides. A config is built from a preset (`TRAIN_PRESETS`), then an optional JSON file,
 then `field=value` assignments; an assignment names a field of `TrainConfig`, of its
 nested `OptimConfig` (`optim.`) or `MeanFlowConfig` (`mf.`), or of the model preset's
-config (`model.`: `DiTConfig` for digits, `FlowerConfig` for reach). The prefix may be
-left out when the name is unambiguous (it always is: the field names are disjoint).
+config (`model.`: the task's preset table: `DiTConfig` for digits, `FlowerConfig` for
+reach). The prefix may be left out when the name is unambiguous (it always is: the field
+names are disjoint).
 
+Whatever depends on the task (its presets, methods, objective settings, batch and data
+shape) is asked of its `meanflow_common.tasks.Task`, looked up by `TrainConfig.task`.
 `check_batch` tells whether a batch of the data interface fits the configured model.
 The run folder and the command line live in `meanflow_common.train_cli`.
 """
@@ -20,21 +23,11 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
-from meanflow_common.config import (
-    DIT_PRESETS,
-    FLOWER_PRESETS,
-    DiTConfig,
-    FlowerConfig,
-    MeanFlowConfig,
-    OptimConfig,
-    from_dict,
-    get_preset,
-    override,
-)
+from meanflow_common.config import MeanFlowConfig, OptimConfig, from_dict, get_preset, override
 from meanflow_common.fields import check_choice, check_range, check_types, parse_value
+from meanflow_common.tasks import Task, get_task, registered_tasks
 
 __all__ = [
-    "TASKS",
     "METHODS",
     "DTYPES",
     "TrainConfig",
@@ -49,7 +42,6 @@ __all__ = [
     "data_shape",
 ]
 
-TASKS = ("digits", "reach")
 METHODS = ("meanflow", "flow_matching", "regression")
 DTYPES = ("float32", "bfloat16", "float64")
 
@@ -58,11 +50,13 @@ DTYPES = ("float32", "bfloat16", "float64")
 class TrainConfig:
     """One training run.
 
-    task: "digits" (class-conditional DiT on 8x8x1 images) or "reach" (FLOWER policy on
-    action chunks [10, 2] given observations). model: preset name in DIT_PRESETS (digits)
-    or FLOWER_PRESETS (reach); model_overrides: ((field, value), ...) applied to it.
-    method: "meanflow", "flow_matching" (same network, h = 0, no JVP) or "regression"
-    (reach only: MSE of one network call at z = 0, t = h = 1 against the actions).
+    task: a registered task's name (`meanflow_common.tasks`; a registered `Task` is taken
+    as its name): "digits" (class-conditional DiT on 8x8x1 images) or "reach" (FLOWER
+    policy on action chunks [10, 2] given observations). model: preset name in the task's
+    table (DIT_PRESETS for digits, FLOWER_PRESETS for reach); model_overrides: ((field,
+    value), ...) applied to it. method: "meanflow", "flow_matching" (same network, h = 0,
+    no JVP) or "regression" (tasks that list it, e.g. reach: MSE of one network call at
+    z = 0, t = h = 1 against the data).
     dtype: "float32" (default), "bfloat16" (master weights, optimizer and EMA stay
     float32; the loss is computed with bfloat16 parameters and data) or "float64".
     steps: total updates; ckpt_every / log_every / eval_every: in updates (0 = only at
@@ -108,11 +102,19 @@ class TrainConfig:
     def __post_init__(self):
         pairs = tuple((str(k), v) for k, v in _pairs(self.model_overrides))
         object.__setattr__(self, "model_overrides", pairs)
+        if isinstance(self.task, Task):
+            object.__setattr__(self, "task", _registered_name(self.task))
         check_types(self)
-        for name, choices in (("task", TASKS), ("method", METHODS), ("dtype", DTYPES)):
+        try:
+            task = get_task(self.task)
+        except ValueError as err:
+            raise ValueError(f"TrainConfig.task: {err}") from None
+        for name, choices in (("method", METHODS), ("dtype", DTYPES)):
             check_choice(self, name, choices)
-        if self.method == "regression" and self.task != "reach":
-            raise ValueError("method 'regression' is the reach baseline; it needs task='reach'")
+        if self.method not in task.methods:
+            having = [repr(n) for n, t in registered_tasks().items() if self.method in t.methods]
+            raise ValueError(f"method {self.method!r} is not a method of task {self.task!r} "
+                             f"({', '.join(task.methods)}); it needs task={' or '.join(having) or 'a task with it'}")
         for name in ("steps", "batch_size", "keep_last", "obs_tokens"):
             check_range(self, name, 1)
         for name in ("ckpt_every", "log_every", "eval_every"):
@@ -124,6 +126,14 @@ class TrainConfig:
         if not self.out_dir.strip():
             raise ValueError("TrainConfig.out_dir is empty")
         model_config(self)  # an unknown model preset or field fails here, at construction
+
+
+def _registered_name(task: Task) -> str:
+    # a run folder records the task by name, so a loader finds it only if it is registered
+    if registered_tasks().get(task.name) is not task:
+        raise ValueError(f"TrainConfig.task: the Task {task.name!r} is not the one registered under its name; "
+                         "register it first (meanflow_common.tasks.register_task)")
+    return task.name
 
 
 def _pairs(overrides) -> list[tuple[str, Any]]:
@@ -144,19 +154,17 @@ def _pairs(overrides) -> list[tuple[str, Any]]:
     return out
 
 
-def model_config(cfg: TrainConfig) -> DiTConfig | FlowerConfig:
+def model_config(cfg: TrainConfig):
     """The resolved network config: the task's preset table, `cfg.model`, the overrides."""
-    table, what = (DIT_PRESETS, "DiT preset") if cfg.task == "digits" else (FLOWER_PRESETS, "FLOWER preset")
-    base = get_preset(table, cfg.model, f"{what} (TrainConfig.model for task {cfg.task!r})")
+    task = get_task(cfg.task)
+    base = get_preset(task.presets, cfg.model, f"{task.preset_kind} (TrainConfig.model for task {cfg.task!r})")
     return override(base, dict(cfg.model_overrides)) if cfg.model_overrides else base
 
 
 def objective_config(cfg: TrainConfig) -> MeanFlowConfig:
-    """The objective settings the trainer uses: the reach policy has no class labels, so
-    guidance and class dropout are off there (as `FlowerPolicy` forces them)."""
-    if cfg.task == "reach":
-        return replace(cfg.mf, guidance_eq="", class_dropout_prob=0.0)
-    return cfg.mf
+    """The objective settings the trainer uses, as the task adjusts them (a task without
+    class labels, e.g. reach, turns guidance and class dropout off)."""
+    return get_task(cfg.task).objective(cfg.mf)
 
 
 # ----------------------------------------------------------------------------------
@@ -360,19 +368,19 @@ def load_config_file(path: str, base: TrainConfig | None = None) -> TrainConfig:
 
 
 def data_shape(cfg: TrainConfig) -> tuple:
-    """One generated example's shape in the data interface's layout: digits (H, W, C)
-    (NHWC), reach (T, A)."""
-    mc = model_config(cfg)
-    if cfg.task == "digits":
-        return (mc.input_size, mc.input_size, mc.in_channels)
-    return (mc.act_window_size, mc.action_dim)
+    """One generated example's shape in the data interface's layout (the task's
+    `data_shape`): digits (H, W, C) (NHWC), reach (T, A)."""
+    return tuple(get_task(cfg.task).data_shape(model_config(cfg)))
 
 
 def check_batch(cfg: TrainConfig, model_cfg, batch: Mapping[str, Any]) -> None:
-    """Check a NumPy batch of the data interface against the model; ValueError naming the
-    problem. digits: {"x": [B, H, W, C] NHWC float, "y": int [B]}; reach: {"obs": [B, D],
-    "actions": [B, T, A]}."""
-    keys = ("x", "y") if cfg.task == "digits" else ("obs", "actions")
+    """Check a NumPy batch of the data interface against the model; KeyError / ValueError /
+    TypeError naming the problem. The task's batch_keys must be present with one batch
+    size, its float_keys floating point, and the rest is the task's `check_batch`
+    (digits: {"x": [B, H, W, C] NHWC float, "y": int [B]}; reach: {"obs": [B, D],
+    "actions": [B, T, A]})."""
+    task = get_task(cfg.task)
+    keys = task.batch_keys
     missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"the {cfg.task} batch lacks {missing}; it has {sorted(batch)}")
@@ -381,30 +389,7 @@ def check_batch(cfg: TrainConfig, model_cfg, batch: Mapping[str, Any]) -> None:
     for k in keys:
         if getattr(batch[k], "ndim", 0) == 0 or batch[k].shape[0] != b:
             raise ValueError(f"batch[{k!r}] has shape {getattr(batch[k], 'shape', None)}; every entry needs batch {b}")
-    if cfg.task == "digits":
-        x, y = batch["x"], batch["y"]
-        want = (model_cfg.input_size, model_cfg.input_size, model_cfg.in_channels)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            hint = ""
-            if x.ndim == 4 and (x.shape[1], *x.shape[2:]) == (want[2], want[0], want[1]):
-                hint = " (it looks NCHW; the data interface gives NHWC images)"
-            raise ValueError(
-                f"image batch x has shape {tuple(x.shape)} but the DiT takes [B, {want[0]}, {want[1]}, {want[2]}] "
-                f"NHWC (input_size={want[0]}, in_channels={want[2]}){hint}"
-            )
-        if y.dtype.kind not in "iu":
-            raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
-        if y.ndim != 1 or y.min() < 0 or y.max() >= model_cfg.num_classes:
-            raise ValueError(f"labels y must be [B] in [0, {model_cfg.num_classes}), got shape {y.shape}, "
-                             f"range [{y.min()}, {y.max()}]")
-    else:
-        obs, act = batch["obs"], batch["actions"]
-        want = (model_cfg.act_window_size, model_cfg.action_dim)
-        if act.ndim != 3 or tuple(act.shape[1:]) != want:
-            raise ValueError(f"action batch has shape {tuple(act.shape)} but the policy takes "
-                             f"[B, {want[0]}, {want[1]}] (act_window_size={want[0]}, action_dim={want[1]})")
-        if obs.ndim != 2:
-            raise ValueError(f"observations must be [B, obs_dim], got shape {tuple(obs.shape)}")
-    for k in keys[:1] + (("actions",) if cfg.task == "reach" else ()):
+    task.check_batch(model_cfg, batch)
+    for k in task.float_keys:
         if batch[k].dtype.kind != "f":
             raise TypeError(f"batch[{k!r}] must be floating point, got dtype {batch[k].dtype}")

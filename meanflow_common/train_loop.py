@@ -4,10 +4,14 @@
 cfg, ...)` with their own `TrainBackend`. The loop owns what the two share: the data
 order, the run folder (lock, config.json, refusal of an existing run, resume), the
 checkpoint cadence and keep-last-k, the NaN stop, metrics, the progress bar, evaluation,
-and the rank-0-writes rule of a data-parallel run. The backend supplies the framework:
+and the rank-0-writes rule of a data-parallel run. What depends on the task (its data,
+its network, its batch) comes from its `meanflow_common.tasks.Task`, which the backend
+asks for its own hooks. The backend supplies the framework:
 
     world(cfg) -> World                 processes, rank, data-parallel devices
-    make_model(cfg, example, obs_dim)   -> (model, params): params is what create_state takes
+    make_model(cfg, example, info)      -> (model, params): params is what create_state takes;
+                                        info: the run's data facts (Task.run_info), else
+                                        read from the example batch
     create_state(cfg, model, params, init_params) -> state
     place(state, world) -> state        replicate on the devices / make every rank equal
     make_step(cfg, model, world)        -> step(state, s, batch, noise_fn, check_loss) -> (state, metrics)
@@ -39,6 +43,7 @@ from meanflow_common.checks import UnreadableCheckpointError
 from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses
 from meanflow_common.run_lock import RunLock
+from meanflow_common.tasks import get_task
 from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config
 from meanflow_common.train_config import TrainConfig, check_batch, config_from_dict, config_to_dict, model_config
 
@@ -94,8 +99,8 @@ class TrainBackend(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def make_model(self, cfg: TrainConfig, example: Optional[dict] = None, obs_dim: Optional[int] = None):
-        """(model, params)."""
+    def make_model(self, cfg: TrainConfig, example: Optional[dict] = None, info: Optional[dict] = None):
+        """(model, params); info: the run's data facts (`Task.run_info`), else read from `example`."""
 
     @abc.abstractmethod
     def create_state(self, cfg: TrainConfig, model, params, init_params=None):
@@ -134,7 +139,7 @@ def _data(cfg: TrainConfig, dataset, batch_fn):
     if dataset is None or batch_fn is None:
         from meanflow_common import data
 
-        dataset = dataset if dataset is not None else data.get_dataset(cfg.task, cfg.seed)
+        dataset = dataset if dataset is not None else get_task(cfg.task).dataset(cfg.seed)
         batch_fn = batch_fn or data.batch_at
     return dataset, batch_fn
 
@@ -242,7 +247,7 @@ def run_training(backend: TrainBackend, cfg: TrainConfig, *, resume: bool = Fals
     model, params = backend.make_model(cfg, example)
     state = backend.create_state(cfg, model, params, init_params)
     step_fn = backend.make_step(cfg, model, world)
-    info = {"obs_dim": int(example["obs"].shape[1])} if cfg.task == "reach" else {}
+    info = get_task(cfg.task).run_info(example)
     run_dir, ckpt_dir = cfg.out_dir, os.path.join(cfg.out_dir, "checkpoints")
     lock = RunLock(run_dir)
     resumed = _on_writer(world, lambda: _open_run(backend, cfg, mc, resume, overwrite, info, world, lock))
@@ -341,7 +346,7 @@ def load_run(backend: TrainBackend, run_dir: str, checkpoint: Optional[str] = No
         raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend "
                          "or convert its checkpoint with parity.checkpoints")
     cfg = config_from_dict(saved)
-    model, params = backend.make_model(cfg, obs_dim=saved.get("data", {}).get("obs_dim"))
+    model, params = backend.make_model(cfg, info=saved.get("data", {}))
     state = backend.create_state(cfg, model, params)
     if checkpoint is not None:
         state, meta = backend.restore_checkpoint(checkpoint, state)

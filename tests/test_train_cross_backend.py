@@ -42,8 +42,8 @@ def test_float64_trajectories_agree_for_50_steps(pair64):
         assert worst[name] < 1e-8, (name, worst)
 
 
-def _torch_state_with(cfg, state_dict, obs_dim=None):
-    model = tt.make_model(cfg, obs_dim=obs_dim)
+def _torch_state_with(cfg, state_dict, info=None):
+    model = tt.make_model(cfg, info=info)
     state = torch_state(model, cfg.optim)
     with torch.no_grad():
         for m in (state.model, state.ema_model):
@@ -67,7 +67,7 @@ def test_jax_checkpoint_samples_the_same_in_torch(pair64):
 
 def test_torch_checkpoint_samples_the_same_in_jax(tmp_path):
     cfg = apply_assignments(TRAIN_PRESETS["tiny"], [f"out_dir={tmp_path / 'torch'}", "steps=3"])
-    model = randomize_params(tt.make_model(cfg, obs_dim=None), 2)
+    model = randomize_params(tt.make_model(cfg), 2)
     result = tt.train(cfg, init_params=model.state_dict(), progress=False)
     mc = model_config(cfg)
     params = load_params(result.checkpoint, get_arch("dit"), mc)  # the file's "model" entry: the trained weights
@@ -85,7 +85,7 @@ def test_torch_policy_checkpoint_samples_the_same_in_jax(tmp_path):
     result = tt.train(cfg, progress=False)
     mc = model_config(cfg)
     payload = torch.load(result.checkpoint, weights_only=True)
-    policy, template = jt.make_model(cfg, obs_dim=4)
+    policy, template = jt.make_model(cfg, info={"obs_dim": 4})
     ema = torch_to_jax(payload["ema"], POLICY_TABLE, mc, template=template)
     state = jax_state(ema, cfg.optim)
     obs = np.random.default_rng(0).uniform(-1, 1, (5, 4))

@@ -10,10 +10,14 @@ N processes (each taking its slice; `torch_meanflow.parallel`) repeats the 1-pro
 when the model has no dropout. Twin of `jax_meanflow.train`: the same function names, the
 same TrainConfig, the same run folder.
 
-    digits: DiT (NCHW: the data interface's NHWC images are transposed here);
-    reach:  FlowerPolicy (torch_meanflow.policy) on observations -> action chunks.
-    method: "meanflow" | "flow_matching" (h = 0, no JVP) | "regression" (reach: MSE of
-            -u(0, t=1, h=1 | obs) to the actions; sampled with zero noise in one step).
+    task:   what cfg.task names (`meanflow_common.tasks.Task`), through its torch hooks
+            (`torch_meanflow.tasks.TaskHooks`): digits, a DiT (NCHW: the data
+            interface's NHWC images are transposed by the hooks); reach, a FlowerPolicy
+            on observations -> action chunks; a user's registered task alike. No branch
+            here on a task's name.
+    method: "meanflow" | "flow_matching" (h = 0, no JVP) | "regression" (tasks that list
+            it, e.g. reach: MSE of -u(0, t=1, h=1 | cond) to the data; sampled with zero
+            noise in one step).
     dtype "bfloat16": params, optimizer and EMA in float32; the loss runs on bfloat16
     copies of the params and data (`torch.func.functional_call` with differentiable casts,
     so the gradients land on the float32 parameters).
@@ -33,19 +37,19 @@ from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
 from meanflow_common.metrics import tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
+from meanflow_common.tasks import get_task
 from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
-from meanflow_common.train_config import TrainConfig, model_config, objective_config
+from meanflow_common.train_config import TrainConfig, objective_config
 from meanflow_common.train_loop import TrainBackend, World, run_training
 from torch_meanflow import parallel
 from torch_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
-from torch_meanflow.dit import init_dit
 from torch_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
-from torch_meanflow.policy import FlowerPolicy
 from torch_meanflow.solver import generate
+from torch_meanflow.tasks import TaskHooks
 from torch_meanflow.train_state import TrainState, compile_loss, create_train_state, train_step
 
-__all__ = ["BACKEND", "TorchBackend", "make_model", "make_loss_fn", "step_seed", "step_randomness", "to_batch", "make_sampler",
-           "train", "load_run", "main"]
+__all__ = ["BACKEND", "TorchBackend", "task_hooks", "make_model", "make_loss_fn", "step_seed", "step_randomness",
+           "to_batch", "make_sampler", "train", "load_run", "main"]
 
 BACKEND = "torch"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -62,31 +66,32 @@ def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, obs_dim: Optional[int] = None) -> nn.Module:
-    """The DiT, or a FlowerPolicy, initialised from cfg.seed in the master dtype.
+def task_hooks(cfg: TrainConfig) -> TaskHooks:
+    """The PyTorch hooks of cfg.task (`meanflow_common.tasks.Task.backend_hooks`)."""
+    task = get_task(cfg.task)
+    hooks = task.backend_hooks(BACKEND)
+    if not isinstance(hooks, TaskHooks):
+        raise TypeError(f"task {task.name!r}: its torch hooks must be a torch_meanflow.tasks.TaskHooks, "
+                        f"got {type(hooks).__name__}")
+    return hooks
 
-    The reach policy needs obs_dim, given or read from `example_batch["obs"]`.
+
+def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, info: Optional[dict] = None) -> nn.Module:
+    """The task's network (digits: the DiT; reach: a FlowerPolicy), initialised from cfg.seed
+    in the master dtype.
+
+    info: the run's data facts (`Task.run_info`, e.g. the reach policy's obs_dim), given or
+    read from `example_batch`.
     """
     master, _ = _dtypes(cfg)
-    mc = model_config(cfg)
-    if cfg.task == "digits":
-        return init_dit(mc, seed=cfg.seed, dtype=master, device=_device())
-    if obs_dim is None:
-        if example_batch is None:
-            raise ValueError("the reach policy needs obs_dim or an example batch with 'obs'")
-        obs_dim = int(np.shape(example_batch["obs"])[1])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        policy = FlowerPolicy(mc, obs_dim=obs_dim, mf_cfg=objective_config(cfg), clip_actions=cfg.clip_actions,
-                              num_tokens=cfg.obs_tokens)
-    return policy.to(device=_device(), dtype=master)
+    return task_hooks(cfg).build(cfg, get_task(cfg.task).model_info(example_batch, info), master, _device())
 
 
-def _regression_loss(u_fn, actions, cond, train: bool) -> MeanFlowOutput:
-    """The reach baseline: -u(0, t=1, h=1 | cond) regressed on the actions (unweighted MSE)."""
-    one = torch.ones(actions.shape[0], dtype=actions.dtype, device=actions.device)
-    u = u_fn(torch.zeros_like(actions), one, one, cond, train)
-    target = -actions
+def _regression_loss(u_fn, data, cond, train: bool) -> MeanFlowOutput:
+    """The regression baseline: -u(0, t=1, h=1 | cond) regressed on the data (unweighted MSE)."""
+    one = torch.ones(data.shape[0], dtype=data.dtype, device=data.device)
+    u = u_fn(torch.zeros_like(data), one, one, cond, train)
+    target = -data
     per = ((u - target) ** 2).sum(dim=tuple(range(1, u.dim())))
     return MeanFlowOutput(u=u, du_dt=torch.zeros_like(u), v=target, v_g=target, u_tgt=target,
                           loss_per_sample=per, loss=per.mean(), v_loss=per.detach(), weight=torch.ones_like(per))
@@ -108,19 +113,14 @@ def make_loss_fn(cfg: TrainConfig, model: nn.Module) -> Callable:
     master, compute = _dtypes(cfg)
     mf = objective_config(cfg)
     objective = meanflow_loss if cfg.method == "meanflow" else flow_matching_loss
-    mc = model_config(cfg)
-    uses_null = bool(mf.guidance_eq) or mf.class_dropout_prob > 0
+    task, hooks = get_task(cfg.task), task_hooks(cfg)
 
     def core(net, batch, noise):
-        if cfg.task == "digits":
-            x, y = batch["x"], batch["y"]
-            null_y = torch.full_like(y, mc.num_classes) if uses_null else None
-            return objective(lambda z, t, h, yy, train=False: net(z, t, h, yy, train=train), x, y, noise, mf,
-                             null_y=null_y)
-        cond = net.encode(batch["obs"])
+        y = hooks.encode(net, batch[task.cond_key])
         if cfg.method == "regression":
-            return _regression_loss(net.u_fn, batch["actions"], cond, True)
-        return objective(net.u_fn, batch["actions"], cond, noise, net.mf_cfg, null_y=None, train=True)
+            return _regression_loss(hooks.u_fn(net), batch[task.data_key], y, True)
+        return objective(hooks.u_fn(net), batch[task.data_key], y, noise, mf, null_y=hooks.null_cond(net, mf, y),
+                         train=True)
 
     if compute == master:
         return core
@@ -151,13 +151,21 @@ def step_randomness(cfg: TrainConfig, step: int, x_shape) -> MeanFlowNoise:
 
 
 def to_batch(cfg: TrainConfig, batch: dict) -> dict:
-    """NumPy batch of the data interface -> tensors in the master dtype (images NHWC -> NCHW)."""
+    """NumPy batch of the data interface -> tensors: the task's data in the master dtype and
+    the network's layout (digits NHWC -> NCHW), its conditioning by the hooks' cond_tensor
+    (digits labels int64)."""
     master, _ = _dtypes(cfg)
     dev = _device()
-    if cfg.task == "digits":
-        x = torch.from_numpy(np.ascontiguousarray(np.asarray(batch["x"]).transpose(0, 3, 1, 2)))
-        return {"x": x.to(dev, master), "y": torch.as_tensor(np.asarray(batch["y"]), dtype=torch.long, device=dev)}
-    return {k: torch.as_tensor(np.asarray(batch[k])).to(dev, master) for k in ("obs", "actions")}
+    task, hooks = get_task(cfg.task), task_hooks(cfg)
+
+    def tensor(k):
+        if k == task.cond_key:
+            return hooks.cond_tensor(batch[k], dev, master)
+        data = np.asarray(batch[k])
+        data = np.ascontiguousarray(hooks.to_layout(data)) if k == task.data_key else data
+        return torch.as_tensor(data).to(dev, master)
+
+    return {k: tensor(k) for k in task.batch_keys}
 
 
 def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema: bool = True) -> Callable:
@@ -174,28 +182,22 @@ def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema:
     net = state.ema_model if use_ema else state.model
     master, _ = _dtypes(cfg)
     dev = _device()
+    hooks = task_hooks(cfg)
+    net_u = hooks.u_fn(net)
 
     def u_fn(z, t, h, y, train=False):
         h = torch.zeros_like(h) if cfg.method == "flow_matching" else h
-        return net(z, t, h, y, train=train) if cfg.task == "digits" else net.u_fn(z, t, h, y, train)
+        return net_u(z, t, h, y, train)
 
     def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
         cond, noise, steps = sample_inputs(cfg, cond, noise, num_steps, seed, allow_null)
-        if cfg.task == "digits":
-            noise = noise.transpose(0, 3, 1, 2)
-        e = torch.as_tensor(np.ascontiguousarray(noise)).to(dev, master)
+        e = torch.as_tensor(np.ascontiguousarray(hooks.to_layout(noise))).to(dev, master)
         if cfg.method == "regression":
             e = torch.zeros_like(e)
         with torch.no_grad():
-            if cfg.task == "digits":
-                y = torch.as_tensor(cond, dtype=torch.long, device=dev)
-            else:
-                y = net.encode(torch.as_tensor(cond).to(dev, master))
-            x = generate(u_fn, e, y, num_steps=steps)
-        if cfg.task == "reach" and cfg.clip_actions:
-            x = x.clamp(-1.0, 1.0)
-        x = x.cpu().numpy()
-        return x.transpose(0, 2, 3, 1) if cfg.task == "digits" else x
+            y = hooks.encode(net, hooks.cond_tensor(cond, dev, master))
+            x = hooks.finish(net, generate(u_fn, e, y, num_steps=steps))
+        return hooks.from_layout(x.cpu().numpy())
 
     return sample
 
@@ -211,13 +213,13 @@ def _load_init(model: nn.Module, init_params) -> None:
             v.copy_(src.to(v.dtype))
 
 
-def _slice(batch: dict, noise: MeanFlowNoise, world: World):
-    """This rank's contiguous slice of the global batch and of its randomness."""
+def _slice(batch: dict, noise: MeanFlowNoise, world: World, keys: tuple):
+    """This rank's contiguous slice of the global batch (its entries `keys`) and of its randomness."""
     if world.processes == 1:
         return batch, noise
     b = noise.e.shape[0] // world.processes
     part = slice(world.rank * b, (world.rank + 1) * b)
-    return ({k: v[part] for k, v in batch.items() if k in ("x", "y", "obs", "actions")},
+    return ({k: v[part] for k, v in batch.items() if k in keys},
             MeanFlowNoise(noise.e[part], noise.t[part], noise.r[part], noise.drop_mask[part]))
 
 
@@ -238,8 +240,8 @@ class TorchBackend(TrainBackend):
     def world(self, cfg):
         return parallel.init_world(cfg.devices)
 
-    def make_model(self, cfg, example=None, obs_dim=None):
-        model = make_model(cfg, example, obs_dim)
+    def make_model(self, cfg, example=None, info=None):
+        model = make_model(cfg, example, info)
         return model, model
 
     def create_state(self, cfg, model, params, init_params=None):
@@ -254,6 +256,7 @@ class TorchBackend(TrainBackend):
         return state
 
     def make_step(self, cfg, model, world):
+        task, hooks = get_task(cfg.task), task_hooks(cfg)
         loss_fn = make_loss_fn(cfg, model)
         if cfg.torch_compile:
             loss_fn = compile_loss(loss_fn)
@@ -263,14 +266,13 @@ class TorchBackend(TrainBackend):
 
         def step(state, s, np_batch, noise_fn, check_loss):
             if noise_fn is None:  # only this rank's slice of the data goes to its device
-                shape = np.shape(np_batch["x"] if cfg.task == "digits" else np_batch["actions"])
-                if cfg.task == "digits":  # the DiT's NCHW, as to_batch transposes the NHWC images
-                    shape = (shape[0], shape[3], shape[1], shape[2])
-                batch, noise = _slice(np_batch, step_randomness(cfg, s, shape), world)
+                # the noise in the network's layout, as to_batch puts the data (DiT: NCHW)
+                shape = hooks.layout_shape(np.shape(np_batch[task.data_key]))
+                batch, noise = _slice(np_batch, step_randomness(cfg, s, shape), world, task.batch_keys)
                 batch = to_batch(cfg, batch)
             else:
                 batch = to_batch(cfg, np_batch)
-                batch, noise = _slice(batch, noise_fn(s, batch), world)
+                batch, noise = _slice(batch, noise_fn(s, batch), world, task.batch_keys)
             seen = {}
 
             def checked_loss(net, b, n):

@@ -1,6 +1,6 @@
 """Built-in data sets for both backends (NumPy only): `get_dataset` and `batch_at`.
 
-Tasks:
+Built-in tasks (`meanflow_common.tasks`; `get_dataset` asks the registered task):
 - "digits": scikit-learn's 8x8 handwritten digits (`digits.py`); batches
   {"x": float32 [B, 8, 8, 1] NHWC in [-1, 1], "y": int64 [B]}.
 - "reach": the point robot reaching around an obstacle (`reach.py`); batches
@@ -20,10 +20,11 @@ import numpy as np
 
 from meanflow_common.data import digits as _digits
 from meanflow_common.data import reach as _reach
+from meanflow_common.tasks.registry import get_task
 
-__all__ = ["TASKS", "Dataset", "get_dataset", "batch_at", "steps_per_epoch", "batch_indices"]
+__all__ = ["Dataset", "get_dataset", "digits_dataset", "reach_dataset", "batch_at", "steps_per_epoch",
+           "batch_indices"]
 
-TASKS = ("digits", "reach")
 REACH_TRAIN_DEMOS = 400
 REACH_TEST_DEMOS = 100
 _REACH_STREAMS = {"train": 1, "test": 2}  # independent generator streams per split
@@ -72,25 +73,33 @@ def _reach_split(seed: int, name: str, n_demos: int) -> dict:
     return out
 
 
-def get_dataset(task: str, seed: int = 0) -> Dataset:
-    """The data set of `task` ("digits" | "reach").
+def get_dataset(task, seed: int = 0) -> Dataset:
+    """The data set of `task` (a registered task's name, or a `Task`): its `dataset(seed)`.
 
-    digits: the split is fixed (independent of seed; see digits.py). reach: the
-    demonstrations are generated from seed (400 train demos, 100 held-out demos drawn
-    from a separate stream, so the splits share no demonstration).
+    Built-ins: `digits_dataset`, `reach_dataset`. An unknown name is a ValueError naming
+    the registered tasks.
     """
     seed = _check_seed(seed)
-    if task == "digits":
-        train, test = _digits.load_digits_split()
-        info = {"image_shape": (8, 8, 1), "num_classes": 10, "layout": "NHWC", "pixel_range": (-1.0, 1.0)}
-        return Dataset("digits", seed, train, test, ("x", "y"), info)
-    if task == "reach":
-        train = _reach_split(seed, "train", REACH_TRAIN_DEMOS)
-        test = _reach_split(seed, "test", REACH_TEST_DEMOS)
-        info = {"obs_dim": _reach.OBS_DIM, "action_dim": _reach.ACTION_DIM,
-                "act_window_size": _reach.CHUNK, "max_step": _reach.MAX_STEP, "action_range": (-1.0, 1.0)}
-        return Dataset("reach", seed, train, test, ("obs", "actions"), info)
-    raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    return get_task(task).dataset(seed)
+
+
+def digits_dataset(seed: int = 0) -> Dataset:
+    """The "digits" data: the split is fixed (independent of seed; see digits.py)."""
+    seed = _check_seed(seed)
+    train, test = _digits.load_digits_split()
+    info = {"image_shape": (8, 8, 1), "num_classes": 10, "layout": "NHWC", "pixel_range": (-1.0, 1.0)}
+    return Dataset("digits", seed, train, test, ("x", "y"), info)
+
+
+def reach_dataset(seed: int = 0) -> Dataset:
+    """The "reach" data: demonstrations generated from seed (400 train demos, 100 held-out
+    demos drawn from a separate stream, so the splits share no demonstration)."""
+    seed = _check_seed(seed)
+    train = _reach_split(seed, "train", REACH_TRAIN_DEMOS)
+    test = _reach_split(seed, "test", REACH_TEST_DEMOS)
+    info = {"obs_dim": _reach.OBS_DIM, "action_dim": _reach.ACTION_DIM,
+            "act_window_size": _reach.CHUNK, "max_step": _reach.MAX_STEP, "action_range": (-1.0, 1.0)}
+    return Dataset("reach", seed, train, test, ("obs", "actions"), info)
 
 
 def steps_per_epoch(dataset: Dataset, batch_size: int, split: str = "train") -> int:

@@ -7,7 +7,7 @@ Backends plug in through plain callables on NumPy arrays (`generate_fn(noise, la
 `policy_fn(obs, noise)`); `python -m torch_meanflow.evaluate` / `python -m
 jax_meanflow.evaluate` build them from a run's checkpoint.
 """
-from meanflow_common.evaluate.anchors import add_expert_ratios, anchor_records
+from meanflow_common.evaluate.anchors import anchor_records, finish_records
 from meanflow_common.evaluate.baselines import DIGIT_BASELINES
 from meanflow_common.evaluate.classifier import DigitClassifier, get_classifier
 from meanflow_common.evaluate.copying import CopyTest, distinct_count, near_copy_radius, nearest_distances
@@ -38,6 +38,6 @@ __all__ = [
     "score_digits", "frechet_distance", "frechet_from_stats", "gaussian_stats", "RolloutResult",
     "rollout", "rollout_metrics", "chunk_sides", "first_chunk_modes", "knn_precision_recall", "knn_radii",
     "diversity_ratio", "within_class_spread", "mode_coverage", "mode_entropy", "path_stats", "score_policy",
-    "ExpertPolicy", "DIGIT_BASELINES", "anchor_records", "add_expert_ratios", "CopyTest", "copying_metrics",
+    "ExpertPolicy", "DIGIT_BASELINES", "anchor_records", "finish_records", "CopyTest", "copying_metrics",
     "distinct_count", "near_copy_radius", "nearest_distances", "train_distances",
 ]

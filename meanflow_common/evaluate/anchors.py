@@ -1,5 +1,6 @@
-"""The anchor rows of the evaluation table: trivial digit generators and the reach expert,
-scored by exactly the code and inputs (noise, tasks, seed) that score the trained runs.
+"""The anchor rows of the evaluation table: each task's reference rows (`Task.anchors`: the
+trivial digit generators, the reach expert), scored by exactly the code and inputs (noise,
+tasks, seed) that score the trained runs.
 
 An anchor record has the keys of a run's record, with "method": "baseline", "baseline":
 its name, and None where a run has a value that an anchor does not (run folder, backend,
@@ -10,16 +11,9 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-import numpy as np
+from meanflow_common.tasks import EvalOptions, get_task
 
-from meanflow_common.evaluate.baselines import DIGIT_BASELINES
-from meanflow_common.evaluate.digits_eval import digit_eval_inputs, score_digits
-from meanflow_common.evaluate.expert_policy import ExpertPolicy
-from meanflow_common.evaluate.reach_metrics import score_policy
-
-__all__ = ["anchor_records", "add_expert_ratios", "EXPERT"]
-
-EXPERT = "expert"
+__all__ = ["anchor_records", "finish_records"]
 
 
 def _record(task: str, name: str, metrics: dict, t0: float) -> dict:
@@ -30,28 +24,28 @@ def _record(task: str, name: str, metrics: dict, t0: float) -> dict:
 
 def anchor_records(tasks: Sequence[str], n_per_class: int = 100, rollouts: int = 100, execute: int = 10,
                    seed: int = 0) -> list[dict]:
-    """Records of the anchors of each task in `tasks` ("digits", "reach"; others have none)."""
+    """Records of the anchors (`Task.anchors`) of each task in `tasks`, in that order (digits:
+    the trivial generators; reach: the expert; a task without anchors adds none)."""
+    options = EvalOptions(n_per_class=n_per_class, rollouts=rollouts, execute=execute, seed=seed)
     records = []
-    if "digits" in tasks:
-        noise, labels = digit_eval_inputs(n_per_class, seed)
-        for name, factory in DIGIT_BASELINES.items():
+    for name in tasks:
+        task = get_task(name)
+        if task.anchors is None:
+            continue
+        rows = iter(task.anchors(options))
+        while True:  # each row timed on its own
             t0 = time.perf_counter()
-            gen = factory(seed)
-            records.append(_record("digits", name, score_digits(np.asarray(gen(noise, labels)), labels), t0))
-    if "reach" in tasks:
-        t0 = time.perf_counter()
-        metrics, _ = score_policy(lambda: ExpertPolicy(seed), rollouts, execute, seed)
-        records.append(_record("reach", EXPERT, metrics, t0))
+            row = next(rows, None)
+            if row is None:
+                break
+            records.append(_record(task.name, row[0], row[1], t0))
     return records
 
 
-def add_expert_ratios(records: Sequence[dict]) -> None:
-    """Set clearance_vs_expert and path_length_vs_expert (median over the expert's median) on
-    every reach record, in place, when the expert's record is among them."""
-    expert = next((r for r in records if r["task"] == "reach" and r.get("baseline") == EXPERT), None)
-    if expert is None:
-        return
-    for r in records:
-        if r["task"] == "reach":
-            r["clearance_vs_expert"] = r["clearance_median"] / expert["clearance_median"]
-            r["path_length_vs_expert"] = r["path_length_median"] / expert["path_length_median"]
+def finish_records(records: list) -> None:
+    """Each evaluated task's `finish_records` on the records, in place (reach: the ratios of
+    clearance and path length to the expert's)."""
+    for name in dict.fromkeys(r["task"] for r in records):
+        task = get_task(name)
+        if task.finish_records is not None:
+            task.finish_records(records)

@@ -8,8 +8,9 @@ construction:
     --run DIR [DIR ...]   run folders written by that backend's trainer
     --checkpoint PATH     a specific checkpoint (one run only; default: the latest)
     --raw                 evaluate the raw parameters instead of the EMA
-    --num-steps N [N ...] sampling steps (default by method: digits MeanFlow 1 2, flow
-                          matching 1 10; reach MeanFlow 1, flow matching 1 4, regression 1)
+    --num-steps N [N ...] sampling steps (default: the task's `eval_steps` by method: digits
+                          MeanFlow 1 2, flow matching 1 10; reach MeanFlow 1, flow matching
+                          1 4, regression 1)
     --n-per-class 100     digits: samples per class (>= 2);  --rollouts 100  reach: rollouts
     --execute 10          reach: actions executed per chunk before replanning
     --seed 0              evaluation noise / tasks (the same for every backend and method)
@@ -28,6 +29,8 @@ the first chunk from the start commits to (open loop: a policy averaging the two
 each task evaluated (meanflow_common.evaluate.anchors: the trivial digit generators, the
 real training digits, a copier, shrunk digits and a mode collapse; the reach expert), scored
 on the same noise and tasks; --no-anchors leaves them out. Figures go to <run>/eval_<nfe>nfe.png.
+What a task's records hold is its `meanflow_common.tasks.Task.evaluate` (and `anchors`); the
+command itself knows no task.
 """
 from __future__ import annotations
 
@@ -40,21 +43,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from meanflow_common.cli_args import non_negative_int, positive_int
-from meanflow_common.evaluate.anchors import add_expert_ratios, anchor_records
-from meanflow_common.evaluate.digits_eval import digit_eval_inputs, score_digits
-from meanflow_common.evaluate.reach_metrics import score_policy
+from meanflow_common.evaluate.anchors import anchor_records, finish_records
 from meanflow_common.evaluate.table import format_table
 from meanflow_common.json_io import write_json
+from meanflow_common.tasks import EvalOptions, get_task
 
-__all__ = ["DEFAULT_STEPS", "build_parser", "evaluate_loaded", "format_table", "run_eval_cli"]
-
-DEFAULT_STEPS = {
-    ("digits", "meanflow"): (1, 2),
-    ("digits", "flow_matching"): (1, 10),
-    ("reach", "meanflow"): (1,),
-    ("reach", "flow_matching"): (1, 4),
-    ("reach", "regression"): (1,),
-}
+__all__ = ["build_parser", "evaluate_loaded", "format_table", "run_eval_cli"]
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -90,31 +84,18 @@ def evaluate_loaded(loaded, run_dir: str, backend: str, num_steps: Optional[Sequ
                     plots: bool = True, use_ema: bool = True) -> list[dict]:
     """One record per sampling-step count for a `LoadedRun` (see the module doc)."""
     cfg = loaded.cfg
-    steps = tuple(num_steps or DEFAULT_STEPS.get((cfg.task, cfg.method), (1,)))
+    task = get_task(cfg.task)
+    if task.evaluate is None:
+        raise ValueError(f"task {cfg.task!r} has no evaluation (Task.evaluate)")
+    steps = tuple(num_steps or task.eval_steps.get(cfg.method, (1,)))
+    options = EvalOptions(n_per_class=n_per_class, rollouts=rollouts, execute=execute, seed=seed)
     base = {"run": run_dir, "backend": backend, "task": cfg.task, "method": cfg.method,
             "train_steps": int(loaded.step), "ema": use_ema, "train_steps_per_s": _train_rate(run_dir)}
     records = []
     for n in steps:
         t0 = time.perf_counter()
-        if cfg.task == "digits":
-            noise, labels = digit_eval_inputs(n_per_class, seed)
-            samples = np.asarray(loaded.sample(labels, noise=noise, num_steps=n))
-            metrics = score_digits(samples, labels)
-            if plots:
-                from meanflow_common.evaluate.plots import save_digit_grid
-
-                save_digit_grid(samples, labels, os.path.join(run_dir, f"eval_{n}nfe.png"),
-                                title=f"{backend} {cfg.method}, {n} step(s): accuracy {metrics['accuracy']:.3f}")
-        else:
-            def policy_fn(obs, noise):
-                return loaded.sample(obs, noise=noise, num_steps=n)
-
-            metrics, result = score_policy(lambda: policy_fn, rollouts, execute, seed)
-            if plots:
-                from meanflow_common.evaluate.plots import save_rollouts
-
-                save_rollouts(result, os.path.join(run_dir, f"eval_{n}nfe.png"),
-                              title=f"{backend} {cfg.method}, {n} step(s): success {metrics['success_rate']:.2f}")
+        figure = os.path.join(run_dir, f"eval_{n}nfe.png") if plots else None
+        metrics = task.evaluate(loaded.sample, n, options, figure, f"{backend} {cfg.method}, {n} step(s)")
         records.append({**base, "num_steps": n, **metrics, "eval_s": time.perf_counter() - t0})
     return records
 
@@ -144,7 +125,7 @@ def run_eval_cli(load_run: Callable, backend: str, argv: Optional[Sequence[str]]
     if not args.no_anchors:
         tasks = list(dict.fromkeys(r["task"] for r in records))
         records += anchor_records(tasks, args.n_per_class, args.rollouts, args.execute, args.seed)
-        add_expert_ratios(records)
+        finish_records(records)
     print(format_table(records))
     if args.json:
         write_json(args.json, records, indent=2)  # non-finite metrics as "inf" / "nan"

@@ -30,15 +30,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from meanflow_common.tasks import get_task
+
 __all__ = ["recipe_of", "seed_means", "spread_rows", "main"]
 
-DIGITS_METRICS = ("accuracy", "fd", "precision", "recall", "diversity_ratio", "nn_train_px_median",
-                  "nn_train_feat_median", "exact_copy_fraction", "near_copy_fraction", "distinct", "copy_z")
 # Default columns that files evaluated before the copying figures existed lack: left out (with
 # a note) when some record of the task lacks them, so such files still print their table.
-LATER_METRICS = DIGITS_METRICS[5:]
-REACH_METRICS = ("success_rate", "mode_above_fraction", "mode_entropy_bits", "coverage_covered",
-                 "clearance_median", "path_length_median", "first_chunk_between")
+LATER_METRICS = ("nn_train_px_median", "nn_train_feat_median", "exact_copy_fraction", "near_copy_fraction",
+                 "distinct", "copy_z")
 _SEED = re.compile(r"_s(\d+)$")
 
 
@@ -133,7 +132,7 @@ def _tables(files: Sequence[str], metrics: Sequence[str] | None) -> list[str]:
     tasks = [next(iter(by_task))] if metrics else list(by_task)
     lines = []
     for task in tasks:
-        ms = list(metrics or (DIGITS_METRICS if task == "digits" else REACH_METRICS))
+        ms = list(metrics or get_task(task).summary_metrics)
         if not metrics:
             absent = [m for m in ms if m in LATER_METRICS and any(m not in r for _, r in by_task[task])]
             if absent:

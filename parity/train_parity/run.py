@@ -27,6 +27,8 @@ import numpy as np
 
 from meanflow_common.cli_args import positive_int
 from meanflow_common.config import get_preset
+from meanflow_common.tasks import get_task
+from meanflow_common.tasks.digits import DIGITS
 from meanflow_common.train_config import TRAIN_PRESETS, TrainConfig, apply_assignments, model_config, objective_config
 from parity.archs import DIT
 from parity.convert import jax_to_torch, torch_to_jax
@@ -90,7 +92,7 @@ def run_pair(cfg: TrainConfig, out_dir: str, init_seed: int = 1) -> tuple[Trajec
     from torch_meanflow.objective import MeanFlowNoise as TorchNoise
     from torch_meanflow.params import randomize_params
 
-    if cfg.task != "digits":
+    if get_task(cfg.task) is not DIGITS:
         raise ValueError("the training parity runs the DiT on digits (task='digits')")
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
     except (KeyError, ValueError, TypeError) as err:
         p.error(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
     for cfg in cfgs:
-        if cfg.task != "digits":
+        if get_task(cfg.task) is not DIGITS:
             p.error(f"--preset {args.preset!r} is a {cfg.task} recipe; the training parity compares digits runs")
     trajs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,7 +24,7 @@ def recipe(out_dir: str, steps: int, sets=()):
 
 
 def random_init(cfg, seed: int = 3) -> dict:
-    return {k: v.clone() for k, v in randomize_params(make_model(cfg, obs_dim=None), seed).state_dict().items()}
+    return {k: v.clone() for k, v in randomize_params(make_model(cfg), seed).state_dict().items()}
 
 
 def main(argv=None) -> int:
