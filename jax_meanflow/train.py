@@ -339,7 +339,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
           dataset=None, batch_fn=None, eval_fn=None, noise_fn=None, init_params=None, on_step=None) -> RunResult:
     """Train as `cfg` says; returns a RunResult (see meanflow_common.train_cli).
 
-    dataset, batch_fn: the data (default `meanflow_common.data.get_dataset(task, seed)`
+    dataset, batch_fn: the data (default `meanflow_common.tasks.get_dataset(task, seed)`
     and `batch_at`). eval_fn(state, step, run_dir): called every cfg.eval_every updates and
     at the end (e.g. sample grids, rollouts; see `make_sampler`). noise_fn(step, batch) ->
     MeanFlowNoise of the global batch replaces the built-in randomness (cross-backend

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from meanflow_common.data import batch_at, batch_indices, get_dataset, reach, steps_per_epoch
+from meanflow_common.data import batch_at, batch_indices, reach, steps_per_epoch
+
+from meanflow_common.tasks import get_dataset
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from meanflow_common.data import get_dataset, reach
+from meanflow_common.data import reach
+
+from meanflow_common.tasks import get_dataset
 from meanflow_common.evaluate import (
     evaluate_digits,
     frechet_distance,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from meanflow_common.data import get_dataset
+from meanflow_common.tasks import get_dataset
 from meanflow_common.evaluate import DIGIT_BASELINES, evaluate_digits, score_digits
 from meanflow_common.evaluate import digits_eval
 from meanflow_common.evaluate.copying import (

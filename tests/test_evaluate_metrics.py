@@ -4,7 +4,9 @@ clearance and path length, and the reach expert."""
 import numpy as np
 import pytest
 
-from meanflow_common.data import get_dataset, reach
+from meanflow_common.data import reach
+
+from meanflow_common.tasks import get_dataset
 from meanflow_common.evaluate import (
     DIGIT_BASELINES,
     ExpertPolicy,

@@ -19,16 +19,18 @@ import ast
 import os
 import shutil
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "parity")
 LAYERS = ("convert", "core", "archs", "debug", "checks", "suite", "bench", "train_parity")
 TOP = len(LAYERS)
 
 
-def _module_name(rel: str) -> str:
+def _module_name(rel: str, package: str) -> str:
     parts = rel[:-3].split("/")
     if parts[-1] == "__init__":
         parts = parts[:-1]
-    return ".".join(["parity", *parts])
+    return ".".join([package, *parts])
 
 
 def _layer(module: str) -> int:
@@ -38,20 +40,20 @@ def _layer(module: str) -> int:
     return LAYERS.index(parts[1]) if parts[1] in LAYERS else TOP
 
 
-def import_graph(root: str = ROOT) -> dict[str, set[str]]:
-    """{module: the parity modules it imports}, for every .py file below `root` (a package
-    named parity)."""
+def import_graph(root: str = ROOT, package: str = "parity") -> dict[str, set[str]]:
+    """{module: the modules of `package` it imports}, for every .py file below `root` (the
+    package's folder)."""
     modules = {}
     for folder, _, files in os.walk(root):
         for f in files:
             if f.endswith(".py"):
                 path = os.path.join(folder, f)
-                modules[_module_name(os.path.relpath(path, root).replace(os.sep, "/"))] = path
+                modules[_module_name(os.path.relpath(path, root).replace(os.sep, "/"), package)] = path
     graph = {}
     for name, path in modules.items():
         with open(path) as fh:
             tree = ast.parse(fh.read(), path)
-        package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+        here = name if path.endswith("__init__.py") else name.rpartition(".")[0]  # for relative imports
         targets = set()
         for node in ast.walk(tree):
             found = []
@@ -60,20 +62,24 @@ def import_graph(root: str = ROOT) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    up = here.split(".")[: len(here.split(".")) - node.level + 1]
                     base = ".".join(up + ([base] if base else []))
                 subs = [f"{base}.{a.name}" for a in node.names]
                 # the package itself only where a name is not one of its modules
                 found = subs + ([base] if any(s not in modules for s in subs) else [])
             elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) ==
-                  "import_module" and node.args and isinstance(node.args[0], ast.Constant)
-                  and isinstance(node.args[0].value, str)):
-                found = [node.args[0].value]
+                  "import_module" and node.args):
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    found = [arg.value]
+                else:  # a computed name: every module named by a string literal of the file is a candidate
+                    found = [c.value for c in ast.walk(tree) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                             and c.value.split(".")[0] == package and c.value.count(".") and " " not in c.value]
             for target in found:
                 # the longest prefix that is a module of the package ("from a import b": b may be a name)
                 while target and target not in modules:
                     target = target.rpartition(".")[0]
-                if target and target != name and target.startswith("parity"):
+                if target and target != name and target.split(".")[0] == package:
                     targets.add(target)
         graph[name] = targets
     return graph
@@ -143,3 +149,9 @@ def test_negative_control_a_circle_is_caught(tmp_path):
                     "def f():\n    return importlib.import_module('parity.core.planted_b')\n")
     (tmp_path / "parity" / "core" / "planted_b.py").write_text("from parity.core import planted_a\n")
     assert ["parity.core.planted_a", "parity.core.planted_b"] in cycles(import_graph(root))
+
+
+@pytest.mark.parametrize("package", ["meanflow_common", "jax_meanflow", "torch_meanflow"])
+def test_no_import_circle_in_the_other_packages(package):
+    root = os.path.join(os.path.dirname(ROOT), package)
+    assert not cycles(import_graph(root, package)), cycles(import_graph(root, package))

@@ -17,7 +17,9 @@ import threading
 import numpy as np
 import pytest
 
-from meanflow_common.data import batch_at, get_dataset
+from meanflow_common.data import batch_at
+
+from meanflow_common.tasks import get_dataset
 from meanflow_common.metrics import NonFiniteLossError, read_metrics
 from meanflow_common.run_lock import LOCK_NAME, RunLockedError
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments

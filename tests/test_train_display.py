@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from meanflow_common import metrics as M
-from meanflow_common.data import batch_at, get_dataset
+from meanflow_common.data import batch_at
+from meanflow_common.tasks import get_dataset
 from meanflow_common.train_cli import done_line
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments
 

@@ -1,6 +1,7 @@
-"""Built-in data sets for both backends (NumPy only): `get_dataset` and `batch_at`.
+"""Built-in data sets for both backends (NumPy only): `digits_dataset`, `reach_dataset` and
+`batch_at` (a task's data by its name: `meanflow_common.tasks.get_dataset`).
 
-Built-in tasks (`meanflow_common.tasks`; `get_dataset` asks the registered task):
+Built-in data sets (the tasks of `meanflow_common.tasks` hold them):
 - "digits": scikit-learn's 8x8 handwritten digits (`digits.py`); batches
   {"x": float32 [B, 8, 8, 1] NHWC in [-1, 1], "y": int64 [B]}.
 - "reach": the point robot reaching around an obstacle (`reach.py`); batches
@@ -20,9 +21,8 @@ import numpy as np
 
 from meanflow_common.data import digits as _digits
 from meanflow_common.data import reach as _reach
-from meanflow_common.tasks.registry import get_task
 
-__all__ = ["Dataset", "get_dataset", "digits_dataset", "reach_dataset", "batch_at", "steps_per_epoch",
+__all__ = ["Dataset", "digits_dataset", "reach_dataset", "batch_at", "steps_per_epoch",
            "batch_indices"]
 
 REACH_TRAIN_DEMOS = 400
@@ -71,16 +71,6 @@ def _reach_split(seed: int, name: str, n_demos: int) -> dict:
     for a in out.values():
         a.setflags(write=False)
     return out
-
-
-def get_dataset(task, seed: int = 0) -> Dataset:
-    """The data set of `task` (a registered task's name, or a `Task`): its `dataset(seed)`.
-
-    Built-ins: `digits_dataset`, `reach_dataset`. An unknown name is a ValueError naming
-    the registered tasks.
-    """
-    seed = _check_seed(seed)
-    return get_task(task).dataset(seed)
 
 
 def digits_dataset(seed: int = 0) -> Dataset:

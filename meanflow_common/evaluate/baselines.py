@@ -32,9 +32,9 @@ Generator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _train_by_class() -> dict:
-    from meanflow_common.data import get_dataset
+    from meanflow_common.data import digits_dataset
 
-    train = get_dataset("digits").train
+    train = digits_dataset().train
     return {c: train["x"][train["y"] == c].astype(np.float64) for c in range(10)}
 
 

@@ -66,9 +66,9 @@ def get_classifier() -> DigitClassifier:
     from sklearn.neural_network import MLPClassifier
     from threadpoolctl import threadpool_limits
 
-    from meanflow_common.data import get_dataset
+    from meanflow_common.data import digits_dataset
 
-    data = get_dataset("digits")
+    data = digits_dataset()
     x_train = data.train["x"].reshape(len(data), -1).astype(np.float64)
     clf = MLPClassifier(hidden_layer_sizes=(HIDDEN,), activation="relu", solver="lbfgs",
                         alpha=1e-2, max_iter=500, random_state=0)

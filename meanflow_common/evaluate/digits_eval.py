@@ -66,9 +66,9 @@ def digit_eval_inputs(n_per_class: int = 100, seed: int = 0) -> tuple[np.ndarray
 
 @functools.lru_cache(maxsize=1)
 def _held_out_stats():
-    from meanflow_common.data import get_dataset
+    from meanflow_common.data import digits_dataset
 
-    data = get_dataset("digits")
+    data = digits_dataset()
     clf = get_classifier()
     test_feats = clf.features(data.test["x"])
     return gaussian_stats(test_feats), clf.features(data.train["x"]), test_feats, data.test["y"]
@@ -79,9 +79,9 @@ def _copy_reference():
     """The fixed training-set side of the copying figures: (train pixels [M, 64], train
     features [M, 64], near-copy radius, held-out px / feature medians, pixel and feature
     CopyTest)."""
-    from meanflow_common.data import get_dataset
+    from meanflow_common.data import digits_dataset
 
-    data = get_dataset("digits")
+    data = digits_dataset()
     _, train_feats, test_feats, _ = _held_out_stats()
     train_px = data.train["x"].reshape(len(data.train["x"]), -1).astype(np.float64)
     test_px = data.test["x"].reshape(len(data.test["x"]), -1).astype(np.float64)

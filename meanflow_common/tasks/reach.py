@@ -113,4 +113,4 @@ REACH = register_task(Task(
                      "clearance_median", "path_length_median", "first_chunk_between"),
     anchors=_anchors,
     finish_records=add_expert_ratios,
-))
+), builtin=True)

@@ -87,7 +87,8 @@ def run_pair(cfg: TrainConfig, out_dir: str, init_seed: int = 1) -> tuple[Trajec
 
     from jax_meanflow import train as jt
     from jax_meanflow.objective import MeanFlowNoise as JaxNoise
-    from meanflow_common.data import batch_at, get_dataset
+    from meanflow_common.data import batch_at
+    from meanflow_common.tasks import get_dataset
     from torch_meanflow import train as tt
     from torch_meanflow.objective import MeanFlowNoise as TorchNoise
     from torch_meanflow.params import randomize_params
