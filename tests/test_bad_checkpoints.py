@@ -139,7 +139,7 @@ def test_a_jax_checkpoint_of_another_config_and_one_without_manifest(tmp_path):
     step = save_checkpoint(str(tmp_path / "ckpt"), state, {"step": 0, "config": config_to_dict(cfg)}, 1)
     four_cfg = dataclasses.replace(model_config(cfg), num_heads=4)
     with pytest.raises(ValueError, match="num_heads: recorded 2, now 4"):
-        checkpoints.load_params(os.path.join(step, "params"), "dit", four_cfg)
+        checkpoints.load_params(os.path.join(step, "params"), get_arch("dit"), four_cfg)
     with pytest.raises(ValueError, match="num_heads: recorded 2, now 4"):
         checkpoints.load_params(step, get_arch("dit"), four_cfg, key="ema_params")  # the step folder itself
     assert checkpoints.load_params(step, get_arch("dit"), model_config(cfg), key="ema_params")
@@ -147,7 +147,7 @@ def test_a_jax_checkpoint_of_another_config_and_one_without_manifest(tmp_path):
     with pytest.raises(ValueError, match=r"params is an incomplete checkpoint item: manifest.ocdbt missing"):
         restore_checkpoint(step, state)
     with pytest.raises(FileNotFoundError, match="incomplete orbax checkpoint: manifest.ocdbt missing"):
-        checkpoints.load_params(os.path.join(step, "params"), "dit", model_config(cfg))
+        checkpoints.load_params(os.path.join(step, "params"), get_arch("dit"), model_config(cfg))
 
 
 def test_unreadable_trainer_checkpoint_is_named(tmp_path, two_head_runs):

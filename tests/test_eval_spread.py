@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from meanflow_common.evaluate import spread
+from meanflow_common.tasks import get_task
 
 
 def _rec(run, nfe, fd, recall):
@@ -66,8 +67,8 @@ def test_evaluator_json_with_anchors(tmp_path, capsys):
 def test_mixed_tasks_print_one_table_each(tmp_path, capsys):
     recs = [_rec("runs/a_s0", 1, 3.0, 0.5),
             {"run": None, "task": "reach", "baseline": "expert", "num_steps": None,
-             **{m: 0.5 for m in spread.REACH_METRICS}}]
-    for m in spread.DIGITS_METRICS:
+             **{m: 0.5 for m in get_task("reach").summary_metrics}}]
+    for m in get_task("digits").summary_metrics:
         recs[0].setdefault(m, 0.25)
     path = tmp_path / "e.json"
     path.write_text(json.dumps(recs))

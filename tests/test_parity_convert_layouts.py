@@ -57,7 +57,7 @@ def test_every_converted_array_is_the_layout_its_torch_module_needs(build, table
     cfg, params, model = build()
     flat = convert.flatten_tree(params)
     flat = {k[len("params/"):] if k.startswith("params/") else k: v for k, v in flat.items()}
-    sd = convert.jax_to_torch(params, table, cfg, template=model.state_dict())
+    sd = convert.jax_to_torch(params, get_arch(table).table, cfg, template=model.state_dict())
     owners = _owner_kinds(model)
     pairs = convert.expand_rules(get_arch(table).table, cfg)
     square = 0

@@ -55,7 +55,7 @@ def test_jax_checkpoint_samples_the_same_in_torch(pair64):
     cfg, _, results = pair64
     mc = model_config(cfg)
     run = results["jax"]
-    ema = load_params(os.path.join(run.checkpoint, "ema_params"), "dit", mc)
+    ema = load_params(os.path.join(run.checkpoint, "ema_params"), get_arch("dit"), mc)
     model, state = _torch_state_with(cfg, jax_to_torch(ema, DIT_TABLE, mc))
     labels = np.arange(6) % 10
     for steps in (1, 2):
@@ -116,7 +116,7 @@ def test_a_reach_checkpoint_is_checked_and_converted_with_arch_policy(tmp_path, 
     capsys.readouterr()
     args = ["--arch", "policy", "--preset", "tiny_reach", "--variant", "adaln", "--dtype", "float64",
             "--checkpoint", dst, "--trained-steps", "0", "--checks", "none"]
-    assert main(args) == 0, capsys.readouterr().out
+    assert main(args) == 0, capsys.readouterr()
     # the other preset's network is refused, naming the differing fields
     assert main(["convert", src, str(tmp_path / "x.safetensors"), "--arch", "policy", "--preset", "tiny", *key]) == 2
     assert "action_dim" in capsys.readouterr().err

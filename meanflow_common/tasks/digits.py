@@ -50,7 +50,7 @@ def _evaluate(sample, num_steps: int, options: EvalOptions, figure, title: str) 
     from meanflow_common.evaluate.digits_eval import digit_eval_inputs, score_digits
 
     noise, labels = digit_eval_inputs(options.n_per_class, options.seed)
-    samples = np.asarray(sample(labels, noise=noise, num_steps=num_steps), builtin=True)
+    samples = np.asarray(sample(labels, noise=noise, num_steps=num_steps))
     metrics = score_digits(samples, labels)
     if figure:
         from meanflow_common.evaluate.plots import save_digit_grid

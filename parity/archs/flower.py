@@ -87,8 +87,11 @@ TEST_RATES = dict(attn_pdrop=0.1, resid_pdrop=0.1, mlp_pdrop=0.1, proprio_pdrop=
 
 
 def flower_set_dropout(cfg, on: bool):
-    """`cfg` with the test rates (on) or every dropout rate 0 (off)."""
-    return replace(cfg, **({k: v if on else 0.0 for k, v in TEST_RATES.items()}))
+    """`cfg` with the test rates (on) or every dropout rate 0 (off). The proprio rate only
+    where the proprio encoder is used: elsewhere it changes nothing, and a checkpoint's
+    recorded config keeps whatever it had."""
+    rates = {k: v for k, v in TEST_RATES.items() if cfg.use_proprio or k != "proprio_pdrop"}
+    return replace(cfg, **({k: v if on else 0.0 for k, v in rates.items()}))
 
 
 def _variants(cfg):
