@@ -1,5 +1,5 @@
 # make parity : the parity report on the built-in default models (the main job)
-# make test   : the test suite
+# make test   : the test suite (make test-fast: the quick tier)
 # make gpu-check : every GPU measurement in one run, under 5 minutes (reports/gpu_check/);
 #                  without .venv (the GPU machine): make gpu-check PY=python3
 # Both create .venv and install what they need on a fresh machine; quick once set up.
@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: parity test bench clean setup gpu-check
+.PHONY: parity test test-fast bench clean setup gpu-check
 
 setup: $(STAMP)
 
@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml
 parity: $(STAMP)
 	$(PY) -m parity $(ARGS)
 
+# The full suite (what CI runs), its 15 slowest tests listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=15 $(ARGS)
+
+# The quick tier: everything but the tests marked `heavy` (full-suite XLA compiles,
+# subprocess worlds, large children).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not heavy" $(ARGS)
 
 # Sets up .venv like the others, except with PY=python3 (a machine whose system python has the packages).
 gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
