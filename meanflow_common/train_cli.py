@@ -70,18 +70,19 @@ class RunUsageError(ValueError):
     exit status 2, refused before anything in the folder changes."""
 
 
-def check_out_dir(run_dir: str) -> None:
-    """RunUsageError when `run_dir` cannot be a run folder: it is a file, lies below a file,
-    or its nearest existing folder cannot be written (read-only file system, no permission)."""
+def check_out_dir(run_dir: str, what: str = "out_dir") -> None:
+    """RunUsageError when `run_dir` cannot be a folder written by this process: it is a
+    file, lies below a file, or its nearest existing folder cannot be written (read-only
+    file system, no permission). `what` names it in the message."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise RunUsageError(f"out_dir {run_dir} is a file, not a folder; pick another out_dir")
+        raise RunUsageError(f"{what} {run_dir} is a file, not a folder; pick another {what}")
     head = os.path.abspath(run_dir)
     while not os.path.exists(head):
         head = os.path.dirname(head)
     if not os.path.isdir(head):
-        raise RunUsageError(f"out_dir {run_dir} cannot be created: {head} is a file, not a folder")
+        raise RunUsageError(f"{what} {run_dir} cannot be created: {head} is a file, not a folder")
     if not os.access(head, os.W_OK | os.X_OK):
-        raise RunUsageError(f"out_dir {run_dir} cannot be written: {head} is read-only (or not writable by this "
+        raise RunUsageError(f"{what} {run_dir} cannot be written: {head} is read-only (or not writable by this "
                             "user)")
 
 
@@ -269,6 +270,12 @@ def run_cli(train_fn: Callable[..., RunResult], backend: str, argv: Optional[Seq
         check_out_dir(cfg.out_dir)
     except RunUsageError as err:
         parser.error(str(err))
+    if args.resume and os.path.isfile(os.path.join(cfg.out_dir, "config.json")):
+        try:  # before the backend builds anything: a run of the other backend is named as such
+            check_resume_compatible(read_run_config(cfg.out_dir), cfg, backend)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     if prepare is not None:
         prepare(cfg)
     try:
