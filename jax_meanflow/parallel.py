@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AXIS", "distributed_from_env", "share", "make_mesh", "batch_sharding", "replicated", "to_global", "shard_batch", "replicate",
-           "host_value", "check_replicas"]
+__all__ = ["AXIS", "distributed_from_env", "share", "make_mesh", "batch_sharding", "replicated", "to_global",
+           "shard_batch", "replicate", "host_value", "check_replicas"]
 
 AXIS = "batch"
 

@@ -120,9 +120,14 @@ def _fill(x, root):
     return x.replace("{root}", str(root))
 
 
-@pytest.mark.parametrize("module, argv, env, status, words", CASES,
-                         ids=[f"{c[0].split('_')[0]}.{c[0].split('.')[1]} {' '.join(c[1][-2:])} "
-                              f"{' '.join(f'{k}={v}' for k, v in c[2].items())}".strip() for c in CASES])
+def _case_id(i: int, case) -> str:
+    module, _, env, status, words = case
+    short = module.replace("_meanflow", "")
+    launch = f" [{' '.join(env)}]" if env else ""
+    return f"{i:02d} {short}{launch}: {words[:40]}"
+
+
+@pytest.mark.parametrize("module, argv, env, status, words", CASES, ids=[_case_id(i, c) for i, c in enumerate(CASES)])
 def test_bad_input_is_one_clear_line(runs, module, argv, env, status, words):
     before = _snapshot(runs)
     out = _run(module, [_fill(a, runs) for a in argv], env)
