@@ -11,11 +11,20 @@ The same functions exist in `torch_meanflow.checkpoint`:
 -> [(step, path)]`, `latest_checkpoint(ckpt_dir) -> path | None`, `restore_checkpoint(path,
 state) -> (state, meta)` (UnreadableCheckpointError for a folder that cannot be read) and
 `remove_partial(ckpt_dir)` (deletes the temporary folders of interrupted saves).
+
+Every JAX checkpoint read (resume, `load_run` and the evaluators, `parity convert`,
+`parity --checkpoint`, `parity debug`) goes through `read_item`: it restores onto the
+devices of this process (a template's shardings, or host NumPy arrays), whatever device
+count wrote the checkpoint, with orbax's log lines silenced; a damaged item is an
+UnreadableCheckpointError, a device/sharding mismatch a CheckpointDeviceError (the files
+are fine).
 The parameters convert to PyTorch with `parity.convert.checkpoints` (path
 `<ckpt_dir>/<step>/params` or `<ckpt_dir>/<step>/ema_params`).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 from typing import Any, Optional
@@ -26,11 +35,12 @@ import orbax.checkpoint as ocp
 
 from jax_meanflow.parallel import host_value
 from jax_meanflow.train_state import TrainState
-from meanflow_common.checks import UnreadableCheckpointError, check_float_arrays, unreadable_checkpoint
+from meanflow_common.checks import (UnreadableCheckpointError, check_float_arrays, check_free_space,
+                                    checkpoint_write_error, unreadable_checkpoint)
 from meanflow_common.keys import check_keys_and_shapes
 
 __all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "restore_checkpoint", "remove_partial",
-           "state_tree"]
+           "state_tree", "read_item", "CheckpointDeviceError"]
 
 _TMP = ".orbax-checkpoint-tmp"
 
@@ -66,7 +76,9 @@ def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int
     With several JAX processes every process calls it (orbax coordinates them).
 
     Non-finite parameters are refused (FloatingPointError), so a diverged state can
-    never replace the last good checkpoint.
+    never replace the last good checkpoint. A failed write (disk full, ...) is a
+    CheckpointWriteError naming the step folder and the cause; the unfinished temporary
+    folder is removed and the older checkpoints are untouched.
     """
     if not _all_finite((state.params, state.ema_params)):
         raise FloatingPointError(f"parameters are not finite at step {int(host_value(state.step))}; "
@@ -74,14 +86,25 @@ def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int
     ckpt_dir = os.path.abspath(ckpt_dir)
     if jax.process_index() == 0:  # with several processes, the others may already be saving
         remove_partial(ckpt_dir)
-    mgr = _manager(ckpt_dir, keep_last)
     step = int(host_value(state.step))
-    items = {k: ocp.args.StandardSave(v) for k, v in state_tree(state).items()}
+    path = os.path.join(ckpt_dir, str(step))
+    tree = state_tree(state)
+    check_free_space(path, sum(int(getattr(a, "nbytes", 0)) for a in jax.tree_util.tree_leaves(tree)))
+    items = {k: ocp.args.StandardSave(v) for k, v in tree.items()}
     args = ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta))
-    mgr.save(step, args=args, force=True)
-    mgr.wait_until_finished()
-    mgr.close()
-    return os.path.join(ckpt_dir, str(step))
+    try:
+        with _quiet():  # orbax logs a failed write with its traceback; the error below says it once
+            mgr = _manager(ckpt_dir, keep_last)
+            try:
+                mgr.save(step, args=args, force=True)
+                mgr.wait_until_finished()
+            finally:
+                mgr.close()
+    except Exception as err:  # noqa: BLE001 - tensorstore reports a full disk as ValueError, OSError, ...
+        if jax.process_index() == 0:
+            remove_partial(ckpt_dir)  # the unfinished temporary folder: no partial checkpoint stays
+        raise checkpoint_write_error(path, err) from err
+    return path
 
 
 def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
@@ -116,6 +139,9 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     another architecture or size raises KeyError / ValueError naming the parameter.
     """
     path = os.path.abspath(path)
+    if os.path.isfile(path):
+        raise UnreadableCheckpointError(f"{path} is a file, not a checkpoint folder of the JAX trainer (a PyTorch "
+                                        "checkpoint? convert it with `python -m parity convert`)")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     lacking = [k for k in _ITEMS + ("meta",) if not os.path.isdir(os.path.join(path, k))]
@@ -126,15 +152,9 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     tree = {}
     for item in _ITEMS:
         folder = os.path.join(path, item)
-        _check_item_files(folder)
         if item != "opt_state":
-            saved = _read(folder, lambda: ocp.StandardCheckpointer().metadata(folder).item_metadata)
-            if not saved:  # orbax answers None, not an error, when the tree's metadata is damaged or gone
-                raise UnreadableCheckpointError(f"{folder} is not a readable checkpoint item: its tree metadata "
-                                                "is missing or damaged")
-            _check_against(saved, template[item], item)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template[item])
-        tree[item] = _read(folder, lambda: ocp.StandardCheckpointer().restore(folder, abstract))
+            _check_against(_item_metadata(folder), template[item], item)
+        tree[item] = read_item(folder, template[item])
     meta_dir = os.path.join(path, "meta")
     meta = dict(_read(meta_dir, lambda: ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)))
     new = TrainState(step=tree["opt_state"]["step"], params=tree["params"], ema_params=tree["ema_params"],
@@ -142,13 +162,80 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     return new, meta
 
 
+class CheckpointDeviceError(ValueError):
+    """An intact checkpoint that orbax cannot place on this process's devices."""
+
+
+@contextlib.contextmanager
+def _quiet():
+    """orbax logs a failed or cross-device restore on the root logger (ERROR:root ...) and
+    absl (WARNING:absl: ...) before raising or recovering: the caller reports it once."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+_DEVICE_WORDS = ("sharding", "device")
+
+
 def _read(folder: str, fn):
     # orbax/tensorstore report a damaged folder with assorted exception types; the shape
-    # and key checks against the model stay outside, so they keep their own errors.
+    # and key checks against the model stay outside, so they keep their own errors. A
+    # sharding or device complaint is not damage: the files were read, the placement failed.
     try:
-        return fn()
+        with _quiet():
+            return fn()
     except Exception as err:  # noqa: BLE001 - reraised with the folder named
+        first = (str(err).strip().splitlines() or [""])[0]
+        if any(w in first.lower() for w in _DEVICE_WORDS) and os.path.isfile(os.path.join(folder, "_METADATA")):
+            raise CheckpointDeviceError(
+                f"{folder} could not be restored onto the {jax.local_device_count()} {jax.default_backend()} "
+                f"device(s) of this process ({type(err).__name__}: {first[:200]}); the checkpoint was written on "
+                "other devices and is not damaged") from err
         raise unreadable_checkpoint(folder, err) from err
+
+
+def _item_metadata(folder: str):
+    """The tree of ArrayMetadata orbax recorded for the item (shapes, dtypes, shardings)."""
+    folder = os.path.abspath(folder)
+    _check_item_files(folder)
+    saved = _read(folder, lambda: ocp.PyTreeCheckpointer().metadata(folder).item_metadata)
+    saved = getattr(saved, "tree", saved)
+    if not saved:  # orbax answers None, not an error, when the tree's metadata is damaged or gone
+        raise UnreadableCheckpointError(f"{folder} is not a readable checkpoint item: its tree metadata "
+                                        "is missing or damaged")
+    return saved
+
+
+def read_item(folder: str, template: Any = None) -> Any:
+    """The tree of the orbax item `folder`, restored onto this process's devices.
+
+    template: a tree of arrays (or ShapeDtypeStructs) whose structure, dtypes and
+    shardings the result takes; None: every array leaf as a host NumPy array, in the dtype
+    it was saved in (no device is involved, so float64 stays float64 without x64). Restore
+    arguments are always given explicitly: without them orbax places each array on the
+    devices recorded at save time, which a checkpoint of a 2-device run does not find on a
+    1-device machine.
+    """
+    folder = os.path.abspath(folder)
+    if template is not None:
+        _check_item_files(folder)
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def abstract(leaf):
+            sharding = getattr(leaf, "sharding", None)
+            return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype,
+                                        sharding=sharding if isinstance(sharding, jax.sharding.Sharding) else local)
+
+        target = jax.tree.map(abstract, template)
+        return _read(folder, lambda: ocp.StandardCheckpointer().restore(folder, target))
+    ckptr = ocp.PyTreeCheckpointer()
+    saved = _item_metadata(folder)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+    return _read(folder, lambda: ckptr.restore(folder, args=ocp.args.PyTreeRestore(restore_args=restore_args)))
 
 
 def _check_item_files(folder: str) -> None:

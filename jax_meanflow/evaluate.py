@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import sys
 
+from jax_meanflow import x64
 from jax_meanflow.train import load_run
-from meanflow_common.evaluate.cli import run_eval_cli
+from meanflow_common.eval_entry import run_evaluator
 
 __all__ = ["main"]
 
 
+def _load_run(run_dir: str, checkpoint=None, use_ema: bool = True):
+    x64.enable_for_run(run_dir)  # a float64 run: before any of its arrays is created
+    return load_run(run_dir, checkpoint=checkpoint, use_ema=use_ema)
+
+
 def main(argv=None) -> int:
-    return run_eval_cli(load_run, "jax", argv)
+    return run_evaluator(_load_run, "jax", argv)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AXIS", "share", "make_mesh", "batch_sharding", "replicated", "to_global", "shard_batch", "replicate",
-           "host_value", "check_replicas"]
+__all__ = ["AXIS", "distributed_from_env", "share", "make_mesh", "batch_sharding", "replicated", "to_global",
+           "shard_batch", "replicate", "host_value", "check_replicas"]
 
 AXIS = "batch"
+
+
+def distributed_from_env() -> bool:
+    """jax.distributed.initialize() when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID are set (call it before anything touches a JAX backend); False when none
+    is. Any of them set without the others, or a process id outside [0, count), is a
+    `meanflow_common.launch_env.LaunchEnvError` naming the variable: never a silent single
+    process."""
+    from meanflow_common.launch_env import JAX_VARS, read_launch
+
+    launch = read_launch(JAX_VARS)
+    if launch is None:
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU meshes across processes
+    jax.distributed.initialize(num_processes=launch.count, process_id=launch.rank)
+    return True
 
 
 def share(value: Any) -> Any:

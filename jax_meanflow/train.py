@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_meanflow import parallel
+from jax_meanflow import parallel, x64
 from jax_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
 from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
 from jax_meanflow.solver import generate
@@ -38,6 +38,7 @@ from jax_meanflow.train_state import TrainState, create_train_state, make_train_
 from meanflow_common import train_loop
 from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
+from meanflow_common.launch_env import LaunchEnvError
 from meanflow_common.metrics import tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
 from meanflow_common.tasks import get_task
@@ -359,28 +360,18 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = Tru
 
 
 def _prepare(cfg: TrainConfig) -> None:
-    if cfg.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-
-
-def _distributed_from_env() -> None:
-    """jax.distributed.initialize() when JAX_COORDINATOR_ADDRESS is set (with
-    JAX_NUM_PROCESSES and JAX_PROCESS_ID), before anything touches a JAX backend."""
-    if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return
-    try:
-        n, pid = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
-    except (KeyError, ValueError) as err:
-        raise SystemExit(f"error: JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES and JAX_PROCESS_ID must be "
-                         f"integers too ({err!r})") from None
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU meshes across processes
-    jax.distributed.initialize(num_processes=n, process_id=pid)
+    x64.enable_for(cfg.dtype)
 
 
 def main(argv=None) -> int:
     """The CLI; several processes join one run when JAX_COORDINATOR_ADDRESS,
-    JAX_NUM_PROCESSES and JAX_PROCESS_ID are set in each (see `_distributed_from_env`)."""
-    _distributed_from_env()
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID are set in each (`parallel.distributed_from_env`;
+    a partial set is refused, exit status 2)."""
+    try:
+        parallel.distributed_from_env()
+    except LaunchEnvError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return run_cli(train, BACKEND, argv, prepare=_prepare)
 
 

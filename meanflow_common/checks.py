@@ -6,7 +6,9 @@ the same bad input.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -135,3 +137,63 @@ def unreadable_checkpoint(path: str, err: BaseException) -> UnreadableCheckpoint
         detail = f"{type(err).__name__}: {first}"
     return UnreadableCheckpointError(f"{path} is not a readable checkpoint ({detail}); it may be truncated or "
                                      "corrupt")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only, ...); the previous
+    checkpoints are intact and no partial file is left."""
+
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno N]" prefix
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+def _free_bytes(path: str) -> int | None:
+    head = os.path.abspath(path)
+    while head and not os.path.exists(head):
+        head = os.path.dirname(head)
+    try:
+        return shutil.disk_usage(head).free
+    except OSError:
+        return None
+
+
+def checkpoint_write_error(path: str, err: BaseException) -> CheckpointWriteError:
+    """The error for a failed checkpoint write: the file and the cause, in words.
+
+    Libraries report a full disk in their own terms (torch: `[enforce fail at
+    inline_container.cc] unexpected pos`, tensorstore: a status string), so the cause is
+    taken from the first OSError in the exception's chain, else from the message, else
+    from the free space left on the file's device.
+    """
+    chain, seen = [], err
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    code = next((e.errno for e in chain if isinstance(e, OSError) and e.errno), None)
+    text = " ".join(str(e) for e in chain).lower()
+    free = _free_bytes(path)
+    if code == errno.ENOSPC or "no space left" in text or (free is not None and free < 1 << 20):
+        code, cause = errno.ENOSPC, "no space left on device"
+    elif code is not None:
+        cause = os.strerror(code).lower()
+    else:
+        cause = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+    return CheckpointWriteError(code or errno.EIO, f"{cause} while writing the checkpoint {path}; the previous "
+                                                   "checkpoints are kept and no partial file is left")
+
+
+def check_free_space(path: str, nbytes: int) -> None:
+    """CheckpointWriteError(ENOSPC) before a checkpoint of about `nbytes` is written to
+    `path` when the file system has less room: a write that fails half-way leaves the
+    library's own noise (orbax: tracebacks from its background threads) where one sentence
+    will do. The estimate adds 5% and 64 KiB for the file formats' own bytes."""
+    need = int(nbytes * 1.05) + (64 << 10)
+    free = _free_bytes(path)
+    if free is not None and free < need:
+        raise CheckpointWriteError(errno.ENOSPC, f"no space left on device for the checkpoint {path}: it needs about "
+                                                 f"{_mb(need)}, {_mb(free)} free; the previous checkpoints are kept "
+                                                 "(free some space, or set a smaller keep_last)")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MB"

@@ -44,7 +44,11 @@ __all__ = [
     "RUN_FILES",
     "RunResult",
     "LoadedRun",
+    "RunUsageError",
     "prepare_run_dir",
+    "write_run_config",
+    "check_out_dir",
+    "check_resume_step",
     "read_run_config",
     "check_resume_compatible",
     "build_parser",
@@ -58,6 +62,36 @@ __all__ = [
 # ----------------------------------------------------------------------------------
 
 RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard")
+
+
+class RunUsageError(ValueError):
+    """The command asks for something the run folder cannot give (an out_dir that is no
+    writable folder, a resume to fewer steps than the checkpoint holds): a usage error,
+    exit status 2, refused before anything in the folder changes."""
+
+
+def check_out_dir(run_dir: str, what: str = "out_dir") -> None:
+    """RunUsageError when `run_dir` cannot be a folder written by this process: it is a
+    file, lies below a file, or its nearest existing folder cannot be written (read-only
+    file system, no permission). `what` names it in the message."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunUsageError(f"{what} {run_dir} is a file, not a folder; pick another {what}")
+    head = os.path.abspath(run_dir)
+    while not os.path.exists(head):
+        head = os.path.dirname(head)
+    if not os.path.isdir(head):
+        raise RunUsageError(f"{what} {run_dir} cannot be created: {head} is a file, not a folder")
+    if not os.access(head, os.W_OK | os.X_OK):
+        raise RunUsageError(f"{what} {run_dir} cannot be written: {head} is read-only (or not writable by this "
+                            "user)")
+
+
+def check_resume_step(cfg: TrainConfig, checkpoint_step: int, path: str) -> None:
+    """RunUsageError when --resume asks for fewer steps than the checkpoint already holds:
+    there is nothing to train, and the run's recorded length must not shrink."""
+    if cfg.steps < checkpoint_step:
+        raise RunUsageError(f"--resume: steps={cfg.steps} is below the step of the checkpoint {path} "
+                            f"({checkpoint_step}); nothing to train (give steps >= {checkpoint_step})")
 
 
 def read_run_config(run_dir: str) -> dict:
@@ -99,7 +133,9 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
     `resume` (the saved config must be compatible) or `overwrite` (the run's files are
     deleted first). A fresh run writes config.json (with `data_info`, e.g. {"obs_dim": 4},
     the data facts a loader needs to rebuild the model, and `world_info`, e.g.
-    {"processes": 2, "devices": 2}, where it ran). Writes nothing when it refuses.
+    {"processes": 2, "devices": 2}, where it ran). Writes nothing when it refuses, and
+    nothing on resume: config.json is rewritten (`write_run_config`) only once the
+    checkpoint to resume from has been read and accepted, so a refused resume changes nothing.
     """
     if resume and overwrite:
         raise ValueError("give either resume or overwrite, not both")
@@ -107,7 +143,6 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
     present = [n for n in RUN_FILES if os.path.exists(os.path.join(run_dir, n))]
     if present and resume:
         check_resume_compatible(read_run_config(run_dir), cfg, backend)
-        _write_config(cfg, backend, model_cfg, data_info, world_info)  # the new run length / cadence
         return True
     if present and not overwrite:
         raise FileExistsError(
@@ -120,11 +155,12 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
         path = os.path.join(run_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(run_dir, exist_ok=True)
-    _write_config(cfg, backend, model_cfg, data_info, world_info)
+    write_run_config(cfg, backend, model_cfg, data_info, world_info)
     return False
 
 
-def _write_config(cfg: TrainConfig, backend: str, model_cfg, data_info, world_info=None) -> None:
+def write_run_config(cfg: TrainConfig, backend: str, model_cfg, data_info=None, world_info=None) -> None:
+    """Write `<out_dir>/config.json` (through a temporary name: never half a file)."""
     data = {"backend": backend, "train": config_to_dict(cfg), "model": dataclasses.asdict(model_cfg),
             "data": dict(data_info or {}), "world": dict(world_info or {"processes": 1, "devices": 1})}
     path = os.path.join(cfg.out_dir, "config.json")
@@ -217,7 +253,9 @@ def run_cli(train_fn: Callable[..., RunResult], backend: str, argv: Optional[Seq
     """Parse `argv`, run `train_fn(cfg, resume=, overwrite=, progress=)`, print a summary.
 
     prepare(cfg) runs before training (the JAX trainer enables float64 there). Returns
-    the exit status: 0 done, 1 the run failed with a clear error (printed), 2 bad flags.
+    the exit status: 0 done, 1 the run failed with a clear error (printed: a damaged
+    checkpoint, a full disk, a non-finite loss), 2 bad flags or a request the run folder
+    refuses (an out_dir that is a file or read-only, --resume to fewer steps).
     """
     parser = build_parser(prog or f"python -m {backend}_meanflow.train")
     args = parser.parse_args(argv)
@@ -228,11 +266,24 @@ def run_cli(train_fn: Callable[..., RunResult], backend: str, argv: Optional[Seq
     if args.print_config:
         print(json.dumps({"train": config_to_dict(cfg), "model": dataclasses.asdict(model_config(cfg))}, indent=2))
         return 0
+    try:
+        check_out_dir(cfg.out_dir)
+    except RunUsageError as err:
+        parser.error(str(err))
+    if args.resume and os.path.isfile(os.path.join(cfg.out_dir, "config.json")):
+        try:  # before the backend builds anything: a run of the other backend is named as such
+            check_resume_compatible(read_run_config(cfg.out_dir), cfg, backend)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     if prepare is not None:
         prepare(cfg)
     try:
         result = train_fn(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (FloatingPointError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except RunUsageError as err:  # found once the run folder is read (e.g. fewer steps than its checkpoint)
+        parser.error(str(err))
+    except (FloatingPointError, OSError, KeyError, ValueError, TypeError) as err:
+        # OSError: a checkpoint or log that cannot be written (disk full, ...), named by the writer
         print(f"error: {_message(err)}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) != 0:

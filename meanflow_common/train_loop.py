@@ -33,6 +33,7 @@ the global batch as on one device and gives each device its slice; `noise_fn(s, 
 from __future__ import annotations
 
 import abc
+import functools
 import os
 import time
 import warnings
@@ -44,7 +45,8 @@ from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses
 from meanflow_common.run_lock import RunLock
 from meanflow_common.tasks import get_task
-from meanflow_common.train_cli import LoadedRun, RunResult, prepare_run_dir, read_run_config
+from meanflow_common.train_cli import (LoadedRun, RunResult, check_resume_step, prepare_run_dir, read_run_config,
+                                      write_run_config)
 from meanflow_common.train_config import TrainConfig, check_batch, config_from_dict, config_to_dict, model_config
 
 __all__ = ["World", "UnreadableCheckpointError", "TrainBackend", "run_training", "load_run", "restore_newest"]
@@ -161,12 +163,17 @@ def _on_writer(world: World, fn: Callable[[], Any]):
     return out[1]
 
 
-def restore_newest(backend: TrainBackend, ckpt_dir: str, state, set_aside: bool = False):
+def restore_newest(backend: TrainBackend, ckpt_dir: str, state, set_aside: bool = False,
+                   accept: Optional[Callable[[dict, str], None]] = None):
     """(state, meta, path) of the newest checkpoint that reads; (state, None, None) if none exists.
 
-    An unreadable newer checkpoint is skipped with a warning naming it (set_aside: renamed
-    to `<path>.unreadable`, so it is neither resumed from again nor in the way of the next
-    save of that step). Raises UnreadableCheckpointError when checkpoints exist but none reads.
+    An unreadable newer checkpoint is skipped with a warning naming it. accept(meta, path),
+    when given, may refuse the one that reads (by raising). Only then, with set_aside, are
+    the skipped ones renamed to `<path>.unreadable` (neither resumed from again nor in the
+    way of the next save of that step): a refusal renames nothing. Raises
+    UnreadableCheckpointError when checkpoints exist but none reads, and also when only
+    checkpoints set aside earlier are left (a run whose checkpoints all failed is refused,
+    never restarted from step 0).
     """
     found = backend.list_checkpoints(ckpt_dir)
     bad = []
@@ -174,16 +181,24 @@ def restore_newest(backend: TrainBackend, ckpt_dir: str, state, set_aside: bool 
         try:
             state, meta = backend.restore_checkpoint(path, state)
         except UnreadableCheckpointError as err:
-            bad.append(f"{path} ({err})")
-            if set_aside:
-                os.replace(path, _free_name(path + ".unreadable"))
+            bad.append((path, err))
             continue
+        if accept is not None:
+            accept(meta, path)
         if bad:
-            warnings.warn(f"skipped unreadable checkpoint(s) {'; '.join(bad)}; resuming from {path}",
-                          RuntimeWarning, stacklevel=2)
+            if set_aside:
+                for old, _ in bad:
+                    os.replace(old, _free_name(old + ".unreadable"))
+            warnings.warn(f"skipped unreadable checkpoint(s) {'; '.join(f'{p} ({e})' for p, e in bad)}; "
+                          f"resuming from {path}", RuntimeWarning, stacklevel=2)
         return state, meta, path
     if bad:
-        raise UnreadableCheckpointError(f"no checkpoint in {ckpt_dir} can be read: {'; '.join(bad)}")
+        raise UnreadableCheckpointError(f"no checkpoint in {ckpt_dir} can be read: "
+                                        f"{'; '.join(f'{p} ({e})' for p, e in bad)}")
+    aside = sorted(n for n in os.listdir(ckpt_dir) if ".unreadable" in n) if os.path.isdir(ckpt_dir) else []
+    if aside:
+        raise UnreadableCheckpointError(f"no checkpoint in {ckpt_dir} can be read: only the unreadable "
+                                        f"{', '.join(aside)} are left; pass --overwrite to start the run afresh")
     return state, None, None
 
 
@@ -252,23 +267,30 @@ def run_training(backend: TrainBackend, cfg: TrainConfig, *, resume: bool = Fals
     lock = RunLock(run_dir)
     resumed = _on_writer(world, lambda: _open_run(backend, cfg, mc, resume, overwrite, info, world, lock))
     try:
+        commit = functools.partial(write_run_config, cfg, backend.name, mc, info, world.describe())
         return _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset, batch_fn, eval_fn,
-                     noise_fn, on_step, run_dir, ckpt_dir)
+                     noise_fn, on_step, run_dir, ckpt_dir, commit)
     finally:
         lock.release()
 
 
-def _resume_state(backend, cfg, world, state, ckpt_dir):
+def _resume_state(backend, cfg, world, state, ckpt_dir, commit: Callable[[], None]):
+    """Rank 0 picks and checks the checkpoint, then commits the run folder (config.json,
+    leftovers of interrupted saves removed); every other rank restores the one it picked.
+    Any refusal (none readable, another config, fewer steps) comes before the folder changes."""
     kept = {}
 
+    def accept(meta, path):
+        check_checkpoint_config(meta, cfg, path)
+        check_resume_step(cfg, int(meta.get("step", 0)), path)
+
     def pick():
+        kept["state"], meta, path = restore_newest(backend, ckpt_dir, state, set_aside=True, accept=accept)
         removed = backend.remove_partial(ckpt_dir)
         if removed:
             warnings.warn(f"removed leftovers of interrupted saves: {', '.join(removed)}", RuntimeWarning,
                           stacklevel=3)
-        kept["state"], meta, path = restore_newest(backend, ckpt_dir, state, set_aside=True)
-        if path is not None:
-            check_checkpoint_config(meta, cfg, path)
+        commit()  # the new run length / cadence, now that the resume is accepted
         return path
 
     path = _on_writer(world, pick)
@@ -280,10 +302,10 @@ def _resume_state(backend, cfg, world, state, ckpt_dir):
 
 
 def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset, batch_fn, eval_fn, noise_fn,
-          on_step, run_dir, ckpt_dir) -> RunResult:
+          on_step, run_dir, ckpt_dir, commit) -> RunResult:
     last = None
     if resumed:
-        state, last = _resume_state(backend, cfg, world, state, ckpt_dir)
+        state, last = _resume_state(backend, cfg, world, state, ckpt_dir, commit)
     state = backend.place(state, world)
     start = backend.state_step(state)
     logger = MetricsLogger(run_dir, start if resumed else None, backend.tb_writer(run_dir)) if world.writer \

@@ -23,7 +23,8 @@ from typing import Optional
 
 import torch
 
-from meanflow_common.checks import UnreadableCheckpointError, check_float_arrays, unreadable_checkpoint
+from meanflow_common.checks import (UnreadableCheckpointError, check_float_arrays, check_free_space,
+                                    checkpoint_write_error, unreadable_checkpoint)
 from meanflow_common.keys import check_keys_and_shapes
 from torch_meanflow.train_state import TrainState
 
@@ -60,7 +61,9 @@ def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int
 
     Non-finite parameters are refused (FloatingPointError), so a diverged state can
     never replace the last good checkpoint. Older files beyond `keep_last` are deleted
-    after the new one is in place.
+    after the new one is in place. A failed write (disk full, ...) is a
+    CheckpointWriteError naming the file and the cause; the temporary file is removed and
+    the older checkpoints are untouched.
     """
     if not (_all_finite(state.model) and _all_finite(state.ema_model)):
         raise FloatingPointError(f"parameters are not finite at step {state.step}; checkpoint not written")
@@ -75,17 +78,35 @@ def save_checkpoint(ckpt_dir: str, state: TrainState, meta: dict, keep_last: int
         "step": int(state.step),
         "meta": meta,
     }
+    check_free_space(path, _nbytes(payload))
     fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".ckpt_", suffix=".part")
-    os.close(fd)
     try:
-        torch.save(payload, tmp)
+        # through a Python file object: a full disk then surfaces as OSError(ENOSPC), where
+        # torch.save(payload, name) says only "inline_container.cc ... unexpected pos"
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        raise checkpoint_write_error(path, err) from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     for _, old in list_checkpoints(ckpt_dir)[:-keep_last]:
         os.remove(old)
     return path
+
+
+def _nbytes(obj) -> int:
+    """Bytes of the tensors in a (nested) state dict: about what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
@@ -109,6 +130,9 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     another architecture or size raises KeyError / ValueError naming the parameter.
     Returns (state, meta).
     """
+    if os.path.isdir(path):
+        raise UnreadableCheckpointError(f"{path} is a folder, not a checkpoint file of the PyTorch trainer (a JAX "
+                                        "checkpoint? convert it with `python -m parity convert`)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     device = next(state.model.parameters()).device

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from meanflow_common.evaluate.cli import run_eval_cli
+from meanflow_common.eval_entry import run_evaluator
 from torch_meanflow.train import load_run
 
 __all__ = ["main"]
 
 
 def main(argv=None) -> int:
-    return run_eval_cli(load_run, "torch", argv)
+    return run_evaluator(load_run, "torch", argv)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,24 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from meanflow_common.launch_env import TORCHRUN_VARS, read_launch
 from meanflow_common.train_loop import World
 
-__all__ = ["init_world", "share", "sync_gradients", "mean_over_ranks", "broadcast_module", "checksums",
+__all__ = ["check_launch_env", "init_world", "share", "sync_gradients", "mean_over_ranks", "broadcast_module", "checksums",
            "check_in_sync", "finish"]
 
 
 def _started_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # a partial set of torchrun's variables (RANK without WORLD_SIZE, ...) is an error
+    # naming the missing one, never a silent single process
+    launch = read_launch(TORCHRUN_VARS)
+    return launch is not None and launch.count > 1
+
+
+def check_launch_env() -> None:
+    """LaunchEnvError naming the variable when torchrun's MASTER_ADDR, MASTER_PORT,
+    WORLD_SIZE and RANK are set in part or out of range (checked before anything starts)."""
+    read_launch(TORCHRUN_VARS)
 
 
 def init_world(devices: int) -> World:

@@ -35,6 +35,7 @@ from torch import nn
 from meanflow_common import train_loop
 from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
+from meanflow_common.launch_env import LaunchEnvError
 from meanflow_common.metrics import tensorboardx_writer
 from meanflow_common.sampling import sample_inputs
 from meanflow_common.tasks import get_task
@@ -346,6 +347,11 @@ def load_run(run_dir: str, checkpoint: Optional[str] = None, use_ema: bool = Tru
 
 
 def main(argv=None) -> int:
+    try:
+        parallel.check_launch_env()  # a partial torchrun environment: exit status 2
+    except LaunchEnvError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     ok = False
     try:
         status = run_cli(train, BACKEND, argv)

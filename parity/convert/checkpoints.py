@@ -89,14 +89,10 @@ def _read_torch(path: str, key: str | None) -> tuple[dict[str, np.ndarray], dict
 def read_orbax(path: str) -> dict:
     """The tree of an orbax checkpoint directory; an incomplete or unreadable one is an error
     naming the directory (and the missing file, when that is what is wrong)."""
-    import orbax.checkpoint as ocp
+    from jax_meanflow.checkpoint import read_item  # the one JAX checkpoint reader: any device count
 
     _check_orbax_dir(path)
-    try:
-        restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
-        raise unreadable_checkpoint(path, err) from err
-    return _to_numpy_tree(restored)
+    return _to_numpy_tree(read_item(path))
 
 
 def _check_orbax_dir(path: str) -> None:

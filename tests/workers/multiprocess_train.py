@@ -10,12 +10,13 @@ import sys
 import jax
 import numpy as np
 
+from jax_meanflow import parallel
 from jax_meanflow import train as T
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments
 
 
 def main(out_dir: str, init_path: str) -> int:
-    T._distributed_from_env()
+    parallel.distributed_from_env()
     jax.config.update("jax_enable_x64", True)
     cfg = apply_assignments(TRAIN_PRESETS["tiny"], [f"out_dir={out_dir}", "steps=3", "dtype=float64",
                                                      "ckpt_every=2", "devices=0"])
