@@ -65,6 +65,7 @@ def test_int32_weights_are_refused_naming_key_and_dtype(tmp_path, dit_params):
         checkpoints.load_params(str(folder), get_arch("dit"), TINY)
 
 
+@pytest.mark.heavy
 def test_all_zero_u_and_du_dt_fail_the_parity_check(dit_params):
     zeros = convert.unflatten_tree({k: np.zeros_like(v) for k, v in convert.flatten_tree(dit_params).items()})
     v = next(v for v in default_variants() if v.arch.name == "dit" and "no cfg" in v.name)

@@ -2,6 +2,8 @@
 records the real suite's steps and restores the harness afterwards."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import time
 from parity.bench import parity_cost
 from parity.bench.measure import RssSampler, _rss_bytes, tree_rss_bytes
 from parity.core import harness as H
+
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
 
 TINY = ["--arch", "dit", "--preset", "tiny", "--variant", "no cfg", "--dtype", "float32", "--batch", "3",
         "--trained-steps", "0"]

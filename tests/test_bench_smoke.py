@@ -10,6 +10,8 @@ import pytest
 
 from parity.bench import run as bench
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):

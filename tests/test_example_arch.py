@@ -18,6 +18,8 @@ from examples.conv_velocity import ARCH, BROKEN, VARIANTS
 from parity.cli import main
 from parity.convert import checkpoints
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -65,6 +65,7 @@ def test_a_stale_flag_in_a_part_fails_the_dry_run(tmp_path, monkeypatch):
         gpu_check.main(["--out", str(tmp_path)])
 
 
+@pytest.mark.heavy
 def test_run_part_on_a_real_cpu_command(tmp_path):
     """The runner and the summary on a real (tiny, CPU, float64) parity report; and a part
     that overruns its budget is stopped and reported as timed out."""

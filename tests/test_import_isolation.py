@@ -13,6 +13,8 @@ import pytest
 import jax_meanflow
 import torch_meanflow
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 _BLOCKER = """
 import importlib.abc, sys
 class _Block(importlib.abc.MetaPathFinder):

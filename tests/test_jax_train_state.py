@@ -1,5 +1,6 @@
 """AdamW + EMA training state in JAX: the first update by hand, EMA formula, warm-up, clipping,
 and a tiny MeanFlow problem whose loss goes down."""
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +42,7 @@ def _setup(seed=0):
     return params, (x, y), noise
 
 
+@pytest.mark.heavy
 def test_first_step_is_adamw_by_hand_and_ema_formula():
     params, batch, noise = _setup()
     ocfg = OptimConfig(lr=1e-2, weight_decay=0.1, ema_decay=0.9)

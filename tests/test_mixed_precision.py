@@ -12,6 +12,8 @@ from parity.debug import prepare_case
 from parity.debug.mixed import jax_mixed_u_du, mixed_rows
 from parity.debug.modes import _rel, jax_u_du
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 
 @pytest.fixture(scope="module")
 def rows():

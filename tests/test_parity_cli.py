@@ -20,6 +20,7 @@ def dit_params():
     return random_params(DIT, v, seed=3)
 
 
+@pytest.mark.heavy
 def test_report_json_and_exit_status(tmp_path, capsys):
     path = tmp_path / "report.json"
     code = main(["--arch", "dit", "--variant", "no cfg", "--dtype", "float64", "--json", str(path)])

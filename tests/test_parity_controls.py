@@ -9,6 +9,8 @@ from parity.archs.registry import default_variants, get_arch
 from parity.core.controls import NO_OP_PORTING_CHANGES
 from parity.core.harness import random_params, run_variant
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 # Every built-in architecture's negative controls: (architecture name, control).
 CONTROLS = {f"{a}:{c.name}": (a, c) for a in ("dit", "flower") for c in get_arch(a).controls}
 

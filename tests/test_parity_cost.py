@@ -18,6 +18,8 @@ from parity.core import harness as H
 from parity.archs.registry import get_arch
 from parity.core.executables import compile_count
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 jax.config.update("jax_enable_x64", True)
 
 

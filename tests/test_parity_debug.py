@@ -23,6 +23,8 @@ from parity.core.precision import pinned_precision
 from parity.convert.tables.dit import TABLE as DIT_TABLE
 from torch_meanflow.objective import JVP_ENGINES
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 # As `python -m parity debug` runs: pinned precision (also shares the compiled functions
 # with the CLI test; JAX's matmul precision is part of the jit cache key).
 pytestmark = pytest.mark.usefixtures("pinned")

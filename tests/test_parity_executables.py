@@ -20,6 +20,8 @@ from parity.core.precision import jax_compiler_options, pinned_precision
 from parity.core.rule import own_errors
 from parity.core.sides import jax_inputs
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 jax.config.update("jax_enable_x64", True)
 
 

@@ -80,6 +80,7 @@ def test_dropout_rates_at_eval_equal_zero_rates_and_a_port_ignoring_train_fails(
     assert failed == {("p>0 eval torch", q) for q in ("u", "du_dt", "u_tgt", "loss_per_sample", "loss", "grad")}
 
 
+@pytest.mark.heavy
 def test_float32_with_x64_off_in_a_subprocess():
     from parity.checks.x64_off import x64_off_checks
 
@@ -107,6 +108,7 @@ def test_the_command_line_and_the_api_share_one_default():
     assert inspect.signature(parity.check).parameters["checks"].default == DEFAULT_CHECKS
 
 
+@pytest.mark.heavy
 def test_a_check_object_of_ones_own_is_driven_through_the_run_and_closed_on_failure():
     import parity
     from parity.checks.base import Check
@@ -146,6 +148,7 @@ def test_a_check_object_of_ones_own_is_driven_through_the_run_and_closed_on_fail
     assert bad.calls[-1] == ("close",)
 
 
+@pytest.mark.heavy
 def test_a_sampler_bug_in_one_port_fails_python_m_parity(monkeypatch, capsys):
     """End to end: a torch v1 sampler whose t is not its own draw (here: pushed up on the
     r < t samples, as the old t = max(t, r) order did) makes the report exit 1."""

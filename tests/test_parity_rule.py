@@ -8,6 +8,8 @@ from parity.core.compare import compare, compare_grads
 from parity.core.harness import SideOutputs, random_params, run_variant
 from parity.core.rule import DEFAULT_RULE, FIXED_RULE, Float32Rule, own_errors, rel_errors
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 
 def test_budget_arithmetic():
     rule = Float32Rule(factor=4.0, floor=1e-7, ceiling_factor=10.0)

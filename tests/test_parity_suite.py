@@ -9,6 +9,8 @@ import pytest
 from parity.archs.registry import default_variants
 from parity.core.harness import run_variant
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 VARIANTS = {f"{v.arch}:{v.name}": v for v in default_variants()}
 F32_CPU = ["dit:cfg kappa>0", "flower:adaln rope", "flower:decoder learned"]
 

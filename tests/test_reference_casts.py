@@ -14,6 +14,8 @@ from jax_meanflow.objective import MeanFlowNoise, meanflow_loss
 from parity.archs.registry import default_variants, get_arch
 from parity.core.harness import random_params
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 jax.config.update("jax_enable_x64", True)
 
 _EMB, _POS = jlayers.timestep_embedding, jdit.sincos_2d_pos_embed

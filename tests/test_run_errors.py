@@ -21,6 +21,8 @@ import pytest
 
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments, model_config
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

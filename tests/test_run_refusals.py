@@ -15,6 +15,8 @@ import pytest
 
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 
 def _main(module: str, argv: list[str]) -> int:
     try:

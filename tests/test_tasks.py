@@ -174,6 +174,7 @@ def _argv(out_dir, *sets):
     return ["--preset", "tiny", "--no-progress", "--set", *SETS, f"out_dir={out_dir}", *sets]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_a_registered_task_trains_through_the_cli_and_evaluates(tmp_path, blobs, backend):
     if backend == "jax":

@@ -15,6 +15,8 @@ from parity.core.sides import torch_inputs
 from torch_meanflow.objective import meanflow_loss
 from torch_meanflow.train_state import compile_loss
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 VARIANTS = {v.arch.name: v for v in reversed(default_variants())}  # dit "cfg kappa>0", flower "adaln rope"
 
 

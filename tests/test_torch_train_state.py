@@ -184,6 +184,7 @@ def test_grad_clip_and_reported_norm():
     assert torch.allclose(clipped, torch.tensor(1e-3), rtol=1e-5)
 
 
+@pytest.mark.heavy
 def test_compiled_tangent_matches_eager():
     """torch.compile over meanflow_loss (forward with torch.func.jvp, backward by AOTAutograd)
     must keep the tangent: du/dt, loss and gradients equal eager."""

@@ -25,6 +25,8 @@ from meanflow_common.run_lock import LOCK_NAME, RunLockedError
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments
 from meanflow_common.train_loop import UnreadableCheckpointError
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 
 class Jax:
     name = "jax"

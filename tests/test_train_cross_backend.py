@@ -23,6 +23,8 @@ from torch_meanflow import train as tt
 from torch_meanflow.params import randomize_params
 from torch_meanflow.train_state import create_train_state as torch_state
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 jax.config.update("jax_enable_x64", True)
 
 

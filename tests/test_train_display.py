@@ -19,6 +19,8 @@ from meanflow_common.tasks import get_dataset
 from meanflow_common.train_cli import done_line
 from meanflow_common.train_config import TRAIN_PRESETS, apply_assignments
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -20,6 +20,8 @@ import pytest
 
 from meanflow_common.metrics import read_metrics
 
+pytestmark = pytest.mark.heavy  # make test-fast leaves it out (make test runs it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = os.path.join(ROOT, "tests", "workers")
 
