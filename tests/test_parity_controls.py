@@ -97,3 +97,18 @@ def test_a_control_of_another_network_is_refused(params):
     """A model or weight bug names one network's modules: applying it to another is an error."""
     with pytest.raises(ValueError, match="not one of flower's controls"):
         run_variant(_variant("flower"), "float64", params_np=params["flower"], control=get_arch("dit").control("gelu_erf"))
+
+
+def test_the_policy_passes_and_its_encoder_bug_fails_and_is_blamed_on_the_encoder():
+    """`--arch policy` compares the encoder too: a bug there fails u and everything after it,
+    and the debugger blames the encoder."""
+    from parity.debug import analyse, blames, prepare_case
+
+    policy = get_arch("policy")
+    v = policy.default_variants()[0]
+    params = random_params(policy, v, seed=0)
+    assert all(r.passed for r in run_variant(v, "float64", params_np=params))
+    control = policy.control("encoder_gelu_tanh")
+    failed = {r.quantity for r in run_variant(v, "float64", params_np=params, control=control) if not r.passed}
+    assert {"u", "du_dt", "u_tgt", "loss", "grad"} <= failed, failed
+    assert blames(analyse(prepare_case(v, "float64", params_np=params, control=control)), "encoder")

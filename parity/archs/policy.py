@@ -13,6 +13,7 @@ from meanflow_common.config import POLICY_PRESETS
 from parity.archs.flower import FLOWER_MEANFLOW, flower_set_dropout
 from parity.convert.tables.policy import TABLE
 from parity.core.arch import Arch, ModuleMapSpec
+from parity.core.controls import Control
 from parity.core.inputs import InputBundle, drop_mask_numpy, sample_tr_numpy
 from parity.core.tolerances import F32
 
@@ -79,6 +80,13 @@ def _variants(cfg):
             for placement in ("adaln", "decoder")]
 
 
+def _encoder_gelu_tanh(module):
+    """The encoder's GELU in its tanh form (FLOWER's encoder uses erf): a port's slip."""
+    import torch
+
+    module.encoder.mlp[1] = torch.nn.GELU(approximate="tanh")
+
+
 POLICY = Arch(
     name="policy",
     presets=POLICY_PRESETS,
@@ -99,4 +107,6 @@ POLICY = Arch(
                      "frequencies make |du/dt| ~ 1000 |u|), so they get du/dt's budget 1e-5",
     dropout=lambda cfg: max(cfg.attn_pdrop, cfg.resid_pdrop, cfg.mlp_pdrop),
     set_dropout=lambda cfg, on: flower_set_dropout(cfg, on),
+    controls=(Control("encoder_gelu_tanh", "tanh GELU in the observation encoder instead of erf",
+                      model=_encoder_gelu_tanh, module="encoder"),),
 )
