@@ -58,11 +58,12 @@ def test_load_params_of_a_two_device_checkpoint_keeps_float64(two_device_run):
     """The reader of `parity --checkpoint` and `parity debug --checkpoint`, in this 1-device process."""
     import jax
 
+    from parity import get_arch
     from parity.convert import checkpoints
 
     assert jax.device_count() == 1
     cfg = model_config(apply_assignments(TRAIN_PRESETS["tiny"], []))
-    tree = checkpoints.load_params(f"{two_device_run}/checkpoints/2", "dit", cfg, key="ema_params")
+    tree = checkpoints.load_params(f"{two_device_run}/checkpoints/2", get_arch("dit"), cfg, key="ema_params")
     leaves = jax.tree.leaves(tree)
     assert leaves and all(str(a.dtype) == "float64" for a in leaves)
 
