@@ -202,7 +202,9 @@ def save_torch_file(state_dict: dict, path: str, overwrite: bool = False, model_
     else:
         import torch
 
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, tmp)
+        from parity.convert.arrays import as_torch
+
+        torch.save({k: as_torch(v) for k, v in state_dict.items()}, tmp)
     os.replace(tmp, path)
 
 
