@@ -189,12 +189,47 @@ class Arch:
             return None
         return np.full((batch,), int(self.null_label(variant.model_cfg)), dtype=np.int64)
 
+    def checked_jax_u_fn(self, module, params, dropout_rng=None) -> Callable:
+        """`jax_u_fn`'s u_fn, refusing a u whose shape is not z's (`check_u_shape`); the check
+        runs at trace time, so it costs the compiled executable nothing."""
+        return _shape_checked(self.jax_u_fn(module, params, dropout_rng), self, "JAX")
+
+    def checked_torch_u_fn(self, module) -> Callable:
+        """`torch_u_fn`'s u_fn, refusing a u whose shape is not z's (`check_u_shape`) before
+        the objective's forward-mode AD meets it."""
+        return _shape_checked(self.torch_u_fn(module), self, "torch")
+
     def control(self, name: str):
         """This network's negative control `name`."""
         by_name = {c.name: c for c in self.controls}
         if name not in by_name:
             raise KeyError(f"{self.name} has no control {name!r}; available: {', '.join(sorted(by_name)) or 'none'}")
         return by_name[name]
+
+
+def check_u_shape(arch: Arch, side: str, u_shape, z_shape) -> None:
+    """Raise ValueError unless the `side` ("JAX" or "torch") network's u has z's shape
+    (each in that side's layout), naming the side, both shapes and, when u's shape is a
+    permutation of z's, the layout the Arch declares."""
+    u_shape, z_shape = tuple(u_shape), tuple(z_shape)
+    if u_shape == z_shape:
+        return
+    hint = ""
+    if sorted(u_shape) == sorted(z_shape):
+        hint = (f"; u's shape is a permutation of z's: does the {side} network return the other side's layout? "
+                f"{arch.name}'s Arch.layout is {arch.layout.name!r} (JAX layout -> torch layout by "
+                f"layout.to_torch), and each side's u must be in its own side's layout")
+    raise ValueError(f"{arch.name}: the {side} network returned u of shape {u_shape} for z of shape {z_shape}; "
+                     f"u must have z's shape (Arch.{side.lower()}_u_fn, {side} layout){hint}")
+
+
+def _shape_checked(u_fn: Callable, arch: Arch, side: str) -> Callable:
+    def checked(z, t, h, y, train=False):
+        u = u_fn(z, t, h, y, train)
+        check_u_shape(arch, side, getattr(u, "shape", ()), z.shape)
+        return u
+
+    return checked
 
 
 @dataclass(frozen=True)
