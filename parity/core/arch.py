@@ -160,14 +160,22 @@ class Arch:
         # Pickled by reference (its callables need not pickle, e.g. for a child process): the
         # module attribute that holds this object, imported again on unpickling. The built-ins
         # and entry-point architectures are module attributes.
+        spec = self.spec()
+        if spec is not None:
+            return (_module_attribute, (spec,))
+        raise pickle.PicklingError(f"Arch {self.name!r} is not a module attribute; define it at the top level "
+                                   f"of an importable module to pickle it (e.g. for the x64-off child)")
+
+    def spec(self) -> str | None:
+        """"package.module:NAME" of a module attribute that holds this object (what --arch and
+        a child process take), or None when no imported module holds it."""
         for mod_name, module in list(sys.modules.items()):
             if mod_name == "__main__":
                 continue  # another process's __main__ is another program
             for attr, value in list(getattr(module, "__dict__", {}).items()):
                 if value is self:
-                    return (_module_attribute, (f"{mod_name}:{attr}",))
-        raise pickle.PicklingError(f"Arch {self.name!r} is not a module attribute; define it at the top level "
-                                   f"of an importable module to pickle it (e.g. for the x64-off child)")
+                    return f"{mod_name}:{attr}"
+        return None
 
     def preset(self, name: str | None = None):
         """The model config of preset `name` (default: `default_preset`)."""
@@ -248,6 +256,14 @@ class Variant:
                             f"(look names up with parity.get_arch)")
         if not isinstance(self.mf_cfg, MeanFlowConfig):
             raise TypeError(f"Variant {self.name!r}: mf_cfg must be a MeanFlowConfig, got {type(self.mf_cfg).__name__}")
+        needs = [f"{k}={getattr(self.mf_cfg, k)!r}" for k, on in (("guidance_eq", bool(self.mf_cfg.guidance_eq)),
+                 ("class_dropout_prob", self.mf_cfg.class_dropout_prob > 0)) if on]
+        if needs and self.arch.null_label is None:
+            raise ValueError(f"variant {self.name!r} of {self.arch.name}: its MeanFlowConfig has {' and '.join(needs)}, "
+                             f"which need the null class, but the Arch's null_label is None; give the Arch "
+                             f"null_label=lambda model_cfg: <the null class, e.g. model_cfg.num_classes>, or make "
+                             f"this variant unguided (Arch.variants: MeanFlowConfig(guidance_eq=\"\", "
+                             f"class_dropout_prob=0.0))")
 
 
 def load_object(spec: str):
