@@ -162,7 +162,14 @@ def load_params(path: str, arch, model_cfg, key: str | None = None, allow_nonfin
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    arch = _arch(arch)
+    try:
+        return _load_params(path, _arch(arch), model_cfg, key, allow_nonfinite)
+    except (convert.ConversionError, convert.ConversionShapeError) as err:  # name the file and what to check
+        raise type(err)(f"checkpoint {path} does not fit {arch.name} {type(model_cfg).__name__} "
+                        f"(a checkpoint of another architecture or size? check --arch, --preset, --set): {err}") from None
+
+
+def _load_params(path: str, arch, model_cfg, key: str | None, allow_nonfinite: bool) -> dict:
     tmpl = torch_template(arch, model_cfg)
     if all(os.path.isdir(os.path.join(path, k)) for k in ("params", "ema_params", "meta")):
         path, key = os.path.join(path, key or "params"), None  # a JAX trainer step: its params item
