@@ -122,6 +122,30 @@ def check_float_arrays(named: Any, source: str) -> None:
             raise TypeError(f"{source}: parameter {name!r} has dtype {dtype}, not a floating point type")
 
 
+def nonfinite_arrays(named: Any) -> list[str]:
+    """"name (N nan/inf of M)" for each (name, array) holding a NaN or an infinity."""
+    out = []
+    items = named.items() if hasattr(named, "items") else named
+    for name, a in items:
+        a = np.asarray(a)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            kinds = "/".join(k for k, m in (("nan", np.isnan(a)), ("inf", np.isinf(a))) if m.any())
+            out.append(f"{name} ({int(bad.sum())} {kinds} of {a.size})")
+    return out
+
+
+def check_finite_arrays(named: Any, source: str, fix: str = "") -> None:
+    """Every (name, array) of a weight file or tree must be finite: NaN or inf weights make
+    both sides non-finite, which no comparison can judge (and the trainers never write them).
+    ValueError naming `source`, the parameters and `fix` (what the caller can do)."""
+    bad = nonfinite_arrays(named)
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"{source}: non-finite weights in {len(bad)} parameter(s): {', '.join(bad[:5])}{more}"
+                         f"{'; ' + fix if fix else ''}")
+
+
 class UnreadableCheckpointError(ValueError):
     """A checkpoint file or folder exists but cannot be read (truncated, garbage, empty, or
     missing the files its library reads)."""

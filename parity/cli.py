@@ -41,11 +41,13 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check":  # the default command, also by name
         argv = argv[1:]
-    if argv and argv[0] in DELEGATED:
-        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+    from meanflow_common.cli_args import usage_error_exit
+
+    if argv and argv[0] in DELEGATED:  # every subcommand: bad input is one line and exit status 2
+        return usage_error_exit(lambda: importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]))
     from parity.suite.command import main as check_main
 
-    return check_main(argv, usage=__doc__, others=DELEGATED)
+    return usage_error_exit(lambda: check_main(argv, usage=__doc__, others=DELEGATED))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ framework). Opt-in: a test that asks for the `parity_check` fixture.
     def test_port(parity_check):
         parity_check(MY_ARCH, dtypes=("float64", "float32"))
 
-`parity_check(target, **options)` runs `parity.check(target, **options)` and fails the test
-with the report's readable summary: the failing quantities, the worst error and the line of
+`parity_check(target, **options)` runs `parity.check(target, **options)` and raises
+`parity.ParityError` (an AssertionError: the test fails; `pytest.raises(parity.ParityError)`
+catches it) with the report's readable summary: the failing quantities, the worst error and the line of
 the divergence debugger that blames a module. It returns the `ParityReport` when every check
 passes. Tests using the fixture carry the `parity` marker (`pytest -m parity` selects them).
 """
@@ -33,9 +34,7 @@ def parity_check():
     def run(target, dtypes=("float32", "float64"), **options):
         from parity.suite.api import check
 
-        report = check(target, dtypes=dtypes, **options)
-        if not report.passed:
-            pytest.fail(report.failure_message(), pytrace=False)
-        return report
+        __tracebackhide__ = True  # the report's summary is the message, not this frame
+        return check(target, dtypes=dtypes, **options).assert_ok()
 
     return run

@@ -95,9 +95,14 @@ def test_pytest_plugin_passes_and_fails_readably(pytester, monkeypatch):
 
         def test_broken_port(parity_check):
             parity_check(BROKEN.default_variants()[0], dtypes=("float64",))
+
+        def test_broken_port_raises(parity_check):
+            import parity, pytest
+            with pytest.raises(parity.ParityError, match="blamed: blocks.1"):
+                parity_check(BROKEN.default_variants()[0], dtypes=("float64",))
     """))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "parity")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     out = result.stdout.str()
     assert "conv_velocity_broken / cfg / float64 / cpu: failing u, du_dt" in out
     assert "blamed: blocks.1 " in out and "worst " in out

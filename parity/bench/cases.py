@@ -132,7 +132,7 @@ def _jax_loss_fn(case: Case, module, objective: str, null_y):
 
     def loss_fn(params, batch, noise):
         x, y, key = batch
-        u_fn = case.arch.jax_u_fn(module, params, dropout_rng=key)
+        u_fn = case.arch.checked_jax_u_fn(module, params, dropout_rng=key)
         out = loss(u_fn, x, y, noise, case.mf_cfg, null_y=null_y, train=True)
         return out.loss, out
 
@@ -206,7 +206,7 @@ def torch_model(case: Case, state_dict: dict, device: str):
 def _torch_loss_fn(case: Case, objective: str, null_y, mf_cfg: MeanFlowConfig, jvp=None):
     from torch_meanflow import objective as tobj
 
-    u_fn_of = case.arch.torch_u_fn
+    u_fn_of = case.arch.checked_torch_u_fn
 
     def loss_fn(model, batch, noise):
         x, y = batch
@@ -297,7 +297,7 @@ def torch_terms(case: Case, state_dict: dict, device: str, engine: str = "rules"
 
     module = torch_model(case, state_dict, device)
     (x, y), noise, null_y = _torch_inputs(case, device)
-    out = meanflow_loss(case.arch.torch_u_fn(module), x, y, noise, case.mf_cfg, null_y=null_y, train=False,
+    out = meanflow_loss(case.arch.checked_torch_u_fn(module), x, y, noise, case.mf_cfg, null_y=null_y, train=False,
                         jvp=JvpOptions(engine))
     du = from_torch(case.arch, out.du_dt)
     return {"loss": float(out.loss.detach()), "du_dt": du}

@@ -124,11 +124,23 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     """`python -m parity bench-report BENCH.json`: the Markdown tables of a saved run."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m parity bench-report BENCH.json")
-    with open(argv[0]) as f:
-        print(markdown(json.load(f)))
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise SystemExit("usage: python -m parity bench-report BENCH.json (a file written by python -m parity bench --json)")
+    print(markdown(read_report(argv[0])))
     return 0
+
+
+def read_report(path: str) -> dict:
+    """A saved benchmark report (`python -m parity bench --json`); a file that is not one is
+    a ValueError naming it."""
+    with open(path) as f:
+        try:
+            report = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not a JSON benchmark report ({err})") from None
+    if not isinstance(report, dict) or "cases" not in report:
+        raise ValueError(f"{path} is not a benchmark report of python -m parity bench --json (no 'cases' entry)")
+    return report
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from meanflow_common.cli_args import non_negative_int, positive_int
+
 SIZES = "dit:tiny,dit:small,dit:DiT-S/4,dit:DiT-B/4,dit:DiT-XL/2,flower:tiny,flower:small,flower:base,flower:default"
 QUANTITIES = ("u", "du_dt", "v_g", "u_tgt", "loss_per_sample", "loss", "grad")
 
@@ -205,11 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=SIZES, help="comma list of arch:preset (default: %(default)s)")
     p.add_argument("--variant", default=None, help="the variant whose name contains this (default: each first)")
-    p.add_argument("--batch", type=int, default=3, help="batch (default 3: the guidance window's branches need 2 kept)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=positive_int, default=3, help="batch (default 3: the guidance window's branches need 2 kept)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--no-controls", action="store_true")
-    p.add_argument("--trained-steps", type=int, default=0,
+    p.add_argument("--trained-steps", type=non_negative_int, default=0,
                    help="also the honest rows after N Adam steps from the standard init (0: off)")
     p.add_argument("--combine", default=None, metavar="JSONS",
                    help="comma list of earlier --json outputs: merge them (no runs) into --json/--markdown/--plot")
@@ -229,12 +231,23 @@ def main(argv=None) -> int:
     from parity.core.precision import pinned_precision
 
     results = []
+    if not args.combine:  # every arch:preset (and --variant) resolved before the first size runs
+        from parity.archs.registry import resolve_variants
+
+        for spec in args.sizes.split(","):
+            arch, _, preset = spec.partition(":")
+            names = [v.name for v in resolve_variants(arch, preset or None)]
+            if args.variant is not None and not any(args.variant in n for n in names):
+                raise ValueError(f"--sizes {spec}: no variant matches --variant {args.variant!r}; variants: {names}")
     if args.combine:
         import json
 
         for path in args.combine.split(","):
             with open(path) as f:
-                results += json.load(f)["sizes"]
+                try:
+                    results += json.load(f)["sizes"]
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ValueError(f"--combine {path}: not a rule-sizes --json output ({err!r})") from None
         if args.json:
             write_json(args.json, {"sizes": results})
     for spec in [] if args.combine else args.sizes.split(","):

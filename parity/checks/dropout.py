@@ -20,6 +20,10 @@ from parity.core.harness import (TERMS, forget_compiled, master_dtype, random_pa
 from parity.core.tolerances import tolerance
 
 
+# The variant label of this check's rows is EVAL_ROW_PREFIX + the side ("jax", "torch").
+EVAL_ROW_PREFIX = "p>0 eval "
+
+
 def has_dropout(variant: Variant) -> bool:
     """Whether the variant's architecture declares a dropout hook (`Arch.set_dropout`)."""
     return variant.arch.set_dropout is not None
@@ -48,7 +52,7 @@ def dropout_eval_checks(variant: Variant, dtype: str, device: str = "cpu", *, se
     results = []
     for side, run in runs.items():
         zero, rates = run(variant, False), run(dropped, True)
-        labels = dict(arch=arch.name, variant=f"p>0 eval {side}", dtype=dtype, device=device)
+        labels = dict(arch=arch.name, variant=f"{EVAL_ROW_PREFIX}{side}", dtype=dtype, device=device)
         for k in TERMS:
             results.append(compare(zero.terms[k], rates.terms[k], quantity=k,
                                    tol=tolerance(dtype, device, k, arch), **labels))

@@ -24,11 +24,11 @@ import tempfile
 import numpy as np
 from safetensors import SafetensorError
 
-from meanflow_common.checks import check_float_arrays, unreadable_checkpoint
+from meanflow_common.checks import check_finite_arrays, check_float_arrays, nonfinite_arrays, unreadable_checkpoint
 from meanflow_common.config_compare import MODEL_CONFIG_KEY, check_model_config, recorded_model_config
 from parity import convert
 
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def _pick_params(tree: dict, key: str | None) -> dict:
@@ -144,7 +144,7 @@ def torch_template(arch, model_cfg) -> dict:
     return {k: tuple(p.shape) for k, p in module.named_parameters()}
 
 
-def load_params(path: str, arch, model_cfg, key: str | None = None) -> dict:
+def load_params(path: str, arch, model_cfg, key: str | None = None, allow_nonfinite: bool = False) -> dict:
     """Any checkpoint -> JAX-layout numpy params tree, validated against `model_cfg` of
     `arch` (an Arch).
 
@@ -153,16 +153,25 @@ def load_params(path: str, arch, model_cfg, key: str | None = None) -> dict:
 
     Both directions are checked against the torch model's parameter shapes: the table is a
     bijection, so a tree that converts onto exactly those keys and shapes fits the JAX model.
+    NaN or inf weights are refused (ValueError naming the file and parameters) unless
+    `allow_nonfinite`.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    arch = _arch(arch)
+    try:
+        return _load_params(path, _arch(arch), model_cfg, key, allow_nonfinite)
+    except (convert.ConversionError, convert.ConversionShapeError) as err:  # name the file and what to check
+        raise type(err)(f"checkpoint {path} does not fit {arch.name} {type(model_cfg).__name__} "
+                        f"(a checkpoint of another architecture or size? check --arch, --preset, --set): {err}") from None
+
+
+def _load_params(path: str, arch, model_cfg, key: str | None, allow_nonfinite: bool) -> dict:
     tmpl = torch_template(arch, model_cfg)
     if all(os.path.isdir(os.path.join(path, k)) for k in ("params", "ema_params", "meta")):
         path, key = os.path.join(path, key or "params"), None  # a JAX trainer step: its params item
         if not os.path.isdir(path):
             raise KeyError(f"{os.path.dirname(path)} has no {os.path.basename(path)!r} item; use params or ema_params")
-    if os.path.isfile(path) and path.endswith(_TORCH_SUFFIXES):
+    if os.path.isfile(path) and path.endswith(TORCH_SUFFIXES):
         sd, recorded = _read_torch(path, key)
         check_float_arrays(sd, path)
         check_model_config(recorded, model_cfg, path)
@@ -172,8 +181,12 @@ def load_params(path: str, arch, model_cfg, key: str | None = None) -> dict:
         check_float_arrays(convert.flatten_tree(tree), path)
         check_model_config(_recorded_orbax_config(path), model_cfg, path)
     else:
-        raise ValueError(f"{path}: not an orbax directory nor a torch file ({', '.join(_TORCH_SUFFIXES)})")
+        raise ValueError(f"{path}: not an orbax directory nor a torch file ({', '.join(TORCH_SUFFIXES)})")
     convert.jax_to_torch(tree, arch.table, model_cfg, template=tmpl)  # every key and shape checked
+    if not allow_nonfinite:
+        check_finite_arrays(convert.flatten_tree(tree), f"checkpoint {path}",
+                            "these weights make both sides non-finite, so no parity check can judge them "
+                            "(convert: --allow-nonfinite writes them anyway)")
     return tree
 
 
@@ -198,11 +211,17 @@ def save_torch_file(state_dict: dict, path: str, overwrite: bool = False, model_
     else:
         import torch
 
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, tmp)
+        from parity.convert.arrays import as_torch
+
+        torch.save({k: as_torch(v) for k, v in state_dict.items()}, tmp)
     os.replace(tmp, path)
 
 
 def save_orbax(tree: dict, path: str, overwrite: bool = False):
+    """Write the Flax params tree (without a "params" key) as an orbax checkpoint holding
+    {"params": tree}, the layout of the official checkpoints; `load_params` (and `convert`,
+    `--checkpoint`) read it back as the bare tree, as they read a bare tree saved by
+    `ocp.PyTreeCheckpointer().save(path, tree)`: orbax's own restore gives {"params": tree}."""
     import orbax.checkpoint as ocp
 
     _check_target(path, overwrite)
@@ -216,12 +235,21 @@ def save_orbax(tree: dict, path: str, overwrite: bool = False):
     os.replace(tmp, path)
 
 
-def convert_file(src: str, dst: str, arch, model_cfg, key: str | None = None, overwrite: bool = False):
-    """Convert a checkpoint of `arch` (an Arch) between the two sides;
-    the direction follows the file kinds."""
+def convert_file(src: str, dst: str, arch, model_cfg, key: str | None = None, overwrite: bool = False,
+                 allow_nonfinite: bool = False) -> list[str]:
+    """Convert a checkpoint of `arch` (an Arch) between the two sides; the direction follows
+    the file kinds: `dst` a .pt/.pth/.bin/.safetensors file, or an orbax folder (a name
+    without a suffix; another suffix is refused). Non-finite weights are refused unless
+    `allow_nonfinite`; returns the parameters holding them (written as they are)."""
     arch = _arch(arch)
-    params = load_params(src, arch, model_cfg, key=key)
-    if dst.endswith(_TORCH_SUFFIXES):
+    suffix = os.path.splitext(os.path.basename(os.path.normpath(dst)))[1]
+    if suffix and not dst.endswith(TORCH_SUFFIXES):
+        raise ValueError(f"{dst}: unknown suffix {suffix!r}; write a torch file ({', '.join(TORCH_SUFFIXES)}) or an "
+                         "orbax folder (a name without a suffix)")
+    params = load_params(src, arch, model_cfg, key=key, allow_nonfinite=allow_nonfinite)
+    bad = nonfinite_arrays(convert.flatten_tree(params)) if allow_nonfinite else []
+    if dst.endswith(TORCH_SUFFIXES):
         save_torch_file(convert.jax_to_torch(params, arch.table, model_cfg), dst, overwrite, model_cfg=model_cfg)
     else:
         save_orbax(params, dst, overwrite)
+    return bad

@@ -160,14 +160,22 @@ class Arch:
         # Pickled by reference (its callables need not pickle, e.g. for a child process): the
         # module attribute that holds this object, imported again on unpickling. The built-ins
         # and entry-point architectures are module attributes.
+        spec = self.spec()
+        if spec is not None:
+            return (_module_attribute, (spec,))
+        raise pickle.PicklingError(f"Arch {self.name!r} is not a module attribute; define it at the top level "
+                                   f"of an importable module to pickle it (e.g. for the x64-off child)")
+
+    def spec(self) -> str | None:
+        """"package.module:NAME" of a module attribute that holds this object (what --arch and
+        a child process take), or None when no imported module holds it."""
         for mod_name, module in list(sys.modules.items()):
             if mod_name == "__main__":
                 continue  # another process's __main__ is another program
             for attr, value in list(getattr(module, "__dict__", {}).items()):
                 if value is self:
-                    return (_module_attribute, (f"{mod_name}:{attr}",))
-        raise pickle.PicklingError(f"Arch {self.name!r} is not a module attribute; define it at the top level "
-                                   f"of an importable module to pickle it (e.g. for the x64-off child)")
+                    return f"{mod_name}:{attr}"
+        return None
 
     def preset(self, name: str | None = None):
         """The model config of preset `name` (default: `default_preset`)."""
@@ -189,12 +197,47 @@ class Arch:
             return None
         return np.full((batch,), int(self.null_label(variant.model_cfg)), dtype=np.int64)
 
+    def checked_jax_u_fn(self, module, params, dropout_rng=None) -> Callable:
+        """`jax_u_fn`'s u_fn, refusing a u whose shape is not z's (`check_u_shape`); the check
+        runs at trace time, so it costs the compiled executable nothing."""
+        return _shape_checked(self.jax_u_fn(module, params, dropout_rng), self, "JAX")
+
+    def checked_torch_u_fn(self, module) -> Callable:
+        """`torch_u_fn`'s u_fn, refusing a u whose shape is not z's (`check_u_shape`) before
+        the objective's forward-mode AD meets it."""
+        return _shape_checked(self.torch_u_fn(module), self, "torch")
+
     def control(self, name: str):
         """This network's negative control `name`."""
         by_name = {c.name: c for c in self.controls}
         if name not in by_name:
             raise KeyError(f"{self.name} has no control {name!r}; available: {', '.join(sorted(by_name)) or 'none'}")
         return by_name[name]
+
+
+def check_u_shape(arch: Arch, side: str, u_shape, z_shape) -> None:
+    """Raise ValueError unless the `side` ("JAX" or "torch") network's u has z's shape
+    (each in that side's layout), naming the side, both shapes and, when u's shape is a
+    permutation of z's, the layout the Arch declares."""
+    u_shape, z_shape = tuple(u_shape), tuple(z_shape)
+    if u_shape == z_shape:
+        return
+    hint = ""
+    if sorted(u_shape) == sorted(z_shape):
+        hint = (f"; u's shape is a permutation of z's: does the {side} network return the other side's layout? "
+                f"{arch.name}'s Arch.layout is {arch.layout.name!r} (JAX layout -> torch layout by "
+                f"layout.to_torch), and each side's u must be in its own side's layout")
+    raise ValueError(f"{arch.name}: the {side} network returned u of shape {u_shape} for z of shape {z_shape}; "
+                     f"u must have z's shape (Arch.{side.lower()}_u_fn, {side} layout){hint}")
+
+
+def _shape_checked(u_fn: Callable, arch: Arch, side: str) -> Callable:
+    def checked(z, t, h, y, train=False):
+        u = u_fn(z, t, h, y, train)
+        check_u_shape(arch, side, getattr(u, "shape", ()), z.shape)
+        return u
+
+    return checked
 
 
 @dataclass(frozen=True)
@@ -213,6 +256,14 @@ class Variant:
                             f"(look names up with parity.get_arch)")
         if not isinstance(self.mf_cfg, MeanFlowConfig):
             raise TypeError(f"Variant {self.name!r}: mf_cfg must be a MeanFlowConfig, got {type(self.mf_cfg).__name__}")
+        needs = [f"{k}={getattr(self.mf_cfg, k)!r}" for k, on in (("guidance_eq", bool(self.mf_cfg.guidance_eq)),
+                 ("class_dropout_prob", self.mf_cfg.class_dropout_prob > 0)) if on]
+        if needs and self.arch.null_label is None:
+            raise ValueError(f"variant {self.name!r} of {self.arch.name}: its MeanFlowConfig has {' and '.join(needs)}, "
+                             f"which need the null class, but the Arch's null_label is None; give the Arch "
+                             f"null_label=lambda model_cfg: <the null class, e.g. model_cfg.num_classes>, or make "
+                             f"this variant unguided (Arch.variants: MeanFlowConfig(guidance_eq=\"\", "
+                             f"class_dropout_prob=0.0))")
 
 
 def load_object(spec: str):

@@ -45,9 +45,15 @@ def error_stats(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, str]:
         raise ValueError(f"shape mismatch: reference {ref.shape} vs port {got.shape}")
     if ref.size == 0:
         return 0.0, 0.0, ""
+    # NaN compares false with every tolerance, but an error of NaN must never read as small:
+    # a non-finite value on either side is an infinite error, named with its side and count.
+    for side, a in (("port (torch)", got), ("reference (JAX)", ref)):
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), a.shape)) if a.ndim else ()
+            kinds = "/".join(k for k, m in (("nan", np.isnan(a)), ("inf", np.isinf(a))) if m.any())
+            return float("inf"), float("inf"), f"non-finite values in the {side}: {int(bad.sum())} {kinds}, first at {first}"
     diff = np.abs(ref - got)
-    if not np.all(np.isfinite(got)):
-        return float("inf"), float("inf"), "non-finite values in the port"
     idx = int(np.argmax(diff))
     max_abs = float(diff.reshape(-1)[idx])
     scale = float(np.max(np.abs(ref)))

@@ -35,7 +35,7 @@ def _loss_and_grad(variant: Variant, xla_compile: str, device: str):
     module, _ = arch.jax_build(variant.model_cfg)
 
     def loss_fn(params, x, y, noise, null_y):
-        out = meanflow_loss(arch.jax_u_fn(module, params), x, y, noise, mf_cfg, null_y=null_y, train=False)
+        out = meanflow_loss(arch.checked_jax_u_fn(module, params), x, y, noise, mf_cfg, null_y=null_y, train=False)
         return out.loss, out
 
     return jax.jit(jax.value_and_grad(loss_fn, has_aux=True), donate_argnums=0,

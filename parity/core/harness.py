@@ -224,7 +224,7 @@ def run_torch(arch: Arch, variant: Variant, state_dict: dict, bundle: InputBundl
     x, y, noise, null_y = torch_inputs(arch, variant, bundle, dtype, device)
     patch = control.objective() if control is not None and control.objective else contextlib.nullcontext()
     with patch:
-        out = tobj.meanflow_loss(arch.torch_u_fn(module), x, y, noise, variant.mf_cfg, null_y=null_y, train=False,
+        out = tobj.meanflow_loss(arch.checked_torch_u_fn(module), x, y, noise, variant.mf_cfg, null_y=null_y, train=False,
                                  jvp=jvp)
     module.zero_grad(set_to_none=True)
     out.loss.backward()

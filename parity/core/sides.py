@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from meanflow_common.keys import check_keys_and_shapes
+from parity.convert.arrays import as_torch
 from parity.core.arch import Arch, Variant
 from parity.core.inputs import InputBundle
 
@@ -55,12 +56,13 @@ def jax_inputs(arch: Arch, variant: Variant, bundle: InputBundle, dtype: str):
 
 
 def to_torch_tensor(arch: Arch, a, dtype: str, device: str = "cpu", data: bool = False) -> torch.Tensor:
-    """A float array as a torch tensor (a copy: JAX arrays are read-only); `data`: an array
-    of the data's shape, moved to torch's layout."""
-    a = np.array(a)
+    """A float array as a torch tensor of `dtype` (a copy with standard strides, whatever the
+    layout hook returned: `parity.convert.arrays`); `data`: an array of the data's shape,
+    moved to torch's layout."""
+    a = np.asarray(a)
     if data:
         a = arch.layout.to_torch(a)
-    return torch.as_tensor(a, device=device).to(torch_dtype(dtype))
+    return as_torch(a, torch_dtype(dtype), device)
 
 
 def torch_inputs(arch: Arch, variant: Variant, bundle: InputBundle, dtype: str, device: str = "cpu"):
@@ -69,9 +71,9 @@ def torch_inputs(arch: Arch, variant: Variant, bundle: InputBundle, dtype: str, 
 
     noise = MeanFlowNoise(e=to_torch_tensor(arch, bundle.e, dtype, device, data=True),
                           t=to_torch_tensor(arch, bundle.t, dtype, device), r=to_torch_tensor(arch, bundle.r, dtype, device),
-                          drop_mask=torch.as_tensor(bundle.drop_mask, device=device))
+                          drop_mask=as_torch(bundle.drop_mask, torch.bool, device))
     null = arch.null_y(variant, bundle.batch_size)
-    null_y = None if null is None else torch.as_tensor(null, dtype=torch.long, device=device)
+    null_y = None if null is None else as_torch(null, torch.long, device)
     x = to_torch_tensor(arch, bundle.x, dtype, device, data=True)
     return x, arch.torch_y(bundle.y, torch_dtype(dtype), device), noise, null_y
 
@@ -95,12 +97,10 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, assign: bo
     check_keys_and_shapes({k: np.shape(a) for k, a in state_dict.items()}, want, "state dict for the torch model")
 
     def tensor(k, a):
-        a = np.asarray(a)
         if not assign:
-            return torch.as_tensor(a).to(own[k].dtype)
-        if not a.flags.writeable:
-            a = a.copy()  # torch must not alias read-only memory
-        return torch.as_tensor(a).to(device=own[k].device, dtype=own[k].dtype)
+            return as_torch(a, own[k].dtype)
+        # read-only memory or non-standard strides (a C_in = 1 kernel) are copied
+        return as_torch(a, own[k].dtype, own[k].device, share=True)
 
     module.load_state_dict({k: tensor(k, a) for k, a in state_dict.items()}, strict=False, assign=assign)
 

@@ -218,7 +218,7 @@ def _jax_capture_fn(arch: Arch, model_cfg):
             # so an entry point that jits (and has traced these shapes before) still runs the
             # modules, whose calls are recorded as they run
             with nn.intercept_methods(record), jax.disable_jit():
-                arch.jax_u_fn(module, params)(z, t, t - r, y, False)
+                arch.checked_jax_u_fn(module, params)(z, t, t - r, y, False)
             paths[:] = [p for p, _, _ in rec]
             return [o for _, o, _ in rec], [i for _, _, i in rec]
 
@@ -307,7 +307,7 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
             td = fwAD.make_dual(t, torch.ones_like(t))
             rd = fwAD.make_dual(r, torch.zeros_like(r))
             with TangentRules() if jvp.engine == "rules" else contextlib.nullcontext():
-                arch.torch_u_fn(module)(zd, td, td - rd, y, False)  # the Arch's entry point, as the check
+                arch.checked_torch_u_fn(module)(zd, td, td - rd, y, False)  # the Arch's entry point, as the check
     finally:
         for h in handles:
             h.remove()

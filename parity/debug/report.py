@@ -193,11 +193,13 @@ def add_arguments(p):
 
 
 def pick_variant(arch: str, preset: str | None, name: str | None, sets=()) -> Variant:
-    """The first variant of `arch` (a registered name or package.module:NAME) whose name
-    contains `name` (any, when None)."""
-    variants = [v for v in resolve_variants(arch, preset, sets) if not name or name in v.name]
+    """The variant of `arch` (a registered name or package.module:NAME) called `name`, else
+    the first whose name contains `name` (any, when None)."""
+    every = resolve_variants(arch, preset, sets)
+    variants = [v for v in every if not name or name in v.name]
+    variants = [v for v in variants if v.name == name] or variants
     if not variants:
-        raise ValueError(f"no {arch} variant matches {name!r}")
+        raise ValueError(f"--variant {name!r}: no {arch} variant matches; variants: {[v.name for v in every]}")
     return variants[0]
 
 

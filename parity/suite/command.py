@@ -30,6 +30,12 @@ def _setup_jax():
 
 
 SUPPORTED_DTYPES = ("float32", "float64")
+# Exit status of a check whose only failures are branch coverage (the inputs left a branch of
+# the objective unexercised, e.g. at --batch 1): every objective comparison passed.
+COVERAGE_ONLY_EXIT = 3
+EXIT_STATUS = ("exit status: 0 every check passed; 1 a check failed; 2 bad input (the message names it); "
+               f"{COVERAGE_ONLY_EXIT} only the branch coverage failed (every objective comparison passed; "
+               "use a larger --batch)")
 
 
 def _devices(arg: str) -> list[str]:
@@ -77,6 +83,7 @@ def cmd_report(args) -> int:
     from parity.suite.run import run_suite
     from parity.core.precision import XLA_COMPILE, pinned_precision, precision_settings, versions
     from parity.core.report import format_table, format_tolerances, write_json
+    from parity.suite.report import ParityReport
 
     start = time.time()
     dtypes = check_run_args(args)
@@ -89,13 +96,21 @@ def cmd_report(args) -> int:
     if args.checkpoint:
         def params_for(v):
             return checkpoints.load_params(args.checkpoint, v.arch, v.model_cfg, key=args.checkpoint_key)
+        print(f"weights: {args.checkpoint}{' (entry ' + args.checkpoint_key + ')' if args.checkpoint_key else ''}, "
+              f"for every variant (not random; no trained-weights rows)")
     results, meta_runs = run_suite(variants, dtypes, devices, seed=args.seed, batch=args.batch, params_for=params_for,
                                    trained_steps=args.trained_steps, xla_compile=args.xla_compile,
                                    checks=parse_groups(args.checks), mixed=args.mixed, rule=rule)
     elapsed = time.time() - start
     print(format_table(results))
     print(f"parity suite: {len(variants)} variants x {len(dtypes)} dtypes x {len(devices)} devices in {elapsed:.1f} s"
-          f" (XLA:CPU compile {args.xla_compile})")
+          f" (XLA:CPU compile {args.xla_compile})"
+          f"{'; weights ' + args.checkpoint if args.checkpoint else ''}")
+    report = ParityReport(results, variants, seed=args.seed, batch=args.batch, rule=rule, params_for=params_for,
+                          command={"arch": args.arch, "preset": args.preset, "sets": list(args.set),
+                                   "checkpoint": args.checkpoint, "checkpoint_key": args.checkpoint_key})
+    if not report.passed:  # what failed, and the debugger's blame or the command that gives it
+        print(report.failure_message(blame="auto"))
     if args.json:
         meta = {"versions": versions(), "precision": precision_settings(), "seed": args.seed,
                 "batch": args.batch, "elapsed_s": elapsed, "runs": meta_runs,
@@ -106,7 +121,9 @@ def cmd_report(args) -> int:
             meta["precision"] = pinned
         write_json(args.json, results, meta, archs, rule)
         print(f"wrote {args.json}")
-    return 0 if all(r.passed for r in results) else 1
+    if report.passed:
+        return 0
+    return COVERAGE_ONLY_EXIT if report.coverage_only else 1
 
 
 def cmd_convert(args) -> int:
@@ -118,8 +135,13 @@ def cmd_convert(args) -> int:
     cfg = arch.preset(args.preset)
     if args.set:
         cfg = override(cfg, args.set)
-    checkpoints.convert_file(args.src, args.dst, arch, cfg, key=args.checkpoint_key, overwrite=args.overwrite)
-    print(f"converted {args.src} -> {args.dst} ({arch.name} {args.preset or arch.default_preset})")
+    bad = checkpoints.convert_file(args.src, args.dst, arch, cfg, key=args.checkpoint_key, overwrite=args.overwrite,
+                                   allow_nonfinite=args.allow_nonfinite)
+    if bad:
+        print(f"warning: wrote non-finite weights (--allow-nonfinite): {', '.join(bad[:5])}"
+              f"{' and more' if len(bad) > 5 else ''}", file=sys.stderr)
+    kind = "torch state dict" if args.dst.endswith(checkpoints.TORCH_SUFFIXES) else 'orbax checkpoint {"params": tree}'
+    print(f"converted {args.src} -> {args.dst} ({kind}; {arch.name} {args.preset or arch.default_preset})")
     return 0
 
 
@@ -129,7 +151,7 @@ def build_parser(usage: str | None = None, others: dict | None = None) -> argpar
     dispatches itself, listed in the help (parity.cli's)."""
     from parity.checks.registry import CHECK_GROUPS, DEFAULT_CHECKS
 
-    p = argparse.ArgumentParser(prog="python -m parity", description=usage or __doc__,
+    p = argparse.ArgumentParser(prog="python -m parity", description=usage or __doc__, epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default=None, help="registered names (dit, flower; comma-separated; all) or "
                    "package.module:NAME (an Arch or a list of variants); default: the built-in suite")
@@ -161,7 +183,9 @@ def build_parser(usage: str | None = None, others: dict | None = None) -> argpar
                    help="calibrated rule: allowed |torch32 - jax32| / |jax32 - jax64| (default %(default)s)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     sub = p.add_subparsers(dest="command")
-    c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)")
+    c = sub.add_parser("convert", help="convert a checkpoint between orbax and torch (.pt/.safetensors)",
+                       description="DST: a .pt/.pth/.bin/.safetensors file (torch) or an orbax folder (no suffix), "
+                       'written as {"params": tree}; read back by convert and --checkpoint as the bare tree')
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--arch", required=True, help="a registered name or package.module:NAME (an Arch)")
@@ -169,6 +193,8 @@ def build_parser(usage: str | None = None, others: dict | None = None) -> argpar
     c.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     c.add_argument("--checkpoint-key", default=None)
     c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--allow-nonfinite", action="store_true",
+                   help="write NaN/inf weights anyway (with a warning); by default they are refused")
     from parity.debug.report import add_arguments
 
     add_arguments(sub.add_parser(
@@ -181,9 +207,13 @@ def build_parser(usage: str | None = None, others: dict | None = None) -> argpar
 
 def main(argv=None, usage: str | None = None, others: dict | None = None) -> int:
     """The check (default), `convert` and `debug`; exit 0 on success, 1 when a check failed,
-    2 on bad input (the message names it). `usage`, `others`: as `build_parser`."""
+    2 on bad input (the message names it), COVERAGE_ONLY_EXIT when only branch coverage
+    failed. `usage`, `others`: as `build_parser`."""
+    from meanflow_common.cli_args import usage_error_exit
+
     args = build_parser(usage, others).parse_args(argv)
-    try:
+
+    def run() -> int:
         if args.command == "convert":
             return cmd_convert(args)
         if args.command == "debug":
@@ -192,6 +222,5 @@ def main(argv=None, usage: str | None = None, others: dict | None = None) -> int
 
             return cmd_debug(args)
         return cmd_report(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
-        return 2
+
+    return usage_error_exit(run)
