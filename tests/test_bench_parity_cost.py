@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+import json
 import os
 import subprocess
+import textwrap
 import sys
 import time
 
@@ -48,19 +50,20 @@ def test_timeline_records_the_suites_steps_and_restores_the_harness(capsys):
     assert "| total |" in parity_cost.markdown(report)
 
 
-def test_suite_mode_reports_the_largest_process_and_the_tree(tmp_path):
+def test_suite_mode_reports_the_largest_process_and_the_tree():
     """The largest process is the suite's own (wait4 on it), not the largest child this
-    process ever waited for (RUSAGE_CHILDREN): a 3 GB child run first must not show. (A
-    child's high-water mark starts at its spawning parent's resident set, so the tree is
-    compared with it in a small parent: the command line.)"""
-    subprocess.run([sys.executable, "-c", "import numpy as np; a = np.ones(3 * 2**30 // 8)"], check=True)
-    row = parity_cost.suite_run(TINY + ["--checks", "none"], timeout=600)
-    assert row["returncode"] == 0 and row["peak_rss_gb"] < 2.5
-    out = tmp_path / "suite.json"
-    subprocess.run([sys.executable, "-m", "parity.bench.parity_cost", "--suite", "--json", str(out), "--", *TINY,
-                    "--checks", "none"], check=True, capture_output=True)
-    import json
-
-    row = json.loads(out.read_text())
-    assert row["returncode"] == 0
+    process ever waited for (RUSAGE_CHILDREN): a 3 GB child run first must not show. A
+    child's high-water mark starts at its spawning parent's resident set, so the measuring
+    process is a small one of its own (not this test process, which may already hold GBs)."""
+    code = textwrap.dedent(f"""
+        import json, subprocess, sys
+        subprocess.run([sys.executable, "-c", "import numpy as np; a = np.ones(3 * 2**30 // 8)"], check=True)
+        from parity.bench import parity_cost
+        row = parity_cost.suite_run({TINY + ["--checks", "none"]!r}, timeout=600)
+        print(json.dumps(row))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["returncode"] == 0 and row["peak_rss_gb"] < 2.5, row
     assert row["peak_tree_rss_gb"] >= 0.9 * row["peak_rss_gb"] > 0.1
