@@ -9,6 +9,7 @@ The names a user needs (imported on first use: `import parity` itself loads neit
     BenchSpec              one benchmarked size of a network (`Arch.bench_sizes`)
     Objective, Quantity    an objective of the harness (the default MEANFLOW) and one compared output of it
     Convention, Adapter, JvpPoint   how an objective calls an Arch's network; the debugger's JVP call
+    AuxNet                 a frozen second network pair of an objective (a perceptual loss's features)
     MEANFLOW               the MeanFlow objective (parity.core.meanflow)
     register_objective, get_objective  the objective registry (`--objective NAME`)
     MeanFlowConfig         MeanFlow's settings of a Variant
@@ -40,6 +41,7 @@ _EXPORTS = {
     "Quantity": "parity.core.objective",
     "Convention": "parity.core.objective",
     "Adapter": "parity.core.objective",
+    "AuxNet": "parity.core.objective",
     "JvpPoint": "parity.core.objective",
     "ObjectiveMismatch": "parity.core.objective",
     "U_FN": "parity.core.objective",

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 
 from parity.core.arch import Variant
+from parity.core.aux_nets import jax_aux_nets
 from parity.core.precision import jax_compiler_options
 from parity.core.sides import jax_device, jax_dtype
 
@@ -33,7 +34,11 @@ def _loss_and_grad(variant: Variant, xla_compile: str, device: str):
     module, _ = arch.jax_build(variant.model_cfg)
 
     def loss_fn(params, *inputs):
-        out = objective.jax_loss(arch.jax_net(objective.convention, module, params), inputs, cfg)
+        aux = {}
+        if objective.aux:  # the auxiliary networks' weights come last (parity.core.aux_nets)
+            *inputs, weights = inputs
+            aux = {"aux": jax_aux_nets(objective, weights)}
+        out = objective.jax_loss(arch.jax_net(objective.convention, module, params), tuple(inputs), cfg, **aux)
         return out[objective.loss], out
 
     return jax.jit(jax.value_and_grad(loss_fn, has_aux=True), donate_argnums=0,

@@ -29,6 +29,7 @@ import torch
 
 from parity import convert
 from parity.core.arch import Arch, Variant
+from parity.core.aux_nets import jax_aux_inputs, torch_aux_nets
 from parity.core.compare import CheckResult, compare, compare_grads
 from parity.core.controls import check_control
 from parity.core.executables import executable, forget_compiled, precompile  # noqa: F401  (re-exported)
@@ -114,7 +115,7 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
     for k in range(1, steps + 1):
         bundle = variant.objective.make_bundle(variant, batch, seed + 1000 + k)
         with jax.default_device(jax_device(device)):  # called as run_jax calls it: the same executable
-            inputs = variant.objective.jax_inputs(variant, bundle, dtype)
+            inputs = jax_side_inputs(variant, bundle, dtype)
             params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(p) for p in leaves])
             _, grads = executable(variant, params, inputs, dtype, device, xla_compile)(params, *inputs)
             del params
@@ -160,6 +161,12 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
+def jax_side_inputs(variant: Variant, bundle, dtype: str) -> tuple:
+    """The inputs of the variant's compiled JAX loss: its objective's (`Objective.jax_inputs`),
+    then the weights of its auxiliary networks, if any (parity.core.aux_nets)."""
+    return tuple(variant.objective.jax_inputs(variant, bundle, dtype)) + jax_aux_inputs(variant.objective, dtype)
+
+
 def _jax_outputs(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, dtype: str, device: str,
                  xla_compile: str = "fast", consume: bool = False) -> tuple[dict, dict]:
     """(terms as float64 NumPy in the JAX layout, the gradients as a flat {"a/b": array} dict
@@ -170,7 +177,7 @@ def _jax_outputs(arch: Arch, variant: Variant, params_np: dict, bundle: InputBun
     jdt = jax_dtype(dtype)
     objective = variant.objective
     with jax.default_device(jax_device(device)):
-        inputs = objective.jax_inputs(variant, bundle, dtype)
+        inputs = jax_side_inputs(variant, bundle, dtype)
         fn = executable(variant, params_np, inputs, dtype, device, xla_compile)
         leaves, treedef = jax.tree_util.tree_flatten(params_np)
         if consume:
@@ -227,8 +234,9 @@ def run_torch(arch: Arch, variant: Variant, state_dict: dict, bundle: InputBundl
     module = build_torch(arch, variant.model_cfg, state_dict, dtype, device, control, train=module_train, share=True)
     inputs = objective.torch_inputs(variant, bundle, dtype, device)
     patch = control.objective() if control is not None and control.objective else contextlib.nullcontext()
+    aux = {"aux": torch_aux_nets(objective, dtype, device)} if objective.aux else {}
     with patch:
-        out = objective.torch_loss(arch.torch_net(objective.convention, module), inputs, variant.mf_cfg, jvp)
+        out = objective.torch_loss(arch.torch_net(objective.convention, module), inputs, variant.mf_cfg, jvp, **aux)
     module.zero_grad(set_to_none=True)
     out[objective.loss].backward()
     terms = {q.name: from_torch(arch, out[q.name], data=q.data) for q in objective.quantities}
@@ -394,7 +402,7 @@ def compile_variant(variant: Variant, dtype: str, device: str = "cpu", *, batch:
     if bundle is None:
         bundle = variant_bundle(variant, batch, seed)
     with jax.default_device(jax_device(device)):
-        precompile([(variant, params, variant.objective.jax_inputs(variant, bundle, d), d) for d in dtypes], device,
+        precompile([(variant, params, jax_side_inputs(variant, bundle, d), d) for d in dtypes], device,
                    xla_compile)
     return dtypes
 

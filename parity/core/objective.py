@@ -114,6 +114,27 @@ class JvpPoint:
 
 
 @dataclass(frozen=True, eq=False)
+class AuxNet:
+    """A second network pair an objective calls besides the trained one (e.g. the feature
+    network of a perceptual loss), frozen: it gets no gradient and its weights are the same
+    numbers on both sides (converted through its Arch's table).
+
+    arch: its Arch (builders, table, calls); convention: how the objective calls it (default
+    U_FN); preset: its model config (default the Arch's default preset); params(model_cfg) ->
+    JAX-layout weights (NumPy; pretrained ones, the user's), or None: every leaf random from a
+    fixed seed, rounded to float32 (so a float64 and a float32 run see the same numbers)."""
+
+    arch: Any
+    convention: Convention = None
+    preset: str | None = None
+    params: Callable | None = None
+
+    def __post_init__(self):
+        if self.convention is None:
+            object.__setattr__(self, "convention", U_FN)
+
+
+@dataclass(frozen=True, eq=False)
 class Objective:
     """One training objective, computed by both sides. Compared by identity (the harness
     caches compiled functions per objective); pickled by reference (a module attribute).
@@ -140,7 +161,9 @@ class Objective:
     jvp_point(variant, bundle, ref_terms) -> JvpPoint and jvp_call(net, primals, fixed, y)
     -> output (optional): the debugger's network call inside the JVP; jvp_terms: the
     (primal, tangent) quantities of that call (e.g. ("u", "du_dt")); hints: ((quantity, what
-    a first failure there means), ...) in the order the objective computes them.
+    a first failure there means), ...) in the order the objective computes them;
+    aux: {name: AuxNet} frozen second networks (a perceptual loss's): then both
+    implementations are called with `aux={name: that network's callable}` as a keyword.
     """
 
     name: str
@@ -163,6 +186,7 @@ class Objective:
     jvp_call: Callable | None = None
     jvp_terms: tuple = ()
     hints: tuple = ()
+    aux: Mapping[str, AuxNet] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):
@@ -187,6 +211,12 @@ class Objective:
                 (self.jvp_point is not None and len(self.jvp_terms) != 2):
             raise ValueError(f"Objective {self.name!r}: the debugger needs jvp_point, jvp_call and jvp_terms "
                              f"(primal, tangent) among its quantities together, got jvp_terms {self.jvp_terms}")
+        for name, a in self.aux.items():
+            if not isinstance(a, AuxNet):
+                raise TypeError(f"Objective {self.name!r}: aux[{name!r}] must be a parity.AuxNet, got {type(a).__name__}")
+            if not a.arch.supports(a.convention):
+                raise ObjectiveMismatch(f"objective {self.name}: its auxiliary network {name!r} is called as "
+                                        f"{a.convention.signature}, which Arch {a.arch.name} does not provide")
         for c in (*self.controls, *self.no_op_changes.values()):  # refused under another objective
             if not c.for_objective:
                 object.__setattr__(c, "for_objective", self.name)
