@@ -17,7 +17,9 @@ that both sides compute:
   is refused with a message naming both;
 - its samplers' check against NumPy formulas, its branch-coverage predicate, its negative
   controls, its default variants on an Arch, and the network call inside its JVP for the
-  debugger (`jvp_point`, `jvp_call`, `jvp_terms`, `hints`).
+  debugger (`jvp_point`, `jvp_call`, `jvp_terms`, `hints`);
+- frozen second network pairs it calls (`aux`: `AuxNet`, e.g. a perceptual loss's features),
+  whose weights the harness gives both sides (parity.core.aux_nets).
 
 Nothing outside an objective's own definition looks at its name except to print it. The
 built-in `MEANFLOW` is in `parity.core.meanflow`; the registry (`register_objective`,
@@ -32,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from parity.core.tolerances import QUANTITIES
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,8 +204,6 @@ class Objective:
             raise ValueError(f"Objective {self.name!r}: quantities must be non-empty and distinct, got {names}")
         if self.loss not in names:
             raise ValueError(f"Objective {self.name!r}: loss {self.loss!r} is not one of its quantities {names}")
-        from parity.core.tolerances import QUANTITIES
-
         for q in self.quantities:
             if q.tol_class not in QUANTITIES:
                 raise ValueError(f"Objective {self.name!r}: quantity {q.name!r} has tolerance class "
