@@ -1,4 +1,4 @@
-"""Parity between a JAX/Flax network and its PyTorch port under the MeanFlow objective.
+"""Parity between a JAX/Flax network and its PyTorch port under a training objective (MeanFlow by default).
 
 The names a user needs (imported on first use: `import parity` itself loads neither backend):
 
@@ -7,7 +7,12 @@ The names a user needs (imported on first use: `import parity` itself loads neit
     CHANNELS_LAST_TO_FIRST the NHWC <-> NCHW layout of image networks
     register_arch, get_arch  the registry (`--arch NAME`); also the `parity.archs` entry points
     BenchSpec              one benchmarked size of a network (`Arch.bench_sizes`)
-    MeanFlowConfig         the objective's settings of a Variant
+    Objective, Quantity    an objective of the harness (the default MEANFLOW) and one compared output of it
+    Convention, Adapter, JvpPoint   how an objective calls an Arch's network; the debugger's JVP call
+    AuxNet                 a frozen second network pair of an objective (a perceptual loss's features)
+    MEANFLOW               the MeanFlow objective (parity.core.meanflow)
+    register_objective, get_objective  the objective registry (`--objective NAME`)
+    MeanFlowConfig         MeanFlow's settings of a Variant
     Table, Rule            the conversion table between the Flax tree and the torch state dict
     InputBundle, sample_tr_numpy, drop_mask_numpy, cover_guidance_window   the float64 inputs an Arch builds
     check                  run the suite: check(arch_or_variants, dtypes=..., device=..., seed=..., batch=...)
@@ -32,6 +37,17 @@ _EXPORTS = {
     "CHANNELS_LAST_TO_FIRST": "parity.core.arch",
     "SAME_LAYOUT": "parity.core.arch",
     "BenchSpec": "parity.core.arch",
+    "Objective": "parity.core.objective",
+    "Quantity": "parity.core.objective",
+    "Convention": "parity.core.objective",
+    "Adapter": "parity.core.objective",
+    "AuxNet": "parity.core.objective",
+    "JvpPoint": "parity.core.objective",
+    "ObjectiveMismatch": "parity.core.objective",
+    "U_FN": "parity.core.objective",
+    "MEANFLOW": "parity.core.meanflow",
+    "register_objective": "parity.archs.registry",
+    "get_objective": "parity.archs.registry",
     "register_arch": "parity.archs.registry",
     "get_arch": "parity.archs.registry",
     "resolve_variants": "parity.archs.registry",

@@ -4,6 +4,7 @@ framework). Opt-in: a test that asks for the `parity_check` fixture.
 
     def test_port(parity_check):
         parity_check(MY_ARCH, dtypes=("float64", "float32"))
+        parity_check(MY_ARCH, objective=MY_OBJECTIVE, dtypes=("float64",))   # another objective
 
 `parity_check(target, **options)` runs `parity.check(target, **options)` and raises
 `parity.ParityError` (an AssertionError: the test fails; `pytest.raises(parity.ParityError)`
@@ -28,8 +29,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def parity_check():
-    """parity_check(target, dtypes=("float32", "float64"), device="cpu", seed=0, batch=6, **options)
-    -> ParityReport; target: an Arch, a Variant, a list of Variants or an --arch spec string."""
+    """parity_check(target, dtypes=("float32", "float64"), device="cpu", seed=0, batch=6,
+    objective=None, **options) -> ParityReport; target: an Arch, a Variant, a list of Variants
+    or an --arch spec string; objective: an Objective, a registered name or package.module:NAME
+    (None: MeanFlow)."""
 
     def run(target, dtypes=("float32", "float64"), **options):
         from parity.suite.api import check

@@ -59,9 +59,12 @@ _TORCH, _JAX = ("torch", "functorch"), ("jax", "jaxlib", "flax", "optax", "orbax
 
 @pytest.mark.parametrize(
     "modules, blocked",
-    [(["examples.conv_velocity.flax_net"], _TORCH), (["examples.conv_velocity.torch_net"], _JAX),
-     # an Arch, its table and the engine load neither framework (the builders import them when called)
-     (["examples.conv_velocity", "parity", "parity.convert", "parity.core.arch"], _TORCH + _JAX)],
+    [(["examples.conv_velocity.flax_net", "examples.scm.jax_objective"], _TORCH),
+     (["examples.conv_velocity.torch_net", "examples.scm.torch_objective"], _JAX),
+     # an Arch, an Objective, a table and the engine load neither framework (the builders and
+     # implementations import them when called)
+     (["examples.conv_velocity", "examples.scm", "parity", "parity.convert", "parity.core.arch",
+       "parity.core.meanflow"], _TORCH + _JAX)],
     ids=["example_flax_without_torch", "example_torch_without_jax", "example_arch_without_either"],
 )
 def test_example_imports_without_other_framework(modules, blocked):

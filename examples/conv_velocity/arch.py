@@ -21,14 +21,20 @@ from parity.core.inputs import InputBundle, cover_guidance_window, drop_mask_num
 MEANFLOW = MeanFlowConfig(data_proportion=0.5, class_dropout_prob=0.3)
 
 
-def make_bundle(variant, batch: int, seed: int, **_options) -> InputBundle:
-    """float64: images x, noise e [B, S, S, C] (NHWC, the JAX layout), labels y int [B], (t, r) [B], drop mask."""
-    cfg = variant.model_cfg
-    rng = np.random.default_rng(seed)
+def make_data(cfg, batch: int, rng: np.random.Generator, **_options):
+    """float64 images x [B, S, S, C] (NHWC, the JAX layout) and labels y int [B] from `rng`:
+    the data alone, around which an objective other than MeanFlow draws its randomness."""
     shape = (batch, cfg.image_size, cfg.image_size, cfg.channels)
     x = 0.5 * rng.standard_normal(shape)
     y = rng.integers(0, cfg.num_classes, size=batch)
-    e = rng.standard_normal(shape)
+    return x, y
+
+
+def make_bundle(variant, batch: int, seed: int, **_options) -> InputBundle:
+    """float64: images x, noise e [B, S, S, C] (NHWC, the JAX layout), labels y int [B], (t, r) [B], drop mask."""
+    rng = np.random.default_rng(seed)
+    x, y = make_data(variant.model_cfg, batch, rng)
+    e = rng.standard_normal(x.shape)
     t, r = sample_tr_numpy(rng, batch, variant.mf_cfg)
     drop = drop_mask_numpy(rng, batch, variant.mf_cfg.class_dropout_prob)
     t, r = cover_guidance_window(t, r, drop, variant.mf_cfg)  # kept samples inside and outside [t_start, t_end]
@@ -80,7 +86,8 @@ def _torch_build(broken_block):
 
 
 _COMMON = dict(
-    presets=PRESETS, default_preset="tiny", table=TABLE, make_bundle=make_bundle, jax_build=jax_build,
+    presets=PRESETS, default_preset="tiny", table=TABLE, make_bundle=make_bundle, make_data=make_data,
+    jax_build=jax_build,
     jax_u_fn=jax_u_fn, torch_u_fn=torch_u_fn, jax_y=jax_labels, torch_y=torch_labels, variants=variants,
     null_label=lambda cfg: cfg.num_classes, layout=CHANNELS_LAST_TO_FIRST, module_map=ModuleMapSpec(block="blocks.{i}"),
 )

@@ -15,7 +15,7 @@ from parity import convert
 from parity.core.arch import Variant
 from parity.checks.base import Check, is_first_of_arch
 from parity.core.compare import CheckResult, compare, compare_grads
-from parity.core.harness import (TERMS, forget_compiled, master_dtype, random_params, run_jax, run_torch,
+from parity.core.harness import (forget_compiled, master_dtype, random_params, run_jax, run_torch,
                                  summarise_grads, variant_bundle)
 from parity.core.tolerances import tolerance
 
@@ -53,9 +53,9 @@ def dropout_eval_checks(variant: Variant, dtype: str, device: str = "cpu", *, se
     for side, run in runs.items():
         zero, rates = run(variant, False), run(dropped, True)
         labels = dict(arch=arch.name, variant=f"{EVAL_ROW_PREFIX}{side}", dtype=dtype, device=device)
-        for k in TERMS:
-            results.append(compare(zero.terms[k], rates.terms[k], quantity=k,
-                                   tol=tolerance(dtype, device, k, arch), **labels))
+        for q in variant.objective.quantities:
+            results.append(compare(zero.terms[q.name], rates.terms[q.name], quantity=q.name,
+                                   tol=tolerance(dtype, device, q.name, arch, q.tol_class), **labels))
         grads = compare_grads(zero.grads, rates.grads, tol=tolerance(dtype, device, "grad", arch), **labels)
         results.append(summarise_grads(grads))
         del zero, rates, grads

@@ -13,7 +13,11 @@ Calling conventions (both networks):
   `jax_u_fn(module, params, dropout_rng=None) -> u_fn(z, t, h, y, train) -> u`.
 - torch: `torch_build(model_cfg) -> nn.Module` with `forward(z, t, h, y, train=False) -> u`;
   `torch_u_fn(module) -> u_fn(z, t, h, y, train) -> u`.
-z and u have the data's shape (in each side's layout), t and h are [B].
+z and u have the data's shape (in each side's layout), t and h are [B]. That is the
+MeanFlow family's call (`parity.core.objective.U_FN`); an objective that calls the network
+another way (`Objective.convention`) is served through `Arch.adapters`
+({Convention: Adapter(jax=..., torch=...)}), and an Arch without its convention is refused
+(`Objective.check_arch`).
 
 The registry (`register_arch`, `get_arch`, `resolve_variants`: a name, an entry point of the
 group `parity.archs`, or a `package.module:NAME` spec) lives above this module, with the
@@ -21,7 +25,6 @@ built-ins, in `parity.archs.registry`.
 """
 from __future__ import annotations
 
-import importlib
 import pickle
 import sys
 from dataclasses import dataclass, field, replace
@@ -31,7 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from meanflow_common.config import MeanFlowConfig, get_preset, override
-
+from parity.core.meanflow import MEANFLOW
+from parity.core.objective import U_FN, Adapter, Convention, Objective, check_u_shape, load_object  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,13 @@ class Arch:
     name: printed in reports (and the registry key); presets: {name: model config};
     default_preset: the preset of the default variants;
     table: the `parity.convert.Table` between the Flax tree and the torch state dict;
-    make_bundle(variant, batch, seed, **options) -> `InputBundle` (float64, JAX layout);
+    make_bundle(variant, batch, seed, **options) -> `InputBundle` (float64, JAX layout): the
+    MeanFlow objective's whole bundle (None: drawn from `make_data` by the objective);
+    make_data(model_cfg, batch, rng, **options) -> (x, y): the data and conditioning alone,
+    float64 NumPy in the JAX layout, drawn from the NumPy generator `rng` (what objectives
+    other than MeanFlow draw their bundles around);
+    adapters: {Convention: Adapter} calls of the network beyond `jax_u_fn`/`torch_u_fn`
+    (which serve `U_FN`), for objectives that call it another way;
     jax_y(y, dtype) / torch_y(y, dtype, device): a bundle's y as each side's conditioning;
     null_label(model_cfg) -> the null class (an int), or None for networks without class
     labels (then no guidance and no class dropout);
@@ -118,7 +128,6 @@ class Arch:
     presets: Mapping[str, Any]
     default_preset: str
     table: Any
-    make_bundle: Callable[..., Any]
     jax_build: Callable[[Any], tuple]
     jax_u_fn: Callable[..., Callable]
     torch_build: Callable[[Any], Any]
@@ -136,6 +145,9 @@ class Arch:
     jax_shapes: Callable[[Any], Any] | None = None
     set_dropout: Callable[[Any, bool], Any] | None = None
     bench_sizes: Mapping[str, "BenchSpec"] = field(default_factory=dict)
+    make_bundle: Callable[..., Any] | None = None
+    make_data: Callable[..., tuple] | None = None
+    adapters: Mapping[Convention, Adapter] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):
@@ -145,6 +157,12 @@ class Arch:
                              f"its presets {sorted(self.presets)}")
         if self.tolerances and not self.tolerance_reason:
             raise ValueError(f"Arch {self.name!r}: tolerance overrides need a tolerance_reason (the measurement)")
+        if self.make_bundle is None and self.make_data is None:
+            raise ValueError(f"Arch {self.name!r}: give make_data(model_cfg, batch, rng) -> (x, y) (or make_bundle)")
+        for conv, adapter in self.adapters.items():
+            if not isinstance(conv, Convention) or not isinstance(adapter, Adapter):
+                raise TypeError(f"Arch {self.name!r}: adapters maps parity.Convention to parity.Adapter, got "
+                                f"{type(conv).__name__} -> {type(adapter).__name__}")
         for c in self.controls:
             # a bug in this network's modules or weights is refused on another network
             if (c.model is not None or c.state is not None) and not c.owner:
@@ -181,10 +199,18 @@ class Arch:
         """The model config of preset `name` (default: `default_preset`)."""
         return get_preset(self.presets, name or self.default_preset, f"{self.name} preset")
 
-    def default_variants(self, preset: str | None = None, sets: Sequence[str] = ()) -> list["Variant"]:
-        """The default suite on preset `preset`, model config fields overridden by `sets`
-        ("field=value")."""
-        out = [Variant(self, name, model_cfg, mf_cfg) for name, model_cfg, mf_cfg in self.variants(self.preset(preset))]
+    def default_variants(self, preset: str | None = None, sets: Sequence[str] = (),
+                         objective: Objective | None = None) -> list["Variant"]:
+        """The default suite on preset `preset` under `objective` (default MEANFLOW: the
+        Arch's own `variants`; another objective's `variants(arch, model_cfg)`), model config
+        fields overridden by `sets` ("field=value")."""
+        objective = MEANFLOW if objective is None else objective
+        if not isinstance(objective, Objective):
+            raise TypeError(f"objective must be a parity.Objective, got {type(objective).__name__} {objective!r} "
+                            f"(look names up with parity.get_objective)")
+        objective.check_arch(self)
+        out = [Variant(self, name, model_cfg, cfg, objective)
+               for name, model_cfg, cfg in objective.variants(self, self.preset(preset))]
         if sets:  # after the variants: a field set by name holds in every variant
             out = [replace(v, model_cfg=override(v.model_cfg, list(sets))) for v in out]
         return out
@@ -197,15 +223,51 @@ class Arch:
             return None
         return np.full((batch,), int(self.null_label(variant.model_cfg)), dtype=np.int64)
 
+    @property
+    def conventions(self) -> tuple:
+        """The calls of the network this Arch provides: `U_FN` (jax_u_fn / torch_u_fn), then
+        its adapters'."""
+        return (U_FN, *(c for c in self.adapters if c is not U_FN))
+
+    def supports(self, convention: Convention) -> bool:
+        return any(c is convention for c in self.conventions)
+
+    def _adapter(self, convention: Convention) -> Adapter:
+        if convention in self.adapters:
+            return self.adapters[convention]
+        if convention is U_FN:
+            return Adapter(jax=self.jax_u_fn, torch=self.torch_u_fn)
+        have = "; ".join(c.signature for c in self.conventions)
+        raise ValueError(f"Arch {self.name} has no call {convention.signature} (convention {convention.name!r}); "
+                         f"its calls: {have}")
+
+    def jax_net(self, convention: Convention, module, params, dropout_rng=None) -> Callable:
+        """The JAX network called in `convention` (its adapter, or jax_u_fn for U_FN), its
+        output checked at trace time by the convention's `check` (costing the compiled
+        executable nothing)."""
+        return _checked(self._adapter(convention).jax(module, params, dropout_rng), self, "JAX", convention)
+
+    def torch_net(self, convention: Convention, module) -> Callable:
+        """The torch network called in `convention`, its output checked by the convention's
+        `check` before the objective's forward-mode AD meets it."""
+        return _checked(self._adapter(convention).torch(module), self, "torch", convention)
+
+    def data(self, model_cfg, batch: int, rng, **options) -> tuple:
+        """(x, y) of `make_data`; an Arch without it is refused, naming what to give."""
+        if self.make_data is None:
+            raise ValueError(f"Arch {self.name} has no make_data(model_cfg, batch, rng) -> (x, y), which objectives "
+                             f"that draw their own randomness need (it has a make_bundle for MeanFlow only)")
+        return self.make_data(model_cfg, batch, rng, **options)
+
     def checked_jax_u_fn(self, module, params, dropout_rng=None) -> Callable:
         """`jax_u_fn`'s u_fn, refusing a u whose shape is not z's (`check_u_shape`); the check
         runs at trace time, so it costs the compiled executable nothing."""
-        return _shape_checked(self.jax_u_fn(module, params, dropout_rng), self, "JAX")
+        return self.jax_net(U_FN, module, params, dropout_rng)
 
     def checked_torch_u_fn(self, module) -> Callable:
         """`torch_u_fn`'s u_fn, refusing a u whose shape is not z's (`check_u_shape`) before
         the objective's forward-mode AD meets it."""
-        return _shape_checked(self.torch_u_fn(module), self, "torch")
+        return self.torch_net(U_FN, module)
 
     def control(self, name: str):
         """This network's negative control `name`."""
@@ -215,73 +277,44 @@ class Arch:
         return by_name[name]
 
 
-def check_u_shape(arch: Arch, side: str, u_shape, z_shape) -> None:
-    """Raise ValueError unless the `side` ("JAX" or "torch") network's u has z's shape
-    (each in that side's layout), naming the side, both shapes and, when u's shape is a
-    permutation of z's, the layout the Arch declares."""
-    u_shape, z_shape = tuple(u_shape), tuple(z_shape)
-    if u_shape == z_shape:
-        return
-    hint = ""
-    if sorted(u_shape) == sorted(z_shape):
-        hint = (f"; u's shape is a permutation of z's: does the {side} network return the other side's layout? "
-                f"{arch.name}'s Arch.layout is {arch.layout.name!r} (JAX layout -> torch layout by "
-                f"layout.to_torch), and each side's u must be in its own side's layout")
-    raise ValueError(f"{arch.name}: the {side} network returned u of shape {u_shape} for z of shape {z_shape}; "
-                     f"u must have z's shape (Arch.{side.lower()}_u_fn, {side} layout){hint}")
+def _checked(fn: Callable, arch: Arch, side: str, convention: Convention) -> Callable:
+    if convention.check is None:
+        return fn
 
-
-def _shape_checked(u_fn: Callable, arch: Arch, side: str) -> Callable:
-    def checked(z, t, h, y, train=False):
-        u = u_fn(z, t, h, y, train)
-        check_u_shape(arch, side, getattr(u, "shape", ()), z.shape)
-        return u
+    def checked(*args):
+        out = fn(*args)
+        convention.check(arch, side, out, args)
+        return out
 
     return checked
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One configuration of the compared pair: the Arch object, a name, the model config and
-    the objective config."""
+    """One configuration of the compared pair: the Arch object, a name, the model config, the
+    objective's config (`mf_cfg`, named for the default objective; a `config_type` instance
+    of `objective`) and the `Objective` object (default MEANFLOW)."""
 
     arch: Arch
     name: str
     model_cfg: Any
-    mf_cfg: MeanFlowConfig
+    mf_cfg: Any
+    objective: Objective = MEANFLOW
 
     def __post_init__(self):
         if not isinstance(self.arch, Arch):
             raise TypeError(f"Variant.arch must be an Arch object, got {type(self.arch).__name__} {self.arch!r} "
                             f"(look names up with parity.get_arch)")
-        if not isinstance(self.mf_cfg, MeanFlowConfig):
-            raise TypeError(f"Variant {self.name!r}: mf_cfg must be a MeanFlowConfig, got {type(self.mf_cfg).__name__}")
-        needs = [f"{k}={getattr(self.mf_cfg, k)!r}" for k, on in (("guidance_eq", bool(self.mf_cfg.guidance_eq)),
-                 ("class_dropout_prob", self.mf_cfg.class_dropout_prob > 0)) if on]
-        if needs and self.arch.null_label is None:
-            raise ValueError(f"variant {self.name!r} of {self.arch.name}: its MeanFlowConfig has {' and '.join(needs)}, "
-                             f"which need the null class, but the Arch's null_label is None; give the Arch "
-                             f"null_label=lambda model_cfg: <the null class, e.g. model_cfg.num_classes>, or make "
-                             f"this variant unguided (Arch.variants: MeanFlowConfig(guidance_eq=\"\", "
-                             f"class_dropout_prob=0.0))")
+        if not isinstance(self.objective, Objective):
+            raise TypeError(f"Variant {self.name!r}: objective must be a parity.Objective, got "
+                            f"{type(self.objective).__name__} {self.objective!r} (look names up with "
+                            f"parity.get_objective)")
+        self.objective.validate(self)
 
-
-def load_object(spec: str):
-    """The object named by "package.module:NAME" (the module imported from sys.path)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{spec!r} is not of the form package.module:NAME")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        raise ValueError(f"{spec!r}: cannot import module {module_name!r} ({err}); run from the folder that "
-                         f"holds it or install its package") from err
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{spec!r}: module {module_name!r} has no {attr!r}")
-        obj = getattr(obj, part)
-    return obj
+    @property
+    def cfg(self):
+        """The objective's config (the same object as `mf_cfg`)."""
+        return self.mf_cfg
 
 
 def _module_attribute(spec: str):

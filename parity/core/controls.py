@@ -1,17 +1,18 @@
 """Negative controls: known porting bugs, injected into the PyTorch side on purpose.
 
-Each `Control` reproduces one bug that a port of MeanFlow can plausibly contain. The
-harness run with the control active must FAIL (tests/test_parity_controls.py proves it
-for each); the same run without it passes. A harness that cannot see these bugs proves
-nothing.
+Each `Control` reproduces one bug that a port can plausibly contain. The harness run with
+the control active must FAIL (tests/test_parity_controls.py proves it for each); the same
+run without it passes. A harness that cannot see these bugs proves nothing.
 
 A control acts at one of three places:
-- `objective`: a context manager patching `torch_meanflow.objective` (how du/dt or the
-  target is formed), optionally with the JVP engine it needs (`engine`);
+- `objective`: a context manager patching the torch implementation of an objective (for
+  MeanFlow, `torch_meanflow.objective`: how du/dt or the target is formed), optionally with
+  the JVP engine it needs (`engine`);
 - `model`: a function applied to the torch module after the weights are loaded;
 - `state`: a function applied to the converted torch state dict (a conversion bug).
-The objective controls below fit every network; controls of the other two kinds name a
-network's modules and live with its `Arch` (`Arch.controls`).
+The MeanFlow controls below fit every network and belong to the MeanFlow objective
+(`Objective.controls`, `for_objective`); controls of the other two kinds name a network's
+modules and live with its `Arch` (`Arch.controls`). Importing this module loads no framework.
 """
 from __future__ import annotations
 
@@ -20,17 +21,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
 
-import torch
-
-import torch_meanflow.objective as tobj
-
 
 @dataclass(frozen=True)
 class Control:
     """One injected bug. module: the torch module the divergence debugger must blame
     ("" = the objective); engine: the torch JVP engine the bug needs (None: the run's);
     owner: the name of the network whose modules or weights a `model`/`state` bug names
-    (refused on another network; "" for a control that fits any)."""
+    (refused on another network; "" for a control that fits any); for_objective: the name of
+    the objective whose torch implementation an `objective` bug patches (set by the
+    `Objective` that lists it; refused under another objective)."""
 
     name: str
     description: str
@@ -40,10 +39,13 @@ class Control:
     module: str = ""
     engine: Optional[str] = None
     owner: str = ""
+    for_objective: str = ""
 
 
 @contextlib.contextmanager
 def _patched(name: str, replacement):
+    import torch_meanflow.objective as tobj
+
     original = getattr(tobj, name)
     setattr(tobj, name, replacement(original))
     try:
@@ -61,6 +63,8 @@ def _zero_z_tangent(original):
     """The seed guide's second JVP: tangents (0, 1, 0), the partial derivative in t."""
 
     def u_and_du_dt(fn, z_t, t, r, tangent, jvp_path, options):
+        import torch
+
         return original(fn, z_t, t, r, torch.zeros_like(tangent), jvp_path, options)
 
     return u_and_du_dt
@@ -70,6 +74,8 @@ def _autograd_wrt_t(original):
     """Backward-mode grad of sum(u) w.r.t. t: one number per sample, partial and summed."""
 
     def u_and_du_dt(fn, z_t, t, r, tangent, jvp_path, options):
+        import torch
+
         t_req = t.detach().requires_grad_(True)
         u = fn(z_t, t_req, r)
         (g,) = torch.autograd.grad(u.sum(), t_req, retain_graph=True)
@@ -132,20 +138,31 @@ NO_OP_PORTING_CHANGES: dict[str, Control] = {
 }
 
 
-def get_control(name: str, arch) -> Control:
-    """Control `name` of `arch` (its `controls`), or an objective-level one (any network)."""
-    table = {c.name: c for c in OBJECTIVE_CONTROLS}
-    table.update(NO_OP_PORTING_CHANGES)
+def get_control(name: str, arch, objective) -> Control:
+    """Control `name` of `arch` (its `controls`) or of `objective` (its controls and no-op
+    changes, which fit any network)."""
+    table = {c.name: c for c in objective.controls}
+    table.update(objective.no_op_changes)
     table.update({c.name: c for c in arch.controls})
     if name not in table:
-        raise KeyError(f"unknown control {name!r} for {arch.name}; available: {', '.join(sorted(table))}")
+        raise KeyError(f"unknown control {name!r} for {arch.name} under objective {objective.name}; "
+                       f"available: {', '.join(sorted(table))}")
     return table[name]
 
 
-def check_control(control: Control | None, arch) -> None:
+def check_control(control: Control | None, arch, objective=None) -> None:
     """A control that changes the model or its weights and was written for another network
-    (its `owner` names it) is refused on `arch`; ad-hoc controls (no owner) are the caller's."""
-    if control is None or (control.model is None and control.state is None):
+    (its `owner` names it) is refused on `arch`; one that patches another objective's torch
+    implementation (its `for_objective`) is refused under `objective`; ad-hoc controls (no
+    owner) are the caller's."""
+    if control is None:
+        return
+    if objective is not None and control.objective is not None and control.for_objective \
+            and control.for_objective != objective.name:
+        raise ValueError(f"control {control.name!r} patches the torch implementation of objective "
+                         f"{control.for_objective}, not of {objective.name} (whose controls are: "
+                         f"{', '.join(c.name for c in objective.controls) or 'none'})")
+    if control.model is None and control.state is None:
         return
     if any(c is control for c in arch.controls):
         return

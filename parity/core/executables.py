@@ -1,7 +1,7 @@
 """The compiled JAX loss-and-gradient of each configuration the harness runs.
 
-One executable per (architecture, model config, objective config, dtype, device, XLA
-compile mode, parameter and input shapes), compiled ahead of time and kept until the
+One executable per (architecture, objective, model config, objective config, dtype, device,
+XLA compile mode, parameter and input shapes), compiled ahead of time and kept until the
 suite forgets it. `precompile` compiles several at once, one thread each: XLA compiles
 in C++ on one core and releases the GIL, so the float32 reference and its float64 truth
 compile side by side on two cores in about the time of one (docs/BENCHMARKS.md). Tracing
@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 
 from parity.core.arch import Variant
+from parity.core.aux_nets import jax_aux_nets
 from parity.core.precision import jax_compiler_options
 from parity.core.sides import jax_device, jax_dtype
 
@@ -29,14 +30,16 @@ _COMPILES = [0]  # executables compiled by this process (for tests of reuse)
 
 
 def _loss_and_grad(variant: Variant, xla_compile: str, device: str):
-    from jax_meanflow.objective import meanflow_loss
-
-    arch, mf_cfg = variant.arch, variant.mf_cfg
+    arch, objective, cfg = variant.arch, variant.objective, variant.mf_cfg
     module, _ = arch.jax_build(variant.model_cfg)
 
-    def loss_fn(params, x, y, noise, null_y):
-        out = meanflow_loss(arch.checked_jax_u_fn(module, params), x, y, noise, mf_cfg, null_y=null_y, train=False)
-        return out.loss, out
+    def loss_fn(params, *inputs):
+        aux = {}
+        if objective.aux:  # the auxiliary networks' weights come last (parity.core.aux_nets)
+            *inputs, weights = inputs
+            aux = {"aux": jax_aux_nets(objective, weights)}
+        out = objective.jax_loss(arch.jax_net(objective.convention, module, params), tuple(inputs), cfg, **aux)
+        return out[objective.loss], out
 
     return jax.jit(jax.value_and_grad(loss_fn, has_aux=True), donate_argnums=0,
                    compiler_options=jax_compiler_options(xla_compile, device))
@@ -54,14 +57,15 @@ def _key(variant: Variant, params, inputs, dtype: str, device: str, xla_compile:
     leaves_i, tree_i = jax.tree_util.tree_flatten(inputs)
     # the trace-time settings that change the executable (jax.jit keys its own cache on them)
     settings = (str(jax.config.jax_default_matmul_precision), bool(jax.config.jax_enable_x64))
-    return (variant.arch, variant.model_cfg, variant.mf_cfg, dtype, device, xla_compile, settings, tree_p,
+    return (variant.arch, variant.objective, variant.model_cfg, variant.mf_cfg, dtype, device, xla_compile, settings,
+            tree_p,
             tuple(tuple(a.shape) for a in leaves_p), tree_i, tuple((tuple(a.shape), str(a.dtype)) for a in leaves_i))
 
 
 def precompile(jobs, device: str, xla_compile: str = "fast") -> list:
     """The executables of `jobs`, each (variant, params, inputs, dtype): params a tree with
     the weights' shapes (NumPy, JAX or shape structs; cast to `dtype`), inputs the JAX
-    objective's (x, y, noise, null_y) in `dtype` (parity.core.sides.jax_inputs). The ones not
+    objective's in `dtype` (`Objective.jax_inputs`; MeanFlow's (x, y, noise, null_y)). The ones not
     cached are compiled concurrently; returns them in the order of `jobs`."""
     keys = [_key(v, p, i, d, device, xla_compile) for v, p, i, d in jobs]
     todo = {}
@@ -89,7 +93,7 @@ def precompile(jobs, device: str, xla_compile: str = "fast") -> list:
 
 def executable(variant: Variant, params, inputs, dtype: str, device: str, xla_compile: str = "fast"):
     """The compiled loss-and-gradient of `variant` for these weights' and inputs' shapes:
-    called as exe(device params in `dtype`, *inputs) -> ((loss, MeanFlowOutput), grads),
+    called as exe(device params in `dtype`, *inputs) -> ((loss, {quantity: array}), grads),
     the device params donated (deleted by the call)."""
     return precompile([(variant, params, inputs, dtype)], device, xla_compile)[0]
 
@@ -97,8 +101,8 @@ def executable(variant: Variant, params, inputs, dtype: str, device: str, xla_co
 def forget_compiled(variant: Variant, dtypes=None) -> int:
     """Drop the cached executables of `variant` (of every dtype, or of `dtypes`; every
     compile mode, device and shape), so that their memory is freed; returns how many."""
-    keys = [k for k in _COMPILED if k[0] is variant.arch and k[1] == variant.model_cfg and k[2] == variant.mf_cfg
-            and (dtypes is None or k[3] in dtypes)]
+    keys = [k for k in _COMPILED if k[0] is variant.arch and k[1] is variant.objective and k[2] == variant.model_cfg
+            and k[3] == variant.mf_cfg and (dtypes is None or k[4] in dtypes)]
     for k in keys:
         del _COMPILED[k]
     return len(keys)

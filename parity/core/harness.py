@@ -4,11 +4,13 @@ For one `Variant`, `run_variant`:
 1. draws EVERY parameter at random into the JAX model's parameter shapes (zero-initialised
    layers make u = 0, so fresh weights prove nothing), in float64 rounded to the check's
    master dtype, or takes given weights;
-2. evaluates the MeanFlow objective with gradients on the JAX side (one float64 input
-   bundle cast to each side), then frees its copy of the weights;
+2. evaluates the variant's objective (`Variant.objective`, default MeanFlow) with gradients
+   on the JAX side (one float64 input bundle, `Objective.make_bundle`, cast to each side),
+   then frees its copy of the weights;
 3. converts the weights to torch through the architecture's table and evaluates the torch side;
-4. compares u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every parameter's
-   gradient (mapped back through the table), relative to JAX's max magnitude.
+4. compares every quantity the objective declares (MeanFlow: u, du/dt, v_g, u_tgt, the
+   per-sample loss, the loss) and every parameter's gradient of its loss (mapped back
+   through the table), relative to JAX's max magnitude.
 
 Cost at production size (time, memory, what was removed): docs/BENCHMARKS.md.
 """
@@ -27,19 +29,20 @@ import torch
 
 from parity import convert
 from parity.core.arch import Arch, Variant
+from parity.core.aux_nets import jax_aux_inputs, torch_aux_nets
 from parity.core.compare import CheckResult, compare, compare_grads
 from parity.core.controls import check_control
 from parity.core.executables import executable, forget_compiled, precompile  # noqa: F401  (re-exported)
 from parity.core.inputs import InputBundle, rounded_bundle
 from parity.core.rule import DEFAULT_RULE, Float32Rule, OwnErrors, own_errors_from
-from parity.core.sides import build_torch, from_torch, jax_device, jax_dtype, jax_inputs, torch_inputs
+from parity.core.meanflow import MEANFLOW
+from parity.core.sides import build_torch, from_torch, jax_device, jax_dtype
 from parity.core.tolerances import tolerance
 from torch_meanflow.objective import JvpOptions
 
-TERMS = ("u", "du_dt", "v_g", "u_tgt", "loss_per_sample", "loss")
-# Terms of the data's shape (moved between the layouts); the others are per sample or scalar.
-DATA_TERMS = ("u", "du_dt", "v_g", "u_tgt")
-NONZERO_TERMS = ("u", "du_dt")  # agreement on u = du/dt = 0 proves nothing: such a check fails
+# The default objective's compared terms (each objective declares its own: Objective.quantities).
+TERMS = MEANFLOW.names
+DATA_TERMS = MEANFLOW.data_names
 
 
 @dataclass
@@ -86,7 +89,8 @@ def random_params(arch: Arch, variant: Variant, seed: int, dtype: str = "float64
 
 def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: float = 3e-3, batch: int = 6,
                    xla_compile: str = "fast", dtype: str = "float64") -> dict:
-    """JAX parameters (NumPy in `dtype`) after `steps` Adam steps of MeanFlow from the standard init.
+    """JAX parameters (NumPy in `dtype`) after `steps` Adam steps of the variant's objective from
+    the standard init.
 
     The other realistic weight distribution besides full randomisation: the zero-initialised
     layers have moved off zero by training, not by fiat. Trains in `dtype` (the suite passes
@@ -109,9 +113,9 @@ def trained_params(arch: Arch, variant: Variant, seed: int, steps: int, *, lr: f
     m = [np.zeros(p.shape, ndt) for p in leaves]
     v = [np.zeros(p.shape, ndt) for p in leaves]
     for k in range(1, steps + 1):
-        bundle = arch.make_bundle(variant, batch, seed + 1000 + k)
+        bundle = variant.objective.make_bundle(variant, batch, seed + 1000 + k)
         with jax.default_device(jax_device(device)):  # called as run_jax calls it: the same executable
-            inputs = jax_inputs(arch, variant, bundle, dtype)
+            inputs = jax_side_inputs(variant, bundle, dtype)
             params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(p) for p in leaves])
             _, grads = executable(variant, params, inputs, dtype, device, xla_compile)(params, *inputs)
             del params
@@ -157,6 +161,12 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
+def jax_side_inputs(variant: Variant, bundle, dtype: str) -> tuple:
+    """The inputs of the variant's compiled JAX loss: its objective's (`Objective.jax_inputs`),
+    then the weights of its auxiliary networks, if any (parity.core.aux_nets)."""
+    return tuple(variant.objective.jax_inputs(variant, bundle, dtype)) + jax_aux_inputs(variant.objective, dtype)
+
+
 def _jax_outputs(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, dtype: str, device: str,
                  xla_compile: str = "fast", consume: bool = False) -> tuple[dict, dict]:
     """(terms as float64 NumPy in the JAX layout, the gradients as a flat {"a/b": array} dict
@@ -165,8 +175,9 @@ def _jax_outputs(arch: Arch, variant: Variant, params_np: dict, bundle: InputBun
     `consume`: the caller gives `params_np` up (it is emptied), each host leaf freed once on
     the device."""
     jdt = jax_dtype(dtype)
+    objective = variant.objective
     with jax.default_device(jax_device(device)):
-        inputs = jax_inputs(arch, variant, bundle, dtype)
+        inputs = jax_side_inputs(variant, bundle, dtype)
         fn = executable(variant, params_np, inputs, dtype, device, xla_compile)
         leaves, treedef = jax.tree_util.tree_flatten(params_np)
         if consume:
@@ -178,7 +189,7 @@ def _jax_outputs(arch: Arch, variant: Variant, params_np: dict, bundle: InputBun
         del leaves
         (_, out), grads = fn(params, *inputs)
         del params
-    terms = {k: np.asarray(getattr(out, k), np.float64) for k in TERMS}
+    terms = {k: np.asarray(out[k], np.float64) for k in objective.names}
     del out
     flat = convert.flatten_tree(grads)
     del grads
@@ -187,7 +198,7 @@ def _jax_outputs(arch: Arch, variant: Variant, params_np: dict, bundle: InputBun
 
 def run_jax(arch: Arch, variant: Variant, params_np: dict, bundle: InputBundle, dtype: str, device: str,
             xla_compile: str = "fast", consume: bool = False) -> SideOutputs:
-    """The JAX objective with gradients in `dtype` on `device`: terms (JAX layout, float64
+    """The variant's JAX objective with gradients in `dtype` on `device`: terms (JAX layout, float64
     NumPy) and gradients by torch name (NumPy in `dtype`, float32 for bfloat16). The device
     copy of the weights becomes the gradients; they are converted leaf by leaf, each JAX
     buffer released once converted. `consume`: `params_np` is given up (emptied) and each
@@ -210,25 +221,25 @@ def _grad_numpy(p: torch.nn.Parameter) -> np.ndarray:
 
 def run_torch(arch: Arch, variant: Variant, state_dict: dict, bundle: InputBundle, dtype: str, device: str,
               control=None, jvp: JvpOptions | None = None, module_train: bool = False) -> SideOutputs:
-    """The torch objective with gradients, run with train=False; `jvp`: the JVP engine and
-    attention (default JvpOptions(): "rules", "fused"), a control's engine taking precedence;
+    """The variant's torch objective with gradients, run with train=False; `jvp`: the JVP
+    engine and attention (default JvpOptions(): "rules", "fused"), a control's engine taking
+    precedence;
     module_train=True leaves the module in training mode, to show that dropout follows
     `train`, not `module.training`. Terms as float64 NumPy (JAX layout); gradients by name,
     NumPy in `dtype` (float32 for bfloat16), sharing memory with the freed module's grads."""
-    import torch_meanflow.objective as tobj
-
+    objective = variant.objective
     jvp = JvpOptions() if jvp is None else jvp
     if control is not None and control.engine is not None:
         jvp = JvpOptions(control.engine, jvp.attention)
     module = build_torch(arch, variant.model_cfg, state_dict, dtype, device, control, train=module_train, share=True)
-    x, y, noise, null_y = torch_inputs(arch, variant, bundle, dtype, device)
+    inputs = objective.torch_inputs(variant, bundle, dtype, device)
     patch = control.objective() if control is not None and control.objective else contextlib.nullcontext()
+    aux = {"aux": torch_aux_nets(objective, dtype, device)} if objective.aux else {}
     with patch:
-        out = tobj.meanflow_loss(arch.checked_torch_u_fn(module), x, y, noise, variant.mf_cfg, null_y=null_y, train=False,
-                                 jvp=jvp)
+        out = objective.torch_loss(arch.torch_net(objective.convention, module), inputs, variant.mf_cfg, jvp, **aux)
     module.zero_grad(set_to_none=True)
-    out.loss.backward()
-    terms = {k: from_torch(arch, getattr(out, k), data=k in DATA_TERMS) for k in TERMS}
+    out[objective.loss].backward()
+    terms = {q.name: from_torch(arch, out[q.name], data=q.data) for q in objective.quantities}
     del out
     grads = {name: _grad_numpy(p) for name, p in module.named_parameters()}
     return SideOutputs(terms, grads)
@@ -236,15 +247,17 @@ def run_torch(arch: Arch, variant: Variant, state_dict: dict, bundle: InputBundl
 
 def objective_checks(arch: Arch, variant: Variant, ref: SideOutputs, got: SideOutputs, dtype: str,
                      device: str, own: OwnErrors | None = None, rule: Float32Rule | None = None) -> list[CheckResult]:
-    """One result per objective term, then the gradients summarised as "grad" (the parameter
+    """One result per quantity of the variant's objective, then the gradients of its loss
+    summarised as "grad" (the parameter
     nearest its budget named; every parameter's check in its info["per_parameter"]); `own`
     and a calibrated `rule`: each budget from the reference's own float32 error
     (parity.core.rule), the fixed tolerance reported beside it."""
     labels = dict(arch=arch.name, variant=variant.name, dtype=dtype, device=device)
     results = [
-        compare(ref.terms[k], got.terms[k], quantity=k, tol=tolerance(dtype, device, k, arch),
-                nonzero=k in NONZERO_TERMS, own_err=None if own is None else own.terms[k], rule=rule, **labels)
-        for k in TERMS
+        compare(ref.terms[q.name], got.terms[q.name], quantity=q.name,
+                tol=tolerance(dtype, device, q.name, arch, q.tol_class), nonzero=q.nonzero,
+                own_err=None if own is None else own.terms[q.name], rule=rule, **labels)
+        for q in variant.objective.quantities
     ]
     grads = compare_grads(ref.grads, got.grads, tol=tolerance(dtype, device, "grad", arch), own=own, rule=rule,
                           **labels)
@@ -288,10 +301,10 @@ def reference_own_errors(arch: Arch, variant: Variant, params_np: dict, bundle: 
 
 def variant_bundle(variant: Variant, batch: int, seed: int, **options) -> InputBundle:
     """The input bundle of a run whose weights come from `seed`: the variant's own bundle
-    (`Arch.make_bundle`) drawn from seed + 1 at `batch` (`options`: the Arch's bundle options,
+    (`Objective.make_bundle`; MeanFlow's is the Arch's `make_bundle`) drawn from seed + 1 at `batch` (`options`: the Arch's bundle options,
     e.g. its benchmark inputs). Every tool that reproduces a parity run (the suite, the
     debugger, the checks, the benchmarks) draws its inputs here."""
-    return variant.arch.make_bundle(variant, batch, seed + 1, **options)
+    return variant.objective.make_bundle(variant, batch, seed + 1, **options)
 
 
 @dataclass
@@ -327,7 +340,7 @@ def run_sides(variant: Variant, dtype: str, device: str = "cpu", *, seed: int = 
     forgotten once run; `step(label, fn, *args)` runs each stage (a benchmark times them).
     """
     arch = variant.arch
-    check_control(control, arch)
+    check_control(control, arch, variant.objective)
     owned = params_np is None and not keep_weights
     if params_np is None:
         params_np = step("random weights", random_params, arch, variant, seed, master_dtype(dtype))
@@ -389,7 +402,7 @@ def compile_variant(variant: Variant, dtype: str, device: str = "cpu", *, batch:
     if bundle is None:
         bundle = variant_bundle(variant, batch, seed)
     with jax.default_device(jax_device(device)):
-        precompile([(variant, params, jax_inputs(variant.arch, variant, bundle, d), d) for d in dtypes], device,
+        precompile([(variant, params, jax_side_inputs(variant, bundle, d), d) for d in dtypes], device,
                    xla_compile)
     return dtypes
 

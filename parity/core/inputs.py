@@ -1,17 +1,19 @@
 """One input bundle, generated once in NumPy float64 and cast for each side.
 
-The bundle holds everything random that the objective consumes: data x, conditioning y
-(class labels for the DiT; conditioning tokens for FLOWER), noise e, times (t, r) and the
-class-dropout mask. Both backends get exactly these numbers, so any difference in their
-outputs comes from the implementations, not from the randomness.
+The bundle holds everything random that the objective consumes; MeanFlow's (`InputBundle`):
+data x, conditioning y (class labels for the DiT; conditioning tokens for FLOWER), noise e,
+times (t, r) and the class-dropout mask. Both backends get exactly these numbers, so any
+difference in their outputs comes from the implementations, not from the randomness.
+Another objective declares its own bundle (a frozen dataclass with x and y among its
+fields: `Objective.make_bundle`).
 
 Layouts: bundles are stored in the JAX layout; the architecture's `Arch.layout` moves data
-arrays to torch's (parity.core.sides). Each architecture builds its own bundle
-(`Arch.make_bundle`) from the samplers here.
+arrays to torch's (parity.core.sides). Each architecture builds its own MeanFlow bundle
+(`Arch.make_bundle`) from the samplers here, or gives its data alone (`Arch.make_data`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -90,16 +92,19 @@ def drop_mask_numpy(rng: np.random.Generator, batch: int, prob: float) -> np.nda
     return mask
 
 
-def rounded_bundle(bundle: InputBundle, dtype=np.float32) -> InputBundle:
-    """The bundle with every floating array (in y too, when it is a dict) rounded to `dtype`
-    and back to float64: the inputs a side in `dtype` sees, for a float64 run on the same
-    numbers. Integer and boolean arrays (labels, masks) are kept."""
+def rounded_bundle(bundle, dtype=np.float32):
+    """The bundle (any objective's: a dataclass of arrays) with every floating array field (in
+    a dict field such as y too) rounded to `dtype` and back to float64: the inputs a side in
+    `dtype` sees, for a float64 run on the same numbers. Integer and boolean arrays (labels,
+    masks) and other fields (labels) are kept."""
     def rnd(a):
-        a = np.asarray(a)
+        if isinstance(a, dict):
+            return {k: rnd(v) for k, v in a.items()}
+        if not isinstance(a, (np.ndarray, np.generic)):
+            return a
         return a.astype(dtype).astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
 
-    y = {k: rnd(v) for k, v in bundle.y.items()} if isinstance(bundle.y, dict) else rnd(bundle.y)
-    return replace(bundle, x=rnd(bundle.x), y=y, e=rnd(bundle.e), t=rnd(bundle.t), r=rnd(bundle.r))
+    return replace(bundle, **{f.name: rnd(getattr(bundle, f.name)) for f in fields(bundle)})
 
 
 def with_times(bundle: InputBundle, t: np.ndarray, r: np.ndarray) -> InputBundle:

@@ -13,7 +13,6 @@ import torch
 
 from meanflow_common.keys import check_keys_and_shapes
 from parity.convert.arrays import as_torch
-from parity.core.arch import Arch, Variant
 from parity.core.inputs import InputBundle
 
 DTYPES = ("float64", "float32", "bfloat16")
@@ -43,7 +42,7 @@ def jax_device(device: str):
 
 
 def jax_inputs(arch: Arch, variant: Variant, bundle: InputBundle, dtype: str):
-    """(x, y, noise, null_y) of the JAX objective: x [B, ...] (JAX layout), y the side's
+    """(x, y, noise, null_y) of the JAX MeanFlow objective (`MEANFLOW.jax_inputs`): x [B, ...] (JAX layout), y the side's
     conditioning, noise a jax_meanflow MeanFlowNoise, null_y int32 [B] or None."""
     from jax_meanflow.objective import MeanFlowNoise
 
@@ -66,7 +65,7 @@ def to_torch_tensor(arch: Arch, a, dtype: str, device: str = "cpu", data: bool =
 
 
 def torch_inputs(arch: Arch, variant: Variant, bundle: InputBundle, dtype: str, device: str = "cpu"):
-    """(x, y, noise, null_y) of the torch objective, x in torch's layout, null_y long [B] or None."""
+    """(x, y, noise, null_y) of the torch MeanFlow objective (`MEANFLOW.torch_inputs`), x in torch's layout, null_y long [B] or None."""
     from torch_meanflow.objective import MeanFlowNoise
 
     noise = MeanFlowNoise(e=to_torch_tensor(arch, bundle.e, dtype, device, data=True),

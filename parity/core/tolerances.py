@@ -30,13 +30,19 @@ TOLERANCES: dict[tuple[str, str], dict[str, float]] = {
 QUANTITIES = tuple(F32)
 
 
-def tolerance(dtype: str, device: str, quantity: str, arch=None) -> float:
+def tolerance(dtype: str, device: str, quantity: str, arch=None, tol_class: str | None = None) -> float:
     """The tolerance for `quantity` ("grad" covers every parameter's gradient); `arch`: the
-    `Arch` whose overrides apply (None: the defaults)."""
+    `Arch` whose overrides apply (None: the defaults), by quantity name, then by class;
+    `tol_class`: the quantity's tolerance class (an objective's `Quantity.tol_class`; default
+    the name itself)."""
     key = "grad" if quantity.startswith("grad") else quantity
     override = {} if arch is None else arch.tolerances.get(dtype, {})
     if key in override:
         return override[key]
+    if tol_class is not None and key != "grad":
+        key = tol_class
+        if key in override:
+            return override[key]
     try:
         return TOLERANCES[(dtype, device)][key]
     except KeyError as err:

@@ -3,17 +3,19 @@
 `run_debug` evaluates one variant on both sides from the same float64 input bundle as the
 harness, then:
 1. captures every module's output and input, primal and JVP tangent, for the network call
-   inside the MeanFlow JVP (primals (z_t, t, r), tangents (v_g, 1, 0); both sides get the
-   reference's v_g and the dropped labels, so the network is compared on identical inputs);
+   inside the objective's JVP (`Objective.jvp_point`; MeanFlow: primals (z_t, t, r),
+   tangents (v_g, 1, 0); both sides get the reference's v_g and the dropped labels, so the
+   network is compared on identical inputs);
 2. compares them module by module in execution order (torch hook order): max abs error and
-   max error relative to the JAX max magnitude, primal against the u tolerance and tangent
-   against the du/dt tolerance of the dtype (parity/core/tolerances.py);
+   max error relative to the JAX max magnitude, primal against the tolerance of the JVP's
+   primal term and tangent against that of its tangent term (`Objective.jvp_terms`; MeanFlow:
+   u and du/dt) in the dtype (parity/core/tolerances.py);
 3. blames a module: the first module over tolerance if its inputs agree (the bug is in its
    own computation), else its nearest compared ancestor (its input was computed wrongly by
    the ancestor's code between sub-modules, since every earlier module agrees);
-4. when the network agrees everywhere, compares the objective terms (u, v_g, du/dt, u_tgt,
-   losses, gradients) and names the objective as the place of the divergence, with the
-   first failing term and what that pattern means.
+4. when the network agrees everywhere, compares the objective terms (MeanFlow: u, v_g, du/dt,
+   u_tgt, losses, gradients) and names the objective as the place of the divergence, with the
+   first failing term and what that pattern means (`Objective.hints`).
 
 Precision matrix and compare modes live in parity/debug/modes.py; tables, the PNG and the
 JSON and the command line (`python -m parity debug`) in parity/debug/report.py.
@@ -27,6 +29,7 @@ from typing import Any
 from parity.core.arch import Variant
 from parity.core.compare import CheckResult, error_stats
 from parity.core.harness import objective_checks, run_sides
+from parity.core.meanflow import MEANFLOW
 from parity.core.rule import DEFAULT_RULE
 from parity.core.sides import build_torch
 from parity.core.tolerances import tolerance
@@ -50,22 +53,8 @@ __all__ = [
 
 OBJECTIVE = "objective"
 
-# Objective terms in the order the objective computes them, with what a first failure
-# there means once the network is known to agree at identical inputs.
-_OBJECTIVE_HINTS = (
-    ("v_g", "the guided velocity differs: classifier-free guidance or class dropout in the objective"),
-    ("u", "u differs although the network agrees at the reference inputs: the objective feeds the "
-          "network other inputs (z_t, h = t - r, the dropped labels)"),
-    ("du_dt", "du/dt differs while u agrees and the network's own tangents agree under (v_g, 1, 0): "
-              "the objective forms another derivative (a zero z-tangent gives the partial derivative "
-              "in t; autograd.grad w.r.t. t gives a summed partial); du/dt must be the JVP with "
-              "tangents (v_g, 1, 0)"),
-    ("u_tgt", "u_tgt differs while v_g and du/dt agree: the target formula v_g - clip(t - r, 0, 1) du/dt"),
-    ("loss_per_sample", "the per-sample loss differs while u and u_tgt agree: the loss reduction"),
-    ("loss", "the loss differs while the per-sample losses agree: the adaptive weight or the mean"),
-    ("grad", "every value agrees but the gradients differ: gradient flows where it must not "
-             "(no stop-gradient on the target u_tgt, or on the adaptive weight)"),
-)
+# MeanFlow's hints, as the objective declares them (Objective.hints).
+_OBJECTIVE_HINTS = MEANFLOW.hints
 
 
 @dataclass
@@ -206,13 +195,16 @@ def blame(modules: list) -> tuple[str, str, str | None]:
                              f"enclosing module whose own inputs agree)"), _display(first.name)
 
 
-def diagnose_objective(objective: list[CheckResult]) -> str:
+def diagnose_objective(objective: list[CheckResult], hints=_OBJECTIVE_HINTS) -> str:
+    """What the first failing term (in the objective's order, `hints`) says, or that the
+    network and objective agree."""
     by_name = {r.quantity: r for r in objective}
-    failing = [name for name, _ in _OBJECTIVE_HINTS if name in by_name and not by_name[name].passed]
+    failing = [name for name, _ in hints if name in by_name and not by_name[name].passed]
+    failing += [r.quantity for r in objective if not r.passed and r.quantity not in failing]
     if not failing:
         return "network and objective agree: no divergence"
     first = failing[0]
-    hint = dict(_OBJECTIVE_HINTS)[first]
+    hint = dict(hints).get(first, "")
     r = by_name[first]
     where = f" at {r.where}" if r.where else ""
     return (f"network agrees layer by layer; divergence in the objective: {first} "
@@ -271,7 +263,7 @@ def prepare_case(variant: Variant, dtype: str = "float64", device: str = "cpu", 
     sides = run_sides(variant, dtype, device, seed=seed, batch=batch, params_np=params_np, control=control,
                       jvp=JvpOptions(engine, attention), rule=DEFAULT_RULE, keep_weights=True)
     return DebugCase(arch, variant, dtype, device, control, sides.params_np, sides.state_dict, sides.bundle,
-                     net_inputs(arch, variant, sides.bundle, sides.jax.terms["v_g"]),
+                     net_inputs(arch, variant, sides.bundle, sides.jax.terms),
                      objective_checks(arch, variant, sides.jax, sides.torch, dtype, device, own=sides.own,
                                       rule=DEFAULT_RULE), sides.jax, engine, attention)
 
@@ -282,14 +274,15 @@ def analyse(case: DebugCase) -> DebugResult:
     jc = jax_capture(arch, variant, case.params_np, case.inputs, dtype, device)
     module = build_torch(arch, variant.model_cfg, case.state_dict, dtype, device, case.control)
     tc = torch_capture(arch, variant, module, case.inputs, dtype, device, case.jvp)
-    tol_p, tol_t = tolerance(dtype, device, "u", arch), tolerance(dtype, device, "du_dt", arch)
+    tol_p, tol_t = (tolerance(dtype, device, q, arch, variant.objective.quantity(q).tol_class)
+                    for q in variant.objective.jvp_terms)
     mmap = module_map(arch, variant.model_cfg)
     modules = compare_captures(jc, tc, mmap.torch_to_jax, tol_p, tol_t)
     blamed, reason, first = blame(modules)
     if first is not None:
         diagnosis = f"divergence in the network: blamed module {blamed}. {reason}"
     else:
-        diagnosis = diagnose_objective(case.objective)
+        diagnosis = diagnose_objective(case.objective, variant.objective.hints)
         if not diagnosis.startswith("network and objective agree"):
             blamed, reason = OBJECTIVE, diagnosis
     rows, growth = depth_growth(modules, mmap.blocks)

@@ -1,8 +1,10 @@
-"""Per-module capture of the network call inside the MeanFlow JVP, on both sides.
+"""Per-module capture of the network call inside the objective's JVP, on both sides.
 
 The divergence debugger (parity/debug/analyse.py) needs, for every module of the network, its
-output AND its input, each as primal and as JVP tangent, at primals (z_t, t, r) and
-tangents (v_g, 1, 0), under the same name on both sides:
+output AND its input, each as primal and as JVP tangent, at the primals and tangents of the
+objective's JVP (`Objective.jvp_point`; MeanFlow: primals (z_t, t, r), tangents
+(v_g, 1, 0), the network called as `Objective.jvp_call` says), under the same name on both
+sides:
 
 - JAX: `flax.linen.intercept_methods` records each module's `__call__` inside a function
   differentiated with `jax.jvp`, so the recorded values come out with their tangents. The
@@ -43,7 +45,7 @@ from flax import linen as nn
 
 from parity import convert
 from parity.core.arch import Arch, Variant
-from parity.core.inputs import InputBundle
+from parity.core.objective import JvpPoint
 from parity.core.sides import from_torch, jax_device, jax_dtype, to_torch_tensor, torch_dtype
 from torch_meanflow.attention import jvp_attention
 from torch_meanflow.jvp_rules import TangentRules
@@ -161,30 +163,22 @@ def _number_calls(names: list) -> list:
     return out
 
 
-@dataclass
-class NetInputs:
-    """The network call inside the MeanFlow JVP, float64, JAX layout.
-
-    z: z_t [B, ...data]; t, r: [B]; tangent: the z-tangent (v_g, or v with cfg.tangent "v");
-    bundle: the input bundle with y replaced by the labels the JVP sees (class dropout applied).
-    """
-
-    z: np.ndarray
-    t: np.ndarray
-    r: np.ndarray
-    tangent: np.ndarray
-    bundle: InputBundle
+# The network call inside the objective's JVP (float64, JAX layout): parity.core.objective.JvpPoint.
+NetInputs = JvpPoint
 
 
-def net_inputs(arch: Arch, variant: Variant, bundle: InputBundle, v_g: np.ndarray) -> NetInputs:
-    """Primals and tangents of the JVP from the bundle and the reference's v_g."""
-    tb = bundle.t.reshape((-1,) + (1,) * (bundle.x.ndim - 1))
-    z = (1.0 - tb) * bundle.x + tb * bundle.e
-    tangent = v_g if variant.mf_cfg.tangent == "guided" else bundle.e - bundle.x
-    null = arch.null_y(variant, bundle.batch_size)
-    if null is not None:
-        bundle = dataclasses.replace(bundle, y=np.where(bundle.drop_mask, null, bundle.y))
-    return NetInputs(z, bundle.t, bundle.r, np.asarray(tangent, np.float64), bundle)
+def net_inputs(arch: Arch, variant: Variant, bundle, ref_terms) -> JvpPoint:
+    """Primals and tangents of the objective's JVP from the bundle and the reference's terms
+    (`Objective.jvp_point`); an objective without one is refused, naming it."""
+    objective = variant.objective
+    if objective.jvp_point is None:
+        raise ValueError(f"objective {objective.name} declares no JVP point (Objective.jvp_point / jvp_call), "
+                         f"which the module-by-module debugger needs")
+    return dataclasses.replace(objective.jvp_point(variant, bundle, ref_terms), objective=objective)
+
+
+def _side_fixed(point: JvpPoint, cast) -> dict:
+    return {k: cast(a) for k, a in point.fixed.items()}
 
 
 def _is_float(x) -> bool:
@@ -196,15 +190,15 @@ def _jax_leaves(tree) -> list:
 
 
 @functools.lru_cache(maxsize=16)
-def _jax_capture_fn(arch: Arch, model_cfg):
-    """Jitted (params, z, t, r, y, tz) -> ((outs, ins), (d_outs, d_ins)) and the Flax paths
-    of the records (filled when the function is traced)."""
+def _jax_capture_fn(arch: Arch, model_cfg, objective):
+    """Jitted (params, primals, tangents, fixed, y) -> ((outs, ins), (d_outs, d_ins)) and the
+    Flax paths of the records (filled when the function is traced)."""
     module, _ = arch.jax_build(model_cfg)
     wanted = set(module_map(arch, model_cfg).jax_to_torch)
     paths: list[str] = []
 
-    def run(params, z, t, r, y, tz):
-        def net(z, t, r):
+    def run(params, primals, tangents, fixed, y):
+        def net(*primals):
             rec = []
 
             def record(next_fun, args, kwargs, context):
@@ -218,11 +212,11 @@ def _jax_capture_fn(arch: Arch, model_cfg):
             # so an entry point that jits (and has traced these shapes before) still runs the
             # modules, whose calls are recorded as they run
             with nn.intercept_methods(record), jax.disable_jit():
-                arch.checked_jax_u_fn(module, params)(z, t, t - r, y, False)
+                objective.jvp_call(arch.jax_net(objective.convention, module, params), primals, fixed, y)
             paths[:] = [p for p, _, _ in rec]
             return [o for _, o, _ in rec], [i for _, _, i in rec]
 
-        return jax.jvp(net, (z, t, r), (tz, jnp.ones_like(t), jnp.zeros_like(r)))
+        return jax.jvp(net, tuple(primals), tuple(tangents))
 
     return jax.jit(run), paths
 
@@ -235,12 +229,11 @@ def jax_capture(arch: Arch, variant: Variant, params_np: dict, inputs: NetInputs
                 device: str = "cpu") -> Capture:
     """Every mapped module of the JAX network, primal and tangent, in execution order."""
     jdt = jax_dtype(dtype)
-    fn, paths = _jax_capture_fn(arch, variant.model_cfg)
+    fn, paths = _jax_capture_fn(arch, variant.model_cfg, variant.objective)
     with jax.default_device(jax_device(device)):
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jdt), params_np)
-        args = [jnp.asarray(a, jdt) for a in (inputs.z, inputs.t, inputs.r)]
-        y = arch.jax_y(inputs.bundle.y, jdt)
-        (outs, ins), (d_outs, d_ins) = fn(params, args[0], args[1], args[2], y, jnp.asarray(inputs.tangent, jdt))
+        primals, tangents, fixed, y = jax_point(arch, inputs, dtype)
+        (outs, ins), (d_outs, d_ins) = fn(params, primals, tangents, fixed, y)
     j2t = module_map(arch, variant.model_cfg).jax_to_torch
     names = _number_calls([j2t[p] for p in paths])
     cap = Capture("jax")
@@ -262,12 +255,25 @@ def _torch_leaves(x) -> list:
     return []
 
 
-def torch_inputs(arch: Arch, inputs: NetInputs, dtype: str, device: str = "cpu"):
-    """(z, t, r, y, tz) as torch tensors in the torch layout."""
-    z = to_torch_tensor(arch, inputs.z, dtype, device, data=True)
-    tz = to_torch_tensor(arch, inputs.tangent, dtype, device, data=True)
-    t, r = (to_torch_tensor(arch, a, dtype, device) for a in (inputs.t, inputs.r))
-    return z, t, r, arch.torch_y(inputs.bundle.y, torch_dtype(dtype), device), tz
+def jax_point(arch: Arch, point: JvpPoint, dtype: str):
+    """(primals, tangents, fixed, y) of a JVP point as JAX arrays of `dtype` (JAX layout)."""
+    jdt = jax_dtype(dtype)
+    primals = tuple(jnp.asarray(a, jdt) for a in point.primals)
+    tangents = tuple(jnp.asarray(a, jdt) for a in point.tangents)
+    return primals, tangents, _side_fixed(point, lambda a: jnp.asarray(a, jdt)), arch.jax_y(point.y, jdt)
+
+
+def torch_point(arch: Arch, point: JvpPoint, dtype: str, device: str = "cpu"):
+    """(primals, tangents, fixed, y) of a JVP point as torch tensors (data in torch's layout)."""
+    primals = tuple(to_torch_tensor(arch, a, dtype, device, data=d) for a, d in zip(point.primals, point.data))
+    tangents = tuple(to_torch_tensor(arch, a, dtype, device, data=d) for a, d in zip(point.tangents, point.data))
+    fixed = _side_fixed(point, lambda a: to_torch_tensor(arch, a, dtype, device))
+    return primals, tangents, fixed, arch.torch_y(point.y, torch_dtype(dtype), device)
+
+
+def torch_inputs(arch: Arch, inputs: JvpPoint, dtype: str, device: str = "cpu"):
+    """(primals, tangents, fixed, y) as torch tensors in the torch layout (`torch_point`)."""
+    return torch_point(arch, inputs, dtype, device)
 
 
 def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs: NetInputs, dtype: str,
@@ -300,14 +306,14 @@ def torch_capture(arch: Arch, variant: Variant, module: torch.nn.Module, inputs:
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n in wanted]
-    z, t, r, y, tz = torch_inputs(arch, inputs, dtype, device)
+    primals, tangents, fixed, y = torch_point(arch, inputs, dtype, device)
+    objective = variant.objective
     try:
         with torch.no_grad(), fwAD.dual_level(), jvp_attention(jvp.attention):
-            zd = fwAD.make_dual(z, tz)
-            td = fwAD.make_dual(t, torch.ones_like(t))
-            rd = fwAD.make_dual(r, torch.zeros_like(r))
+            duals = tuple(fwAD.make_dual(p, d) for p, d in zip(primals, tangents))
             with TangentRules() if jvp.engine == "rules" else contextlib.nullcontext():
-                arch.checked_torch_u_fn(module)(zd, td, td - rd, y, False)  # the Arch's entry point, as the check
+                # the Arch's entry point in the objective's convention, as the check calls it
+                objective.jvp_call(arch.torch_net(objective.convention, module), duals, fixed, y)
     finally:
         for h in handles:
             h.remove()

@@ -27,7 +27,7 @@ import torch
 
 from parity.core.compare import error_stats
 from parity.core.sides import build_torch, jax_device
-from parity.debug.capture import torch_inputs
+from parity.debug.capture import jax_point, torch_inputs
 from torch_meanflow.attention import jvp_attention
 
 FLAX_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.Embed, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
@@ -42,22 +42,28 @@ def _bf16_layers(next_fun, args, kwargs, context):
     return clone.apply(dict(m.variables), *args, **kwargs)  # a LayerNorm without affine has no params
 
 
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def jax_mixed_u_du(arch, variant, params_np: dict, inputs, device: str = "cpu"):
-    """(u, du/dt) of the JAX network with Flax layers at dtype=bfloat16, param_dtype=float32;
-    float64 NumPy, JAX layout. Inputs and parameters float32."""
+    """(u, du/dt) of the JAX network (the output of the objective's network call and its
+    tangent) with Flax layers at dtype=bfloat16, param_dtype=float32; float64 NumPy, JAX
+    layout. Inputs and parameters float32."""
     module, _ = arch.jax_build(variant.model_cfg)
 
-    def run(params, z, t, r, y, tz):
-        def net(z, t, r):
-            with nn.intercept_methods(_bf16_layers):
-                return module.apply({"params": params}, z, t, t - r, y, train=False)
+    def run(params, primals, tangents, fixed, y):
+        def net(*primals):
+            # jit off inside, as the capture does: an entry point that jits still runs its layers here
+            with nn.intercept_methods(_bf16_layers), jax.disable_jit():
+                return _first(inputs.jax_call(arch, module, params, primals, fixed, y))
 
-        return jax.jvp(net, (z, t, r), (tz, jnp.ones_like(t), jnp.zeros_like(r)))
+        return jax.jvp(net, tuple(primals), tuple(tangents))
 
     with jax.default_device(jax_device(device)):
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params_np)
-        z, t, r, tz = (jnp.asarray(a, jnp.float32) for a in (inputs.z, inputs.t, inputs.r, inputs.tangent))
-        u, du = jax.jit(run)(params, z, t, r, arch.jax_y(inputs.bundle.y, jnp.float32), tz)
+        primals, tangents, fixed, y = jax_point(arch, inputs, "float32")
+        u, du = jax.jit(run)(params, primals, tangents, fixed, y)
     return np.asarray(u.astype(jnp.float32), np.float64), np.asarray(du.astype(jnp.float32), np.float64)
 
 
@@ -66,11 +72,10 @@ def torch_mixed_u_du(arch, module, inputs, device: str, jvp_in_autocast: bool, a
     block, with autocast left on for the JVP or disabled around it."""
     from parity.core.sides import from_torch
 
-    z, t, r, y, tz = torch_inputs(arch, inputs, "float32", device)
+    primals, tangents, fixed, y = torch_inputs(arch, inputs, "float32", device)
 
     def jvp():
-        return torch.func.jvp(lambda z, t, r: module(z, t, t - r, y, train=False), (z, t, r),
-                              (tz, torch.ones_like(t), torch.zeros_like(r)))
+        return torch.func.jvp(lambda *p: _first(inputs.torch_call(arch, module, p, fixed, y)), primals, tangents)
 
     with torch.no_grad(), jvp_attention(attention), torch.autocast(device, dtype=torch.bfloat16), \
             warnings.catch_warnings():

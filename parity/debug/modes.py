@@ -5,7 +5,8 @@ Both work on a `parity.debug.DebugCase` (weights, inputs and the JAX objective's
 - `precision_matrix`: float64, float32 at highest precision, float32 at the frameworks'
   default precision (TF32 matmuls/convolutions on an NVIDIA GPU; on CPU there is no TF32,
   so "default" computes the same as "highest") and bfloat16, for both backends: errors of
-  the network's u and du/dt (the JVP at primals (z_t, t, r), tangents (v_g, 1, 0)) against
+  the network's output and its tangent (u and du/dt for MeanFlow: the JVP of the objective's
+  network call, `Objective.jvp_point`, e.g. primals (z_t, t, r), tangents (v_g, 1, 0)) against
   a float64 JAX reference, and torch against JAX at the same setting; then the bf16-mixed
   rows (float32 weights, bfloat16 matmuls: torch autocast with the JVP inside it and outside
   it, Flax layers at dtype=bfloat16; parity/debug/mixed.py).
@@ -53,19 +54,25 @@ def _np(arch: Arch, x: torch.Tensor) -> np.ndarray:
     return from_torch(arch, x)
 
 
+def _first(out):
+    """The network's output, or its first (a network returning several, e.g. (u, v))."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def torch_u_du(arch: Arch, module, inputs: NetInputs, dtype: str, device: str = "cpu", fn_wrap=None,
                attention: str = DEFAULT_JVP.attention):
-    """(u, du/dt) of the torch network by `torch.func.jvp` with JVP attention `attention`;
+    """(output, its tangent) of the torch network (u and du/dt for MeanFlow) by
+    `torch.func.jvp` of the objective's network call with JVP attention `attention`;
     `fn_wrap` may wrap the whole JVP function (torch.compile)."""
-    z, t, r, y, tz = torch_inputs(arch, inputs, dtype, device)
+    primals, tangents, fixed, y = torch_inputs(arch, inputs, dtype, device)
+    net = arch.torch_net(inputs.objective.convention, module)
 
-    def jvp(z, t, r, tz):
-        return torch.func.jvp(lambda z, t, r: module(z, t, t - r, y, train=False), (z, t, r),
-                              (tz, torch.ones_like(t), torch.zeros_like(r)))
+    def jvp(primals, tangents):
+        return torch.func.jvp(lambda *p: _first(inputs.objective.jvp_call(net, p, fixed, y)), primals, tangents)
 
     run = fn_wrap(jvp) if fn_wrap is not None else jvp
     with torch.no_grad(), jvp_attention(attention):
-        u, du = run(z, t, r, tz)
+        u, du = run(primals, tangents)
     return _np(arch, u), _np(arch, du)
 
 
@@ -126,7 +133,8 @@ def _objective_paths(case) -> list:
                 runs.append((mode, None, None, None, f"unavailable: {err}"))
                 continue
             default = " (default)" if JvpOptions(engine, impl) == DEFAULT_JVP else ""
-            runs.append((mode + default, out.terms["u"], out.terms["du_dt"], None, ""))
+            primal, tangent = case.variant.objective.jvp_terms
+            runs.append((mode + default, out.terms[primal], out.terms[tangent], None, ""))
     return runs
 
 
@@ -151,18 +159,22 @@ def _network_paths(case, compile: bool) -> list:
     """(mode, u, du/dt or None, compile stats, note): the torch network eager and compiled."""
     arch, inputs, dtype, device = case.arch, case.inputs, case.dtype, case.device
     module = build_torch(arch, case.variant.model_cfg, case.state_dict, dtype, device, case.control)
-    z, t, r, y, tz = torch_inputs(arch, inputs, dtype, device)
+    primals, tangents, fixed, y = torch_inputs(arch, inputs, dtype, device)
+
+    def call(mod, args):
+        return _first(inputs.torch_call(arch, mod, args, fixed, y))
+
     u, du = torch_u_du(arch, module, inputs, dtype, device)
     runs = [("network: eager torch.func.jvp", u, du, None, "")]
     with torch.no_grad():
-        u = _np(arch, module(z, t, t - r, y, train=False))
+        u = _np(arch, call(module, primals))
     runs.append(("network: eager forward only (SDPA default kernel)", u, None, None, "no JVP on this path"))
     if not compile:
         return runs
 
     def forward_only(stats):
         with torch.no_grad():
-            return _np(arch, _compiled(module, stats)(z, t, t - r, y, train=False)), None
+            return _np(arch, call(_compiled(module, stats), primals)), None
 
     def compiled_jvp(stats):
         return torch_u_du(arch, module, inputs, dtype, device, fn_wrap=lambda f: _compiled(f, stats))
@@ -170,8 +182,7 @@ def _network_paths(case, compile: bool) -> list:
     def module_under_forward_ad(stats):
         compiled = _compiled(module, stats)
         with torch.no_grad(), fwAD.dual_level():
-            td = fwAD.make_dual(t, torch.ones_like(t))
-            out = compiled(fwAD.make_dual(z, tz), td, td - fwAD.make_dual(r, torch.zeros_like(r)), y, train=False)
+            out = call(compiled, tuple(fwAD.make_dual(p, d) for p, d in zip(primals, tangents)))
             u, du = fwAD.unpack_dual(out)
             return _np(arch, u), (None if du is None else _np(arch, du))
 

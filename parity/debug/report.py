@@ -168,6 +168,8 @@ def add_arguments(p):
     """The options of `python -m parity debug` (those of the parity report, plus the debugger's)."""
     p.add_argument("--arch", default="dit", help="a registered architecture (dit, flower) or package.module:NAME "
                    "(an Arch or a list of variants)")
+    p.add_argument("--objective", default=None, help="the objective: a registered name (meanflow, the default) or "
+                   "package.module:NAME (an Objective)")
     p.add_argument("--preset", default=None, help="preset of the architecture (default: its default preset)")
     p.add_argument("--variant", default=None, help="the first variant whose name contains this (default: the first)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -178,8 +180,8 @@ def add_arguments(p):
     p.add_argument("--batch", type=positive_int, default=6)
     p.add_argument("--checkpoint", default=None, help="orbax dir or .pt/.safetensors: debug these weights")
     p.add_argument("--checkpoint-key", default=None)
-    p.add_argument("--control", default=None, help="inject a negative control (parity/core/controls.py, or the "
-                   "architecture's own) into torch")
+    p.add_argument("--control", default=None, help="inject a negative control (the objective's, e.g. "
+                   "parity/core/controls.py for MeanFlow, or the architecture's own) into torch")
     p.add_argument("--jvp-engine", default=DEFAULT_ENGINE, choices=JVP_ENGINES, help="the torch objective's JVP engine")
     p.add_argument("--jvp-attention", default=DEFAULT_ATTENTION, choices=JVP_IMPLS,
                    help="the torch attention under a tangent")
@@ -192,10 +194,10 @@ def add_arguments(p):
     p.add_argument("--no-compile", action="store_true", help="with --compare-modes: skip torch.compile")
 
 
-def pick_variant(arch: str, preset: str | None, name: str | None, sets=()) -> Variant:
-    """The variant of `arch` (a registered name or package.module:NAME) called `name`, else
-    the first whose name contains `name` (any, when None)."""
-    every = resolve_variants(arch, preset, sets)
+def pick_variant(arch: str, preset: str | None, name: str | None, sets=(), objective=None) -> Variant:
+    """The variant of `arch` (a registered name or package.module:NAME) under `objective`
+    (None: MeanFlow) called `name`, else the first whose name contains `name` (any, when None)."""
+    every = resolve_variants(arch, preset, sets, objective)
     variants = [v for v in every if not name or name in v.name]
     variants = [v for v in variants if v.name == name] or variants
     if not variants:
@@ -210,8 +212,8 @@ def cmd_debug(args) -> int:
     from parity.debug.modes import compare_modes, precision_matrix
     from parity.core.precision import pinned_precision, versions
 
-    variant = pick_variant(args.arch, args.preset, args.variant, args.set)
-    control = get_control(args.control, variant.arch) if args.control else None
+    variant = pick_variant(args.arch, args.preset, args.variant, args.set, args.objective)
+    control = get_control(args.control, variant.arch, variant.objective) if args.control else None
     params = None
     if args.checkpoint:
         params = checkpoints.load_params(args.checkpoint, variant.arch, variant.model_cfg, key=args.checkpoint_key)

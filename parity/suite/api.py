@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from parity.archs.registry import resolve_variants
+from parity.archs.registry import get_objective, resolve_variants, with_objective
 from parity.checks.registry import DEFAULT_CHECKS, parse_groups
 from parity.core.arch import Arch, Variant
 from parity.core.rule import DEFAULT_RULE, Float32Rule
@@ -18,28 +18,32 @@ from parity.suite.report import ParityReport
 from parity.suite.run import run_suite
 
 
-def _variants_of(target, preset: str | None) -> list[Variant]:
+def _variants_of(target, preset: str | None, objective=None) -> list[Variant]:
     if isinstance(target, str):
-        return resolve_variants(target, preset)
+        return resolve_variants(target, preset, objective=objective)
     if isinstance(target, Arch):
-        return target.default_variants(preset)
+        return target.default_variants(preset, objective=get_objective(objective))
     if isinstance(target, Variant):
-        return [target]
+        return with_objective([target], objective)
     if isinstance(target, (list, tuple)) and target and all(isinstance(v, Variant) for v in target):
-        return list(target)
+        return with_objective(target, objective)
     raise TypeError(f"parity.check needs an Arch, a Variant, a non-empty list of Variants or an --arch spec "
                     f"string, got {type(target).__name__}")
 
 
 def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = "cpu", seed: int = 0,
-          batch: int = 6, *, preset: str | None = None, trained_steps: int = 0, params: dict | None = None,
+          batch: int = 6, *, objective=None, preset: str | None = None, trained_steps: int = 0,
+          params: dict | None = None,
           control=None, xla_compile: str = "fast", checks: str | Sequence = DEFAULT_CHECKS,
           rule: Float32Rule = DEFAULT_RULE, raise_on_failure: bool = False) -> ParityReport:
-    """Compare u, du/dt, v_g, u_tgt, the per-sample loss, the loss and every gradient of the
-    two sides of `target` and return the `ParityReport`.
+    """Compare every quantity of the objective (MeanFlow: u, du/dt, v_g, u_tgt, the per-sample
+    loss, the loss) and every gradient of its loss on the two sides of `target` and return the
+    `ParityReport`.
 
-    target: an Arch (its default variants on `preset`), a Variant, a list of Variants, or an
-    `--arch` spec string ("dit", "pkg.module:NAME"); dtypes: of "float64", "float32";
+    target: an Arch (its default variants on `preset` under `objective`), a Variant, a list
+    of Variants (each with its own objective), or an `--arch` spec string ("dit",
+    "pkg.module:NAME"); objective: a `parity.Objective`, a registered name ("meanflow") or
+    "pkg.module:NAME" (None: MeanFlow, or the Variants' own); dtypes: of "float64", "float32";
     device: "cpu" or "cuda"; seed: weights from `seed`, inputs from seed + 1; batch: the
     batch size B of every input [B, ...]; params: given JAX-layout weights for every variant
     (instead of random); trained_steps: also compare after that many Adam steps; control: a
@@ -63,7 +67,7 @@ def check(target, dtypes: Sequence[str] = ("float32", "float64"), device: str = 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     groups = parse_groups(checks)
-    variants = _variants_of(target, preset)
+    variants = _variants_of(target, preset, objective)
     start = time.time()
     results, meta_runs = run_suite(variants, dtypes, [device], seed=seed, batch=batch,
                                    params_for=None if params is None else (lambda v: params),

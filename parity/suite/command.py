@@ -5,13 +5,15 @@
     python -m parity --arch dit --preset small --dtype float64 --json report.json
     python -m parity --arch dit --preset DiT-B/4 --dtype float32 --rule fixed   # the fixed float32 table alone
     python -m parity --arch mypkg.mymodule:MY_ARCH          # a network pair of your own (docs/EXTENDING.md)
+    python -m parity --arch mypkg.mymodule:MY_ARCH --objective mypkg.mymodule:MY_OBJECTIVE   # an objective of your own
     python -m parity --arch dit --preset tiny --checkpoint ckpt_dir   # given weights instead of random
     python -m parity convert SRC DST --arch dit --preset tiny         # orbax dir <-> .pt / .safetensors
     python -m parity debug --arch dit --dtype float64 --control gelu_erf --out DIR   # where the sides part
 
 `--arch` takes a registered name (dit, flower, policy; comma-separated; "all"), or
 package.module:NAME naming an Arch, a Variant or a list of Variants importable from the
-current folder.
+current folder. `--objective` takes a registered name (meanflow, the default) or
+package.module:NAME naming an Objective.
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def _devices(arg: str) -> list[str]:
 def _variants(args):
     from parity.archs.registry import select_variants
 
-    return select_variants(args.arch, args.preset, args.set, args.variant)
+    return select_variants(args.arch, args.preset, args.set, args.variant, args.objective)
 
 
 def check_run_args(args, dtypes=SUPPORTED_DTYPES) -> list[str]:
@@ -107,7 +109,8 @@ def cmd_report(args) -> int:
           f" (XLA:CPU compile {args.xla_compile})"
           f"{'; weights ' + args.checkpoint if args.checkpoint else ''}")
     report = ParityReport(results, variants, seed=args.seed, batch=args.batch, rule=rule, params_for=params_for,
-                          command={"arch": args.arch, "preset": args.preset, "sets": list(args.set),
+                          command={"arch": args.arch, "objective": args.objective, "preset": args.preset,
+                                   "sets": list(args.set),
                                    "checkpoint": args.checkpoint, "checkpoint_key": args.checkpoint_key})
     if not report.passed:  # what failed, and the debugger's blame or the command that gives it
         print(report.failure_message(blame="auto"))
@@ -115,7 +118,8 @@ def cmd_report(args) -> int:
         meta = {"versions": versions(), "precision": precision_settings(), "seed": args.seed,
                 "batch": args.batch, "elapsed_s": elapsed, "runs": meta_runs,
                 "xla_compile": {"mode": args.xla_compile, "cpu_options": XLA_COMPILE[args.xla_compile]},
-                "variants": [{"arch": v.arch.name, "name": v.name, "model_cfg": dataclasses.asdict(v.model_cfg),
+                "variants": [{"arch": v.arch.name, "name": v.name, "objective": v.objective.name,
+                              "model_cfg": dataclasses.asdict(v.model_cfg),
                               "meanflow_cfg": dataclasses.asdict(v.mf_cfg)} for v in variants]}
         with pinned_precision(True) as pinned:
             meta["precision"] = pinned
@@ -155,6 +159,8 @@ def build_parser(usage: str | None = None, others: dict | None = None) -> argpar
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default=None, help="registered names (dit, flower; comma-separated; all) or "
                    "package.module:NAME (an Arch or a list of variants); default: the built-in suite")
+    p.add_argument("--objective", default=None, help="the objective both sides compute: a registered name "
+                   "(meanflow, the default) or package.module:NAME (an Objective; docs/EXTENDING.md)")
     p.add_argument("--preset", default=None, help="model preset of every --arch (default: each one's default preset)")
     p.add_argument("--variant", default=None, help="only variants whose name contains this")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -92,13 +92,18 @@ class ParityReport:
     def debug_command(self, variant: Variant, dtype: str, device: str) -> str:
         """The `python -m parity debug` command that reproduces this run of `variant` (its
         seed, batch, weights and control; --arch as the run was given it, else the name the
-        registry knows it by or the module attribute that holds it)."""
-        from parity.archs.registry import registered
+        registry knows it by or the module attribute that holds it; --objective likewise, for
+        a variant of another objective than the default)."""
+        from parity.archs.registry import DEFAULT_OBJECTIVE, registered, registered_objectives
 
         given = self.command.get("arch") or ""
         spec = (given if ":" in given else variant.arch.name if registered().get(variant.arch.name) is variant.arch
                 else variant.arch.spec() or variant.arch.name)
         words = ["python -m parity debug", "--arch", spec]
+        objective = variant.objective
+        if objective is not DEFAULT_OBJECTIVE:
+            known = registered_objectives().get(objective.name) is objective
+            words += ["--objective", objective.name if known else objective.spec() or objective.name]
         if self.command.get("preset"):
             words += ["--preset", self.command["preset"]]
         for item in self.command.get("sets", ()):
