@@ -140,8 +140,15 @@ def _dummy(cfg, dtype):
 
 def init_params(model: IMFDiT, key, dtype=jnp.float32) -> dict:
     """Fresh parameters (official initialisation: zero gates and final layers) as `dtype`."""
-    params = model.init(key, *_dummy(model.config, jnp.float32))["params"]
-    return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+    def init(k):
+        params = model.init(k, *_dummy(model.config, jnp.float32))["params"]
+        return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+
+    key = jnp.asarray(key)
+    lowered = jax.jit(init).lower(jax.ShapeDtypeStruct(key.shape, key.dtype))
+    # An init runs once: XLA's CPU optimiser would take far longer than the unoptimised program.
+    opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return lowered.compile(compiler_options=opts)(key)
 
 
 def param_shapes(model: IMFDiT) -> dict:

@@ -179,7 +179,7 @@ def test_jvp_agrees_float64(pixel):
 
     prim = tuple(map(jnp.asarray, (z, t, h)))
     tang = (jnp.asarray(dz), jnp.ones_like(prim[1]), jnp.ones_like(prim[2]))
-    (ju, jv), (dju, djv) = jax.jvp(jf, prim, tang)
+    (ju, jv), (dju, djv) = jax.jit(lambda p_, t_: jax.jvp(jf, p_, t_))(prim, tang)
     tz, tt, th, to, tmn, tmx, ty = torch_args((z, t, h, omega, tmin, tmax, y))
 
     def tf(z_, t_, h_):
