@@ -21,6 +21,7 @@ Table rules. `Rule(jax_path, torch_name, kind)`:
     "linear_kernel"  Flax Dense kernel [in, out]   <-> torch Linear weight [out, in]
     "conv_kernel"    Flax Conv kernel [kh, kw, in, out] (HWIO) <-> torch Conv2d weight OIHW
     "bias", "scale", "embedding", "copy"   the same array on both sides
+    "lead_one"       Flax [1, *s] <-> torch [*s]
 
 Checks (every one raises an error naming the key):
 - an input key that no rule matches (unexpected), or that two rules match (table bug);
@@ -76,6 +77,12 @@ def _identity(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _drop_lead_one(a: np.ndarray) -> np.ndarray:
+    if a.ndim < 1 or a.shape[0] != 1:
+        raise ValueError(f"kind 'lead_one' needs a leading axis of length 1 on the Flax side, got shape {a.shape}")
+    return a[0]
+
+
 KINDS: dict[str, tuple[Callable, Callable, int | None]] = {
     "linear_kernel": (lambda a: a.T, lambda a: a.T, 2),
     "conv_kernel": (
@@ -87,6 +94,8 @@ KINDS: dict[str, tuple[Callable, Callable, int | None]] = {
     "scale": (_identity, _identity, None),
     "embedding": (_identity, _identity, 2),
     "copy": (_identity, _identity, None),
+    # Flax [1, *s] <-> torch [*s] (pMF's label table: a bare param [1, N, D] in JAX, nn.Embedding in torch)
+    "lead_one": (_drop_lead_one, lambda a: a[None], None),
 }
 
 
@@ -261,8 +270,12 @@ def _converted(src, pairs, direction: str, consume: bool):
             raise ConversionShapeError(
                 f"{src_side} parameter {key!r}: kind {kind!r} needs rank {rank}, got shape {arr.shape}"
             )
+        try:
+            moved = (fwd if direction == "j2t" else bwd)(arr)
+        except ValueError as err:
+            raise ConversionShapeError(f"{src_side} parameter {key!r}: {err}") from None
         # A fresh writable C-ordered copy: never aliases the source (jax arrays are read-only).
-        yield target, np.array((fwd if direction == "j2t" else bwd)(arr), order="C", copy=True)
+        yield target, np.array(moved, order="C", copy=True)
         del arr
 
 
