@@ -24,14 +24,19 @@ $(STAMP): pyproject.toml
 parity: $(STAMP)
 	$(PY) -m parity $(ARGS)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), one test file per worker at a time:
+# the files share compiled XLA programs and module-level fixtures within themselves.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile
+
 # The full suite (what CI runs), its 15 slowest tests listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 $(ARGS)
+	$(PY) -m pytest -q $(XDIST) --durations=15 $(ARGS)
 
 # The quick tier: everything but the tests marked `heavy` (full-suite XLA compiles,
 # subprocess worlds, large children).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not heavy" $(ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not heavy" $(ARGS)
 
 # Sets up .venv like the others, except with PY=python3 (a machine whose system python has the packages).
 gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))

@@ -1,6 +1,9 @@
 """Test-wide settings: float64 available in JAX (derivative and parity checks need it)."""
 import os
 
+# Several test workers may share one GPU: JAX must not claim most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 import pytest
 
 pytest_plugins = ["pytester"]  # tests/test_example_arch.py runs a user's test suite with the parity plugin
