@@ -1,8 +1,20 @@
-"""Test-wide settings: float64 available in JAX (derivative and parity checks need it)."""
+"""Test-wide settings: float64 available in JAX (derivative and parity checks need it); one
+XLA compilation cache for the whole test run."""
 import os
+import shutil
+import tempfile
 
 # Several test workers may share one GPU: JAX must not claim most of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+# Many tests compile the same programs again, in this process, another worker or a child process
+# (the command-line tests): a persistent cache shared by all of them, made for this run and
+# removed after it (the workers and children inherit the variable; a user's own setting wins).
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="meanflow-parity-tests-xla-")
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_OWN_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import pytest
 
@@ -43,3 +55,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:  # only the process that made it (the workers inherited the variable)
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
