@@ -46,6 +46,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, replace
 
+from meanflow_common.checks import UnreadableCheckpointError
 from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.train_cli import read_run_config, write_run_config
 from meanflow_common.train_config import config_from_dict, config_to_dict, model_config
@@ -133,7 +134,8 @@ def read_source(run_dir: str, checkpoint: str | None = None) -> SourceRun:
         state, meta = backend.restore_checkpoint(path, state)
         check_checkpoint_config(meta, cfg, path)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        later = "" if checkpoint else " (pick an older one with --checkpoint)"
+        unreadable = isinstance(err, UnreadableCheckpointError) and checkpoint is None
+        later = " (an older one may be picked with --checkpoint)" if unreadable else ""
         raise ConvertRunError(f"source {run_dir}: checkpoint {path} cannot be carried over{later}: "
                               f"{_text(err)}") from None
     return SourceRun(run_dir, saved, cfg, mc, info, side, model, params, state, meta, path)
