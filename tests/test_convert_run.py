@@ -21,6 +21,7 @@ from meanflow_common.tasks import get_dataset
 from meanflow_common.data import batch_at
 from meanflow_common.train_cli import read_run_config
 from meanflow_common.train_config import config_from_dict, model_config
+from parity.archs.registry import get_arch
 from parity.cli import main
 from parity.convert import torch_to_jax
 from parity.train_parity.convert_run import find_arch
@@ -61,6 +62,11 @@ def _jax_params(result):
     return jax.tree.map(np.asarray, result.state.params)
 
 
+def _as_torch(result, cfg):
+    """A JAX run's weights under the torch names."""
+    return SIDES["jax"].export(result.state, get_arch("dit").table, model_config(cfg)).params
+
+
 def _rel(a: dict | list, b: dict | list) -> float:
     fa = np.concatenate([np.ravel(x) for x in (jax.tree.leaves(a))]).astype(np.float64)
     fb = np.concatenate([np.ravel(x) for x in (jax.tree.leaves(b))]).astype(np.float64)
@@ -85,6 +91,9 @@ def digits(tmp_path_factory):
     runs = {"root": root, "cfg": cfg, "init_sd": init_sd, "init_jax": init_jax}
     runs["jax"] = _train(jt, cfg, str(root / "jax"), N, init_jax)
     runs["torch_ref"] = _train(tt, cfg, str(root / "torch_ref"), N + M, init_sd)
+    runs["jax_ref"] = _train(jt, cfg, str(root / "jax_ref"), N + M, init_jax)
+    # float32 rounding of the two frameworks, through Adam: the two trainers run straight
+    runs["floor"] = _rel(_as_torch(runs["jax_ref"], cfg), _torch_params(runs["torch_ref"]))
     return runs
 
 
@@ -95,11 +104,13 @@ def test_jax_run_continues_in_torch(digits):
     resumed = _train(tt, None, str(root / "to_torch"), N + M, resume=True)
     ref = digits["torch_ref"]
     assert set(resumed.losses) == set(range(N + 1, N + M + 1))
-    gap, moved = _curve_gap(resumed, ref), _rel(_torch_params(ref), digits["init_sd"])
-    assert gap < 2e-5, gap
-    assert moved > 1e-3 and _rel(_torch_params(resumed), _torch_params(ref)) < 1e-5, moved
+    assert _curve_gap(resumed, ref) < 1e-5, _curve_gap(resumed, ref)
+    # the weights: as close as the two trainers run straight (Adam amplifies float32 rounding)
+    moved = _rel(_torch_params(ref), digits["init_sd"])
+    gap = _rel(_torch_params(resumed), _torch_params(ref))
+    assert moved > 1e-2 and gap < 2 * digits["floor"] + 1e-6, (gap, digits["floor"], moved)
     # the first N steps of the reference are the JAX run's, to float32 rounding too
-    assert max(abs(digits["jax"].losses[k] - ref.losses[k]) / ref.losses[k] for k in range(1, N + 1)) < 2e-5
+    assert max(abs(digits["jax"].losses[k] - ref.losses[k]) / ref.losses[k] for k in range(1, N + 1)) < 1e-5
 
 
 def _broken(monkeypatch, damage):
@@ -133,7 +144,8 @@ def test_negative_control_a_broken_conversion_bends_the_curve(digits, monkeypatc
     resumed = _train(tt, None, dst, N + M, resume=True)
     gap = _curve_gap(resumed, digits["torch_ref"])
     params_gap = _rel(_torch_params(resumed), _torch_params(digits["torch_ref"]))
-    assert gap > 1e-3 or params_gap > 1e-3, (gap, params_gap)  # far outside the 2e-5 of a correct conversion
+    # far outside what a correct conversion gives (the bounds of test_jax_run_continues_in_torch)
+    assert gap > 1e-3 and params_gap > 20 * digits["floor"], (gap, params_gap, digits["floor"])
 
 
 @pytest.mark.heavy
@@ -143,9 +155,10 @@ def test_torch_run_continues_in_jax(digits, tmp_path):
     assert first.losses == {k: digits["torch_ref"].losses[k] for k in range(1, N + 1)}  # one stream of randomness
     assert main(["convert-run", str(root / "torch"), str(root / "to_jax")]) == 0
     resumed = _train(jt, None, str(root / "to_jax"), N + M, resume=True)
-    ref = _train(jt, cfg, str(root / "jax_ref"), N + M, digits["init_jax"])
-    assert _curve_gap(resumed, ref) < 2e-5, _curve_gap(resumed, ref)
-    assert _rel(_jax_params(resumed), _jax_params(ref)) < 1e-5
+    ref = digits["jax_ref"]
+    assert _curve_gap(resumed, ref) < 1e-5, _curve_gap(resumed, ref)
+    gap = _rel(_jax_params(resumed), _jax_params(ref))
+    assert gap < 2 * digits["floor"] + 1e-6, (gap, digits["floor"])
 
 
 @pytest.mark.heavy

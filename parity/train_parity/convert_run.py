@@ -52,7 +52,8 @@ from meanflow_common.train_cli import read_run_config, write_run_config
 from meanflow_common.train_config import config_from_dict, config_to_dict, model_config
 from parity.convert import jax_to_torch
 
-__all__ = ["ConvertRunError", "SourceRun", "CARRIED", "NOT_CARRIED", "read_source", "find_arch", "convert_run",
+__all__ = ["ConvertRunError", "SourceRun", "CARRIED", "NOT_CARRIED", "read_source", "find_arch", "table_digest",
+           "convert_run",
            "main"]
 
 PROVENANCE = "converted.json"
@@ -194,9 +195,9 @@ def _commit() -> dict:
         return {"commit": None, "dirty": None}
 
 
-def table_digest(table) -> str:
-    """sha256 (first 16 hex digits) of the table's rules: which table converted a run."""
-    return hashlib.sha256(repr(tuple(table.rules)).encode()).hexdigest()[:16]
+def table_digest(table, model_cfg) -> str:
+    """sha256 (first 16 hex digits) of the table's rules for `model_cfg`: which table converted a run."""
+    return hashlib.sha256(repr(tuple(table.rules_for(model_cfg))).encode()).hexdigest()[:16]
 
 
 def _copy_metrics(src_dir: str, dst_dir: str, step: int) -> None:
@@ -239,7 +240,7 @@ def convert_run(src: str, dst: str, checkpoint: str | None = None, arch=None) ->
         "converted_from": {"run": os.path.abspath(src), "backend": source.side.name,
                            "checkpoint": os.path.abspath(source.path), "step": portable.step},
         "backend": target.name,
-        "table": {"arch": chosen.name, "table": chosen.table.name, "rules_sha256": table_digest(chosen.table)},
+        "table": {"arch": chosen.name, "table": chosen.table.name, "rules_sha256": table_digest(chosen.table, source.mc)},
         "code": _commit(),
         "carried": list(CARRIED),
         "not_carried": list(NOT_CARRIED),
