@@ -367,8 +367,8 @@ def load_run(backend: TrainBackend, run_dir: str, checkpoint: Optional[str] = No
     newest readable one) and a sampler."""
     saved = read_run_config(run_dir)
     if saved.get("backend") != backend.name:
-        raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend "
-                         "or convert its checkpoint with parity.checkpoints")
+        raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend, "
+                         f"or carry the run over: python -m parity convert-run {run_dir} NEW_RUN_DIR")
     cfg = config_from_dict(saved)
     model, params = backend.make_model(cfg, info=saved.get("data", {}))
     state = backend.create_state(cfg, model, params)
