@@ -234,7 +234,9 @@ def test_the_converted_folder_is_a_run_of_the_other_trainer(torch_run, tmp_path)
 
 def test_optimizer_state_round_trips_bit_for_bit(torch_run, tmp_path):
     """torch -> JAX -> torch: weights, EMA, Adam moments, step counts, lr and scheduler exactly."""
-    assert main(["convert-run", str(torch_run), str(tmp_path / "jax")]) == 0
+    (only,) = os.listdir(torch_run / "checkpoints")
+    assert main(["convert-run", str(torch_run), str(tmp_path / "jax"), "--checkpoint",
+                 str(torch_run / "checkpoints" / only)]) == 0
     assert main(["convert-run", str(tmp_path / "jax"), str(tmp_path / "torch")]) == 0
     (a,), (b,) = ([os.path.join(d, "checkpoints", n) for n in os.listdir(os.path.join(d, "checkpoints"))]
                   for d in (str(torch_run), str(tmp_path / "torch")))
@@ -257,7 +259,6 @@ def _refused(capsys, args, word):
     capsys.readouterr()
     assert main(["convert-run", *args]) == 2
     err = capsys.readouterr().err.strip()
-    print(err)
     assert err.startswith("error:") and len(err.splitlines()) == 1 and word in err, err
     return err
 
@@ -297,6 +298,10 @@ def test_a_run_of_another_config_is_refused(torch_run, tmp_path, capsys):
     saved["train"]["optim"]["lr"] = 0.5
     json.dump(saved, open(src / "config.json", "w"))
     _refused(capsys, [str(src), str(tmp_path / "dst")], "optim.lr")
+    saved["train"]["optim"]["lr"] = 0.001
+    saved["backend"] = "mxnet"
+    json.dump(saved, open(src / "config.json", "w"))
+    _refused(capsys, [str(src), str(tmp_path / "dst")], "'mxnet'")
     assert not (tmp_path / "dst").exists() and sorted(os.listdir(tmp_path)) == ["other"]
 
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from meanflow_common.checks import UnreadableCheckpointError
 from meanflow_common.config_compare import check_checkpoint_config
 from meanflow_common.train_cli import read_run_config, write_run_config
-from meanflow_common.train_config import config_from_dict, config_to_dict, model_config
+from meanflow_common.train_config import config_from_dict, model_config
 from parity.convert import jax_to_torch
 
 __all__ = ["ConvertRunError", "SourceRun", "CARRIED", "NOT_CARRIED", "read_source", "find_arch", "table_digest",
@@ -285,10 +285,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     record = convert_run(args.src, args.dst, args.checkpoint, args.arch)
     src, to = record["converted_from"], record["backend"]
-    steps = config_to_dict(config_from_dict(read_run_config(args.dst)))["steps"]
+    steps = config_from_dict(read_run_config(args.dst)).steps
+    more = str(steps) if steps > src["step"] else f"<more than {src['step']}>"
     print(f"converted: {args.src} ({src['backend']}, step {src['step']}) -> {args.dst} ({to} run, table "
           f"{record['table']['table']}); continue with: python -m {to}_meanflow.train --resume "
-          f"--set out_dir={args.dst} steps={max(steps, src['step'])}")
+          f"--set out_dir={args.dst} steps={more}")
     return 0
 
 
