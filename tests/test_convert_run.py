@@ -325,3 +325,17 @@ def test_a_corrupt_checkpoint_is_refused(torch_run, tmp_path, capsys):
     assert not (tmp_path / "dst").exists()
     assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == ["jax_ok", "torch_bad"]
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]
+
+
+def test_a_failed_write_leaves_nothing(torch_run, tmp_path, capsys, monkeypatch):
+    from jax_meanflow import train as jax_train
+
+    def full_disk(self, ckpt_dir, state, meta, keep_last):
+        raise OSError(28, "No space left on device", ckpt_dir)
+
+    monkeypatch.setattr(jax_train.JaxBackend, "save_checkpoint", full_disk)
+    _refused(capsys, [str(torch_run), str(tmp_path / "new" / "deeper" / "dst")], "No space left")
+    assert os.listdir(tmp_path) == []  # neither the run, nor its temporary folder, nor the folders above it
+    monkeypatch.undo()
+    assert main(["convert-run", str(torch_run), str(tmp_path / "new" / "deeper" / "dst")]) == 0
+    assert os.listdir(tmp_path / "new" / "deeper") == ["dst"]

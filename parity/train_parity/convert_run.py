@@ -227,8 +227,7 @@ def convert_run(src: str, dst: str, checkpoint: str | None = None, arch=None) ->
         model, params = backend.make_model(cfg, info=source.info)
     except (ValueError, KeyError, TypeError) as err:
         raise ConvertRunError(f"the {target.name} trainer cannot build this run's model: {_text(err)}") from None
-    sides = _sides()
-    built = {source.side.name: (source.model, source.params), target.name: (model, params)}
+    built, sides = {source.side.name: (source.model, source.params), target.name: (model, params)}, _sides()
     chosen = find_arch(sides["jax"].template(built["jax"][1]), sides["torch"].template(built["torch"][0]),
                        source.mc, arch)
     try:
@@ -240,13 +239,18 @@ def convert_run(src: str, dst: str, checkpoint: str | None = None, arch=None) ->
         "converted_from": {"run": os.path.abspath(src), "backend": source.side.name,
                            "checkpoint": os.path.abspath(source.path), "step": portable.step},
         "backend": target.name,
-        "table": {"arch": chosen.name, "table": chosen.table.name, "rules_sha256": table_digest(chosen.table, source.mc)},
+        "table": {"arch": chosen.name, "table": chosen.table.name,
+                  "rules_sha256": table_digest(chosen.table, source.mc)},
         "code": _commit(),
         "carried": list(CARRIED),
         "not_carried": list(NOT_CARRIED),
         "written_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     parent = os.path.dirname(os.path.abspath(dst))
+    made = parent
+    while not os.path.exists(os.path.dirname(made)):
+        made = os.path.dirname(made)
+    made = None if os.path.exists(made) else made  # the outermost folder this call creates
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(dst))}.", suffix=".part")
     try:
@@ -261,7 +265,7 @@ def convert_run(src: str, dst: str, checkpoint: str | None = None, arch=None) ->
             os.rmdir(dst)  # empty (checked above): the complete folder takes its place
         os.replace(tmp, dst)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(made or tmp, ignore_errors=True)
         raise
     return record
 
