@@ -61,7 +61,8 @@ __all__ = [
 # The run folder
 # ----------------------------------------------------------------------------------
 
-RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard")
+# converted.json: written by `parity convert-run`; an overwritten run is no longer the converted one
+RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard", "converted.json")
 
 
 class RunUsageError(ValueError):

@@ -253,6 +253,12 @@ def test_optimizer_state_round_trips_bit_for_bit(torch_run, tmp_path):
     assert pa["optimizer"]["param_groups"] == pb["optimizer"]["param_groups"]
     assert pa["scheduler"] == pb["scheduler"] and pa["step"] == pb["step"] == 2
     assert pb["meta"]["backend"] == "torch" and pb["meta"]["data_position"] == 2
+    # resumed, the run keeps its record; overwritten, it is no longer the converted run
+    cfg = config_from_dict(read_run_config(str(tmp_path / "torch")))
+    tt.train(replace(cfg, steps=3), resume=True, progress=False)
+    assert (tmp_path / "torch" / "converted.json").exists()
+    tt.train(replace(cfg, steps=1), overwrite=True, progress=False)
+    assert not (tmp_path / "torch" / "converted.json").exists()
 
 
 def _refused(capsys, args, word):
