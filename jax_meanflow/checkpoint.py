@@ -141,7 +141,8 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     path = os.path.abspath(path)
     if os.path.isfile(path):
         raise UnreadableCheckpointError(f"{path} is a file, not a checkpoint folder of the JAX trainer (a PyTorch "
-                                        "checkpoint? convert it with `python -m parity convert`)")
+                                        "checkpoint? convert it with `python -m parity convert`, or its whole run "
+                                        "with `python -m parity convert-run`)")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     lacking = [k for k in _ITEMS + ("meta",) if not os.path.isdir(os.path.join(path, k))]

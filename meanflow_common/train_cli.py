@@ -61,7 +61,8 @@ __all__ = [
 # The run folder
 # ----------------------------------------------------------------------------------
 
-RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard")
+# converted.json: written by `parity convert-run`; an overwritten run is no longer the converted one
+RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "loss.png", "tensorboard", "converted.json")
 
 
 class RunUsageError(ValueError):
@@ -117,7 +118,7 @@ def check_resume_compatible(saved: Mapping, cfg: TrainConfig, backend: str) -> N
     if saved.get("backend") != backend:
         raise ValueError(
             f"the run in {cfg.out_dir} was written by {saved.get('backend')!r}, not {backend!r}; resume it "
-            "with that backend (or convert its checkpoint with parity.convert.checkpoints)"
+            f"with that backend, or carry it over: python -m parity convert-run {cfg.out_dir} NEW_RUN_DIR"
         )
     diffs = config_diffs(saved["train"], config_to_dict(cfg), ignore=RESUMABLE)
     if diffs:

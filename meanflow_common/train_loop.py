@@ -49,7 +49,8 @@ from meanflow_common.train_cli import (LoadedRun, RunResult, check_resume_step, 
                                       write_run_config)
 from meanflow_common.train_config import TrainConfig, check_batch, config_from_dict, config_to_dict, model_config
 
-__all__ = ["World", "UnreadableCheckpointError", "TrainBackend", "run_training", "load_run", "restore_newest"]
+__all__ = ["World", "UnreadableCheckpointError", "TrainBackend", "run_training", "load_run", "restore_newest",
+           "checkpoint_meta"]
 
 
 def _same(value):
@@ -234,7 +235,8 @@ class _NoLogger:
         pass
 
 
-def _meta(backend: TrainBackend, cfg: TrainConfig, step: int, world: World) -> dict:
+def checkpoint_meta(backend: TrainBackend, cfg: TrainConfig, step: int, world: World) -> dict:
+    """The meta every checkpoint carries (what a resume and a loader check it by)."""
     return {"step": step, "data_position": step, "seed": cfg.seed, "backend": backend.name, "rng": backend.rng_rule,
             "config": config_to_dict(cfg), "world": world.describe()}
 
@@ -319,7 +321,7 @@ def _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset
 
     def save(k):
         if world.writer or world.collective:
-            return backend.save_checkpoint(ckpt_dir, state, _meta(backend, cfg, k, world), cfg.keep_last)
+            return backend.save_checkpoint(ckpt_dir, state, checkpoint_meta(backend, cfg, k, world), cfg.keep_last)
         return backend.checkpoint_path(ckpt_dir, k)
 
     try:
@@ -365,8 +367,8 @@ def load_run(backend: TrainBackend, run_dir: str, checkpoint: Optional[str] = No
     newest readable one) and a sampler."""
     saved = read_run_config(run_dir)
     if saved.get("backend") != backend.name:
-        raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend "
-                         "or convert its checkpoint with parity.checkpoints")
+        raise ValueError(f"{run_dir} was written by {saved.get('backend')!r}; load it with that backend, "
+                         f"or carry the run over: python -m parity convert-run {run_dir} NEW_RUN_DIR")
     cfg = config_from_dict(saved)
     model, params = backend.make_model(cfg, info=saved.get("data", {}))
     state = backend.create_state(cfg, model, params)

@@ -13,6 +13,7 @@
     python -m parity rule-sizes [--sizes ...]    # the calibrated float32 rule from tiny to XL/2, controls too
     python -m parity parity-cost [...]           # time and memory of the parity check, phase by phase
     python -m parity train-parity [...]          # the two trainers follow the same trajectory
+    python -m parity convert-run SRC_RUN DST_RUN # a run folder of the other trainer (resume, evaluate)
     python -m parity gpu-check [--out DIR]       # every GPU measurement, one JSON + Markdown (make gpu-check)
 
 `--arch` takes a registered name (dit, flower, policy; comma-separated; "all"), or
@@ -33,6 +34,7 @@ DELEGATED = {
     "rule-sizes": ("parity.bench.rule_sizes", "the calibrated float32 rule across network sizes, with the controls"),
     "parity-cost": ("parity.bench.parity_cost", "time and memory of the parity check, phase by phase"),
     "train-parity": ("parity.train_parity.run", "the JAX and torch trainers from one initial state"),
+    "convert-run": ("parity.train_parity.convert_run", "carry a training run to the other backend (resumable)"),
     "gpu-check": ("parity.bench.gpu_check", "every GPU measurement in one run (skips cleanly without a GPU)"),
 }
 

@@ -132,7 +132,8 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
     """
     if os.path.isdir(path):
         raise UnreadableCheckpointError(f"{path} is a folder, not a checkpoint file of the PyTorch trainer (a JAX "
-                                        "checkpoint? convert it with `python -m parity convert`)")
+                                        "checkpoint? convert it with `python -m parity convert`, or its whole run "
+                                        "with `python -m parity convert-run`)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     device = next(state.model.parameters()).device
@@ -142,7 +143,8 @@ def restore_checkpoint(path: str, state: TrainState) -> tuple[TrainState, dict]:
         raise unreadable_checkpoint(path, err) from err
     if not isinstance(payload, dict) or not {"model", "ema", "optimizer", "step"} <= set(payload):
         raise UnreadableCheckpointError(f"{path} is not a checkpoint of the PyTorch trainer (it lacks model, ema, "
-                                        "optimizer or step)")
+                                        "optimizer or step); a run of the JAX trainer carries over with "
+                                        "`python -m parity convert-run SRC_RUN DST_RUN`")
     _check_state_dict(payload["model"], state.model, "model")
     _check_state_dict(payload["ema"], state.ema_model, "ema")
     state.model.load_state_dict(payload["model"])

@@ -34,7 +34,7 @@ from parity.archs import DIT
 from parity.convert import jax_to_torch, torch_to_jax
 from parity.core.inputs import drop_mask_numpy, sample_tr_numpy
 
-__all__ = ["Trajectory", "numpy_noise", "parity_config", "run_pair", "format_table", "plot", "main"]
+__all__ = ["Trajectory", "numpy_noise", "shared_noise", "parity_config", "run_pair", "format_table", "plot", "main"]
 
 
 @dataclass
@@ -56,12 +56,45 @@ class Trajectory:
 
 
 def numpy_noise(cfg: TrainConfig, step: int, x_shape) -> dict:
-    """e [B, H, W, C] (NHWC), t, r [B], drop_mask [B]: float64 NumPy from (seed, step)."""
+    """e [B, *data shape] (the data interface's layout: digits NHWC), t, r [B], drop_mask [B]:
+    float64 NumPy from (seed, step)."""
     rng = np.random.default_rng([cfg.seed, step, 7])
     mf = objective_config(cfg)
     e = rng.standard_normal(tuple(x_shape))
     t, r = sample_tr_numpy(rng, x_shape[0], mf)
     return {"e": e, "t": t, "r": r, "drop_mask": drop_mask_numpy(rng, x_shape[0], mf.class_dropout_prob)}
+
+
+def shared_noise(cfg: TrainConfig):
+    """(jax_noise, torch_noise): `noise_fn(step, batch)` of each trainer giving both the
+    same `numpy_noise` of the global batch (e in the data interface's layout, moved to each
+    backend's own: the DiT's NCHW on the torch side), so that the two trainers, or a run
+    carried from one to the other, consume one stream of randomness. Any task."""
+    import jax.numpy as jnp
+    import torch
+
+    from jax_meanflow.objective import MeanFlowNoise as JaxNoise
+    from torch_meanflow.objective import MeanFlowNoise as TorchNoise
+    from torch_meanflow.train import task_hooks
+
+    task = get_task(cfg.task)
+    data_shape = tuple(task.data_shape(model_config(cfg)))
+    to_torch_layout = task_hooks(cfg).to_layout
+
+    def jax_noise(step, batch):
+        x = batch[task.data_key]
+        n = numpy_noise(cfg, step, (x.shape[0], *data_shape))
+        return JaxNoise(e=jnp.asarray(n["e"], x.dtype), t=jnp.asarray(n["t"], x.dtype),
+                        r=jnp.asarray(n["r"], x.dtype), drop_mask=jnp.asarray(n["drop_mask"]))
+
+    def torch_noise(step, batch):
+        x = batch[task.data_key]
+        n = numpy_noise(cfg, step, (x.shape[0], *data_shape))
+        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a)).to(x.device, x.dtype)  # noqa: E731
+        return TorchNoise(e=as_t(to_torch_layout(n["e"])), t=as_t(n["t"]), r=as_t(n["r"]),
+                          drop_mask=torch.as_tensor(n["drop_mask"], device=x.device))
+
+    return jax_noise, torch_noise
 
 
 def parity_config(dtype: str, steps: int = 50, batch_size: int = 4, preset: str = "tiny", sets=()) -> TrainConfig:
@@ -82,15 +115,11 @@ def run_pair(cfg: TrainConfig, out_dir: str, init_seed: int = 1) -> tuple[Trajec
     """Train both backends as `cfg` (task digits) into out_dir/{jax,torch}; returns the
     Trajectory and {"jax": RunResult, "torch": RunResult}."""
     import jax
-    import jax.numpy as jnp
-    import torch
 
     from jax_meanflow import train as jt
-    from jax_meanflow.objective import MeanFlowNoise as JaxNoise
     from meanflow_common.data import batch_at
     from meanflow_common.tasks import get_dataset
     from torch_meanflow import train as tt
-    from torch_meanflow.objective import MeanFlowNoise as TorchNoise
     from torch_meanflow.params import randomize_params
 
     if get_task(cfg.task) is not DIGITS:
@@ -105,18 +134,7 @@ def run_pair(cfg: TrainConfig, out_dir: str, init_seed: int = 1) -> tuple[Trajec
     _, template = jt.make_model(cfg, example)
     init_jax = torch_to_jax(init_sd, DIT.table, mc, template=template)
 
-    def jax_noise(step, batch):
-        n = numpy_noise(cfg, step, batch["x"].shape)
-        dt = batch["x"].dtype
-        return JaxNoise(e=jnp.asarray(n["e"], dt), t=jnp.asarray(n["t"], dt), r=jnp.asarray(n["r"], dt),
-                        drop_mask=jnp.asarray(n["drop_mask"]))
-
-    def torch_noise(step, batch):
-        x = batch["x"]  # NCHW
-        n = numpy_noise(cfg, step, (x.shape[0], x.shape[2], x.shape[3], x.shape[1]))
-        as_t = lambda a: torch.as_tensor(a).to(x.device, x.dtype)  # noqa: E731
-        return TorchNoise(e=as_t(np.ascontiguousarray(n["e"].transpose(0, 3, 1, 2))), t=as_t(n["t"]),
-                          r=as_t(n["r"]), drop_mask=torch.as_tensor(n["drop_mask"], device=x.device))
+    jax_noise, torch_noise = shared_noise(cfg)
 
     record = {"jax": [], "torch": []}
 
