@@ -43,6 +43,7 @@ from jax_meanflow.imf_objective import (
     sample_cfg_scale,
 )
 from jax_meanflow.objective import _bcast
+from meanflow_common.imf_checks import check_perceptual_hooks
 from meanflow_common.objective_configs import PMFConfig
 
 __all__ = [
@@ -177,18 +178,8 @@ def perceptual_mask(t, cfg: PMFConfig):
     return t < cfg.perceptual_max_t
 
 
-def _check_hooks(cfg: PMFConfig, hooks: Optional[PerceptualHooks]):
-    hooks = PerceptualHooks() if hooks is None else hooks
-    if not isinstance(hooks, PerceptualHooks):
-        raise TypeError(f"perceptual must be a PerceptualHooks, got {type(hooks).__name__}")
-    for name in ("lpips", "convnext"):
-        on, fn = getattr(cfg, name), getattr(hooks, name)
-        if on and fn is None:
-            raise ValueError(f"PMFConfig.{name}=True but no {name} hook was given (perceptual=PerceptualHooks("
-                             f"{name}=fn)); or set {name}=False")
-        if fn is not None and not on:
-            raise ValueError(f"a {name} hook was given but PMFConfig.{name}=False; set it True or drop the hook")
-    return hooks
+def _check_hooks(cfg: PMFConfig, hooks: Optional[PerceptualHooks]) -> PerceptualHooks:
+    return check_perceptual_hooks(cfg, PerceptualHooks() if hooks is None else hooks, PerceptualHooks)
 
 
 def _distance(fn: Optional[Hook], pred_x, x, mask, name: str):

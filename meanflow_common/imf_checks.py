@@ -11,7 +11,8 @@ import numpy as np
 
 from meanflow_common.checks import check_times
 
-__all__ = ["PER_SAMPLE_FIELDS", "check_imf_shapes", "check_imf_values", "check_guidance_values", "check_labels"]
+__all__ = ["PER_SAMPLE_FIELDS", "check_imf_shapes", "check_imf_values", "check_guidance_values", "check_labels",
+           "check_perceptual_hooks"]
 
 # The [B] fields of IMFNoise / PMFNoise (e has the data's shape).
 PER_SAMPLE_FIELDS = ("t", "r", "omega", "t_min", "t_max", "fm_mask", "drop_mask")
@@ -58,3 +59,19 @@ def check_guidance_values(omega, t_min, t_max):
     if bad.size:
         raise ValueError(f"the guidance interval needs 0 <= t_min <= t_max <= 1; violated at indices "
                          f"{bad[:10].tolist()}: t_min {t_min[bad[:3]].tolist()}, t_max {t_max[bad[:3]].tolist()}")
+
+
+def check_perceptual_hooks(cfg, hooks, hooks_cls):
+    """`hooks` (a `hooks_cls`: the backend's PerceptualHooks, fields lpips and convnext, each a
+    distance function or None) against cfg's lpips / convnext switches: a switch on without
+    its hook, or a hook without its switch, is refused naming both. Returns hooks."""
+    if not isinstance(hooks, hooks_cls):
+        raise TypeError(f"perceptual must be a PerceptualHooks, got {type(hooks).__name__}")
+    for name in ("lpips", "convnext"):
+        on, fn = getattr(cfg, name), getattr(hooks, name)
+        if on and fn is None:
+            raise ValueError(f"PMFConfig.{name}=True but no {name} hook was given (perceptual=PerceptualHooks("
+                             f"{name}=fn)); or set {name}=False")
+        if fn is not None and not on:
+            raise ValueError(f"a {name} hook was given but PMFConfig.{name}=False; set it True or drop the hook")
+    return hooks
