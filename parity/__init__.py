@@ -11,6 +11,7 @@ The names a user needs (imported on first use: `import parity` itself loads neit
     Convention, Adapter, JvpPoint   how an objective calls an Arch's network; the debugger's JVP call
     AuxNet                 a frozen second network pair of an objective (a perceptual loss's features)
     MEANFLOW               the MeanFlow objective (parity.core.meanflow)
+    IMF, PMF               improved MeanFlow and pixel MeanFlow (parity.core.imf, parity.core.pmf)
     register_objective, get_objective  the objective registry (`--objective NAME`)
     MeanFlowConfig         MeanFlow's settings of a Variant
     Table, Rule            the conversion table between the Flax tree and the torch state dict
@@ -46,6 +47,8 @@ _EXPORTS = {
     "ObjectiveMismatch": "parity.core.objective",
     "U_FN": "parity.core.objective",
     "MEANFLOW": "parity.core.meanflow",
+    "IMF": "parity.core.imf",
+    "PMF": "parity.core.pmf",
     "register_objective": "parity.archs.registry",
     "get_objective": "parity.archs.registry",
     "register_arch": "parity.archs.registry",
