@@ -6,11 +6,11 @@ and final layers: on fresh weights every block is the identity and u = 0)."""
 import pytest
 
 import parity
-
-pytestmark = pytest.mark.heavy  # compiles two iMF/pMF objectives with every control: make test, not test-fast
 from parity.archs.imf_dit import IMF_DIT
 from parity.archs.pmf_dit import PMF_DIT
 from parity.core.harness import random_params, run_variant
+
+pytestmark = pytest.mark.heavy  # compiles two iMF/pMF objectives with every control: make test, not test-fast
 
 CASES = {"imf": (IMF_DIT, parity.IMF), "pmf": (PMF_DIT, parity.PMF)}
 
