@@ -8,7 +8,7 @@ import shutil
 import parity
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "parity")
-BUILTIN = {"dit", "flower", "policy", "meanflow"}  # the built-in architectures and objective
+BUILTIN = {"dit", "flower", "policy", "meanflow", "imf", "pmf", "imf-dit", "pmf-dit"}  # the built-in architectures and objective
 
 
 def _sources(root: str = ROOT):

@@ -94,7 +94,7 @@ def test_a_wrong_pairing_is_refused_naming_both(capsys):
     code = main(["--arch", "examples.conv_velocity:ARCH", "--objective", "examples.scm:SCM"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Arch conv_velocity does not provide" in err[0], err
-    with pytest.raises(KeyError, match="unknown objective 'nope'; registered: meanflow"):
+    with pytest.raises(KeyError, match="unknown objective 'nope'; registered: imf, meanflow, pmf"):
         parity.get_objective("nope")
 
 
