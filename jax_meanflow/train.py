@@ -335,6 +335,12 @@ class JaxBackend(TrainBackend):
     def make_sampler(self, cfg, model, state, use_ema=True):
         return make_sampler(cfg, model, state, use_ema)
 
+    def runtime(self):
+        # the XLA flags set the CPU thread pool: recorded so a run made under other flags can be
+        # told apart (docs/TRAINING.md, "Reproducing a run")
+        return {"jax": jax.__version__, "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+                "device": str(jax.devices()[0].platform)}
+
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           dataset=None, batch_fn=None, eval_fn=None, noise_fn=None, init_params=None, on_step=None) -> RunResult:

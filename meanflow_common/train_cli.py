@@ -127,14 +127,16 @@ def check_resume_compatible(saved: Mapping, cfg: TrainConfig, backend: str) -> N
 
 def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = False, overwrite: bool = False,
                     data_info: Optional[Mapping[str, Any]] = None,
-                    world_info: Optional[Mapping[str, Any]] = None) -> bool:
+                    world_info: Optional[Mapping[str, Any]] = None,
+                    runtime_info: Optional[Mapping[str, Any]] = None) -> bool:
     """Make `cfg.out_dir` ready; returns True when an existing run is to be resumed.
 
     A folder holding a run (config.json, metrics or checkpoints) is refused unless
     `resume` (the saved config must be compatible) or `overwrite` (the run's files are
     deleted first). A fresh run writes config.json (with `data_info`, e.g. {"obs_dim": 4},
     the data facts a loader needs to rebuild the model, and `world_info`, e.g.
-    {"processes": 2, "devices": 2}, where it ran). Writes nothing when it refuses, and
+    {"processes": 2, "devices": 2}, where it ran, and `runtime_info`, what the framework ran
+    with: versions, intra-op threads, XLA_FLAGS). Writes nothing when it refuses, and
     nothing on resume: config.json is rewritten (`write_run_config`) only once the
     checkpoint to resume from has been read and accepted, so a refused resume changes nothing.
     """
@@ -156,14 +158,21 @@ def prepare_run_dir(cfg: TrainConfig, backend: str, model_cfg, resume: bool = Fa
         path = os.path.join(run_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(run_dir, exist_ok=True)
-    write_run_config(cfg, backend, model_cfg, data_info, world_info)
+    write_run_config(cfg, backend, model_cfg, data_info, world_info, runtime_info)
     return False
 
 
-def write_run_config(cfg: TrainConfig, backend: str, model_cfg, data_info=None, world_info=None) -> None:
-    """Write `<out_dir>/config.json` (through a temporary name: never half a file)."""
+def write_run_config(cfg: TrainConfig, backend: str, model_cfg, data_info=None, world_info=None,
+                     runtime_info=None) -> None:
+    """Write `<out_dir>/config.json` (through a temporary name: never half a file).
+
+    runtime_info ("runtime", left out when None): what the framework ran with. It is a
+    record, not part of the recipe: a resume does not compare it (a resumed segment
+    rewrites it with its own)."""
     data = {"backend": backend, "train": config_to_dict(cfg), "model": dataclasses.asdict(model_cfg),
             "data": dict(data_info or {}), "world": dict(world_info or {"processes": 1, "devices": 1})}
+    if runtime_info is not None:
+        data["runtime"] = dict(runtime_info)
     path = os.path.join(cfg.out_dir, "config.json")
     tmp = path + ".part"
     with open(tmp, "w") as f:

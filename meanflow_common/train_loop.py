@@ -23,6 +23,9 @@ asks for its own hooks. The backend supplies the framework:
                                         file cannot be read (truncated, garbage)
     remove_partial(ckpt_dir) -> [paths] leftovers of interrupted saves, deleted
     tb_writer(run_dir), make_sampler(cfg, model, state, use_ema)
+    runtime() -> dict                   what the framework runs with (versions, intra-op
+                                        threads...), recorded in config.json: on a CPU the
+                                        torch trajectory depends on its thread count
 
 `step` gets the update index s (0-based), the global NumPy batch `batch_at(dataset, seed,
 s, batch_size)` and `check_loss(loss: float)`, which it must call with the global loss
@@ -100,6 +103,11 @@ class TrainBackend(abc.ABC):
 
     def tb_writer(self, run_dir: str):
         return None
+
+    def runtime(self) -> dict:
+        """What the framework runs with, for config.json's "runtime" record (a float32 run is
+        bit-identical for a seed only where these agree; see docs/TRAINING.md)."""
+        return {}
 
     @abc.abstractmethod
     def make_model(self, cfg: TrainConfig, example: Optional[dict] = None, info: Optional[dict] = None):
@@ -217,7 +225,7 @@ def _open_run(backend, cfg, mc, resume, overwrite, info, world, lock: RunLock) -
     try:
         lock.acquire()
         return prepare_run_dir(cfg, backend.name, mc, resume=resume, overwrite=overwrite, data_info=info,
-                               world_info=world.describe())
+                               world_info=world.describe(), runtime_info=backend.runtime())
     except BaseException:
         lock.release()
         if created and not os.listdir(cfg.out_dir):
@@ -269,7 +277,8 @@ def run_training(backend: TrainBackend, cfg: TrainConfig, *, resume: bool = Fals
     lock = RunLock(run_dir)
     resumed = _on_writer(world, lambda: _open_run(backend, cfg, mc, resume, overwrite, info, world, lock))
     try:
-        commit = functools.partial(write_run_config, cfg, backend.name, mc, info, world.describe())
+        commit = functools.partial(write_run_config, cfg, backend.name, mc, info, world.describe(),
+                                   backend.runtime())
         return _loop(backend, cfg, world, model, state, step_fn, resumed, progress, dataset, batch_fn, eval_fn,
                      noise_fn, on_step, run_dir, ckpt_dir, commit)
     finally:

@@ -324,6 +324,12 @@ class TorchBackend(TrainBackend):
     def make_sampler(self, cfg, model, state, use_ema=True):
         return make_sampler(cfg, model, state, use_ema)
 
+    def runtime(self):
+        # CPU kernels split their reductions by the intra-op thread count: the same seed
+        # gives other float32 weights with another count (docs/TRAINING.md, "Reproducing a run")
+        return {"torch": torch.__version__, "intra_op_threads": torch.get_num_threads(),
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""), "device": str(_device())}
+
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           dataset=None, batch_fn=None, eval_fn=None, noise_fn=None, init_params=None, on_step=None) -> RunResult:
