@@ -179,7 +179,8 @@ def model_config(cfg: TrainConfig):
     overrides."""
     task = get_task(cfg.task)
     table, kind = task.presets_for(cfg.method)
-    base = get_preset(table, cfg.model, f"{kind} (TrainConfig.model for task {cfg.task!r}, method {cfg.method!r})")
+    of_method = "" if table is task.presets else f", method {cfg.method!r}"
+    base = get_preset(table, cfg.model, f"{kind} (TrainConfig.model for task {cfg.task!r}{of_method})")
     return override(base, dict(cfg.model_overrides)) if cfg.model_overrides else base
 
 
