@@ -122,12 +122,14 @@ PMF_PRESETS = {
 }
 
 # The digits task's networks (8x8x1 images, 10 classes) for the imf / pmf training methods:
-# "small" is about the MeanFlow digits DiT's width and depth (4 blocks, 128 wide).
+# "small" is as wide as the MeanFlow digits DiT (128) with 4 blocks in all (2 shared, one u and
+# one v head block) and 5 prefix tokens, so that an update costs about twice MeanFlow's (the
+# guidance forwards come on top of the JVP; docs/RESULTS.md has the measured costs).
 _DIGITS = dict(input_size=8, patch_size=2, in_channels=1, num_classes=10)
 _DIGITS_TINY = dict(hidden_size=32, depth=3, num_heads=2, aux_head_depth=1, num_class_tokens=2, num_time_tokens=2,
                     num_cfg_tokens=2, num_interval_tokens=1, frequency_embedding_size=16)
-_DIGITS_SMALL = dict(hidden_size=128, depth=4, num_heads=4, aux_head_depth=2, num_class_tokens=4, num_time_tokens=2,
-                     num_cfg_tokens=2, num_interval_tokens=1, frequency_embedding_size=64)
+_DIGITS_SMALL = dict(hidden_size=128, depth=3, num_heads=4, aux_head_depth=1, num_class_tokens=2, num_time_tokens=1,
+                     num_cfg_tokens=1, num_interval_tokens=1, frequency_embedding_size=64)
 DIGITS_IMF_PRESETS = {
     "tiny": IMFDiTConfig(**_DIGITS, **_DIGITS_TINY),
     "small": IMFDiTConfig(**_DIGITS, **_DIGITS_SMALL),
