@@ -4,10 +4,12 @@
 `TrainConfig` (pure Python, no framework import), so a recipe means the same thing on
 both sides. A config is built from a preset (`TRAIN_PRESETS`), then an optional JSON file,
 then `field=value` assignments; an assignment names a field of `TrainConfig`, of its
-nested `OptimConfig` (`optim.`) or `MeanFlowConfig` (`mf.`), or of the model preset's
-config (`model.`: the task's preset table: `DiTConfig` for digits, `FlowerConfig` for
-reach). The prefix may be left out when the name is unambiguous (it always is: the field
-names are disjoint).
+nested `OptimConfig` (`optim.`), of an objective's settings (`mf.` MeanFlowConfig, `imf.`
+IMFConfig, `pmf.` PMFConfig), or of the model preset's config (`model.`: the task's preset
+table for the method: `DiTConfig` for digits, `IMFDiTConfig` / `PMFDiTConfig` for digits
+with imf / pmf, `FlowerConfig` for reach). The prefix may be left out for the optimiser, the
+model and the settings section the run's method reads (`TrainMethod.settings`: mf for
+meanflow, flow_matching and regression); a setting of another section must be prefixed.
 
 Whatever depends on the task (its presets, methods, objective settings, batch and data
 shape) is asked of its `meanflow_common.tasks.Task`, looked up by `TrainConfig.task`.
@@ -311,11 +313,9 @@ def _where(key: str, cfg: TrainConfig) -> tuple[str, str]:
         if key in valid.get(section, ()):
             return section, key
     having = [s for s in _SETTINGS if key in _SETTINGS[s]]
-    if len(having) == 1:
-        return having[0], key
-    if having:
-        raise KeyError(f"config field {key!r} is in sections {', '.join(having)} but not in method "
-                       f"{cfg.method!r}'s ({active}); write it as {having[0]}.{key}")
+    if having:  # a setting the run's method does not read: most likely a slip, so it must be spelt out
+        raise KeyError(f"config field {key!r} is a setting of {' and '.join(s + '.' for s in having)} but method "
+                       f"{cfg.method!r} reads {active}.; write {having[0]}.{key} to set it anyway")
     valid_names = sorted(_TOP | _OPTIM | set().union(*_SETTINGS.values()) | _model_fields(cfg))
     raise KeyError(f"unknown config field {key!r}; valid: {', '.join(valid_names)}")
 

@@ -43,7 +43,8 @@ class TimestepEmbedder(FixedTables):
                                  Linear(hidden_size, hidden_size))
 
     def forward(self, s):
-        return self.mlp(timestep_embedding(s.to(self.freqs.dtype), self.freqs))
+        # the features come out in the table's dtype; the MLP runs in the caller's (bfloat16 training)
+        return self.mlp(timestep_embedding(s.to(self.freqs.dtype), self.freqs).to(s.dtype))
 
 
 class PatchEmbedder(nn.Module):
