@@ -127,8 +127,10 @@ def _builder(cls):
 
 
 def _net(model, params):
+    # the heads before the network's own conversion: iMF's velocities, pMF's x-predictions (its
+    # loss and sampler convert them with their t_clip_min; the network's output clips at 0.05)
     def net(z, t, h, omega, t_min, t_max, y):
-        return model.apply({"params": params}, z, t, h, omega, t_min, t_max, y)
+        return model.apply({"params": params}, z, t, h, omega, t_min, t_max, y, method="heads")
 
     return net
 

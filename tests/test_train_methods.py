@@ -126,3 +126,29 @@ def test_torch_trains_and_samples_with_knobs(preset, tmp_path):
     assert np.abs(sample(labels, seed=1, t_min=0.0, t_max=1.0) - base).max() > 1e-6
     with pytest.raises(ValueError, match="takes no sampling knob kappa"):
         sample(labels, kappa=1.0)
+
+
+@pytest.mark.parametrize("preset, arch_name", [("tiny_imf", "imf-dit"), ("tiny_pmf", "pmf-dit")])
+def test_the_trainers_loss_is_the_objective_the_parity_suite_checks(preset, arch_name):
+    """The torch trainer's loss on its network equals the objective evaluated on the parity
+    Arch's network (the official call: pMF's heads predict the clean image, the loss converts)
+    with the same weights and randomness; a trainer feeding pMF's loss the network's own
+    velocity outputs (converted twice) would fail here."""
+    from parity.archs.registry import get_arch
+    from torch_meanflow import imf_objective, pmf_objective
+    from meanflow_common.data import batch_at
+    from meanflow_common.tasks import get_dataset
+
+    torch.set_num_threads(1)
+    cfg = apply_assignments(TRAIN_PRESETS[preset], ["batch_size=6", "pmf.P_mean=-2.0"])
+    model = randomize_params(tt.make_model(cfg), 5).double()
+    arch_net = get_arch(arch_name).torch_build(model_config(cfg)).double()
+    arch_net.load_state_dict(model.state_dict())
+    np_batch = batch_at(get_dataset("digits", 0), 0, 0, 6)
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in tt.to_batch(cfg, np_batch).items()}
+    noise = tt.step_randomness(cfg, 0, tuple(batch["x"].shape)).to(dtype=torch.float64)
+    got = tt.make_loss_fn(cfg, model)(model, batch, noise).loss
+    objective = imf_objective.imf_loss if cfg.method == "imf" else pmf_objective.pmf_loss
+    want = objective(arch_net, batch["x"], batch["y"], noise, objective_config(cfg), null_y=10).loss
+    assert float(want.detach()) > 0
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)

@@ -127,8 +127,10 @@ def _builder(cls):
 
 
 def _guided_loss(objective):
+    # net.heads: the heads before the network's own conversion (iMF's velocities, pMF's
+    # x-predictions, which its loss and sampler convert with their t_clip_min)
     def loss(th, net, data, cond, noise, settings):
-        out = objective(net, data, th.encode(net, cond), noise, settings, null_y=net.config.num_classes)
+        out = objective(net.heads, data, th.encode(net, cond), noise, settings, null_y=net.config.num_classes)
         return TrainTerms(loss=out.loss, loss_per_sample=out.loss_u_raw.detach(), v_loss=out.loss_v_raw.detach())
 
     return loss
@@ -144,7 +146,7 @@ def _draw_pmf(shape, settings, generator, device, dtype):
 
 def _guided_sampler(sampler):
     def sample(th, net, e, cond, settings, num_steps, knobs):
-        return sampler(net, e, th.encode(net, cond), settings, num_steps, **knobs)
+        return sampler(net.heads, e, th.encode(net, cond), settings, num_steps, **knobs)
 
     return sample
 
