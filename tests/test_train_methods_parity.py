@@ -88,3 +88,15 @@ def test_pmf_control_unclipped_conversion_diverges(tmp_path, monkeypatch):
     monkeypatch.setattr(pmf_objective, "x_to_velocity", unclipped)
     traj, _ = run_pair(parity_config("float64", 2, BATCH, "tiny_pmf", PMF_SETS), str(tmp_path))
     assert traj.rel_loss[0] > 1e-4, traj.worst()
+
+
+def test_the_method_benchmark_times_both_backends_on_one_problem():
+    from parity.bench.methods import bench_method, format_method
+
+    rec = bench_method("tiny_imf", steps=1, warmup=1, compile_too=False, log=lambda *a: None)
+    names = {r["name"] for r in rec["runners"] if "error" not in r}
+    assert names == {"jax jit imf", "jax jit fm", "torch eager imf", "torch eager fm"}
+    for objective, (j, t) in rec["first_step_loss"].items():  # the same weights, batch and randomness
+        assert abs(j - t) <= 1e-4 * abs(t), (objective, j, t)
+    assert rec["ratios"]["method_over_fm"]["torch eager"] > 1  # the guidance forwards and the JVP cost
+    assert "imf / FM" in format_method(rec)
