@@ -124,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.method: {err}") from None
         if not hasattr(self, method.settings):
             raise ValueError(f"method {method.name!r} reads TrainConfig.{method.settings}, which is not a field")
+        if method.check is not None:
+            method.check(getattr(self, method.settings))
         check_choice(self, "dtype", DTYPES)
         if self.method not in task.methods:
             having = [repr(n) for n, t in registered_tasks().items() if self.method in t.methods]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 __all__ = ["TrainMethod", "register_method", "get_method", "registered_methods", "method_names",
            "unregister_method"]
@@ -44,6 +44,8 @@ class TrainMethod:
     sampling_fields: the knobs a sampler call takes besides (cond, noise, num_steps), e.g.
         iMF's ("omega", "t_min", "t_max"); each defaults to the settings' `sample_<name>`.
     fixed_steps: sampled with this many steps whatever is asked (regression: 1); 0 = as asked.
+    check(settings): raises ValueError on settings the trainers cannot run (called when a
+        TrainConfig of this method is built, before anything is written); None: no check.
     description: one line for listings.
     """
 
@@ -53,6 +55,7 @@ class TrainMethod:
     task_adjusts: bool = True
     sampling_fields: tuple = ()
     fixed_steps: int = 0
+    check: Optional[Callable[[Any], None]] = None
     description: str = ""
 
     def __post_init__(self):
@@ -140,7 +143,14 @@ IMF = register_method(TrainMethod(
     name="imf", settings="imf", hooks=_hooks("IMF"), task_adjusts=False,
     sampling_fields=("omega", "t_min", "t_max"),
     description="improved MeanFlow: in-context guidance scale and interval, v-head tangent"), builtin=True)
+def _no_perceptual(settings) -> None:
+    if settings.perceptual:
+        raise ValueError("pmf.lpips / pmf.convnext: the trainers build no perceptual feature networks (LPIPS, "
+                         "ConvNeXt); train with pmf.lpips=false pmf.convnext=false, or call "
+                         "pmf_objective.pmf_loss with your PerceptualHooks")
+
+
 PMF = register_method(TrainMethod(
     name="pmf", settings="pmf", hooks=_hooks("PMF"), task_adjusts=False,
-    sampling_fields=("omega", "t_min", "t_max"),
+    sampling_fields=("omega", "t_min", "t_max"), check=_no_perceptual,
     description="pixel MeanFlow: the iMF recipe with an x-predicting network"), builtin=True)

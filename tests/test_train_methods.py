@@ -50,6 +50,8 @@ def test_unprefixed_settings_go_to_the_methods_section():
     assert apply_assignments(TRAIN_PRESETS["tiny"], ["num_steps=4", "method=imf", "model=tiny"]).imf.num_steps == 4
     with pytest.raises(ValueError, match=r"IMFConfig.cfg_max"):
         apply_assignments(TRAIN_PRESETS["tiny_imf"], ["cfg_max=-1"])
+    with pytest.raises(ValueError, match=r"the trainers build no perceptual feature networks"):
+        apply_assignments(TRAIN_PRESETS["tiny_pmf"], ["lpips=true"])
 
 
 def test_settings_sections_round_trip_and_old_records_take_defaults():
