@@ -47,8 +47,8 @@ from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
 from meanflow_common.train_config import TrainConfig, model_config, objective_config
 from meanflow_common.train_loop import TrainBackend, World, run_training
 
-__all__ = ["BACKEND", "JaxBackend", "task_hooks", "make_model", "make_loss_fn", "step_randomness", "to_batch",
-           "make_sampler", "train", "load_run", "main"]
+__all__ = ["BACKEND", "JaxBackend", "task_hooks", "make_model", "make_loss_fn", "compiled_train_step",
+           "step_randomness", "to_batch", "make_sampler", "train", "load_run", "main"]
 
 BACKEND = "jax"
 
@@ -215,6 +215,12 @@ def _fast_step(loss_fn: Callable, optim_cfg) -> Callable:
     return step
 
 
+def compiled_train_step(cfg: TrainConfig, loss_fn: Callable) -> Callable:
+    """step(state, batch, noise) -> (state, metrics) of `train_state.train_step` on one device:
+    jitted, or with cfg.fast_compile on a CPU compiled without XLA's backend optimisations."""
+    return _fast_step(loss_fn, cfg.optim) if _fast(cfg) else make_train_step(loss_fn, cfg.optim)
+
+
 def _checked_params(given, template):
     want = jax.tree_util.tree_flatten_with_path(template)[0]
     got = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(given)[0])
@@ -266,7 +272,7 @@ class JaxBackend(TrainBackend):
         loss_fn = make_loss_fn(cfg, model)
         mesh = parallel.make_mesh(world.devices) if world.devices > 1 else None
         if mesh is None:
-            run = _fast_step(loss_fn, cfg.optim) if _fast(cfg) else make_train_step(loss_fn, cfg.optim)
+            run = compiled_train_step(cfg, loss_fn)
         else:
             jitted = _sharded_step(loss_fn, cfg.optim, mesh)
 

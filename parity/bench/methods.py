@@ -15,7 +15,9 @@ interval [0, 1], regressed on e - x: one forward and one backward, no guidance f
 JVP). Reported: median wall and CPU time per step (interleaved rounds,
 `parity.bench.measure`), compilation, peak memory of one step, and the ratios method / FM per
 backend and mode and PyTorch / JAX. Before timing, the first step's loss of the two backends
-is compared (float32: they agree to ~1e-6 relative).
+is compared (float32: they agree to ~1e-6 relative). A preset with `fast_compile` (the tiny
+ones) compiles the JAX step without XLA's backend optimisations, as its trainer does: a smoke
+test, not a timing.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def _jax_runners(cfg, sd, batch_np, noise_fn, mc, table):
 
     from jax_meanflow import train as jt
     from jax_meanflow.methods import TrainTerms
-    from jax_meanflow.train_state import create_train_state, make_train_step
+    from jax_meanflow.train_state import create_train_state
     from parity.convert import torch_to_jax
 
     model, template = jt.make_model(cfg, batch_np)
@@ -60,7 +62,7 @@ def _jax_runners(cfg, sd, batch_np, noise_fn, mc, table):
 
     runners, first = [], {}
     for objective, loss_fn in ((cfg.method, jt.make_loss_fn(cfg, model)), ("fm", fm_loss)):
-        run = make_train_step(loss_fn, cfg.optim)
+        run = jt.compiled_train_step(cfg, loss_fn)
         box = {"state": create_train_state(params, cfg.optim)}
 
         def step(run=run, box=box):
