@@ -23,9 +23,10 @@ method needs another network family, its presets (`Task.method_presets`).
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
+
+from meanflow_common.backend_hooks import resolve_hooks
 
 __all__ = ["TrainMethod", "register_method", "get_method", "registered_methods", "method_names",
            "unregister_method"]
@@ -67,16 +68,7 @@ class TrainMethod:
     def backend_hooks(self, backend: str):
         """The hooks object of `backend` ("jax" | "torch"), imported on first use when given as
         "package.module:NAME"."""
-        if backend not in self.hooks:
-            raise ValueError(f"method {self.name!r} has no {backend} hooks (it has: {', '.join(sorted(self.hooks))})")
-        hooks = self.hooks[backend]
-        if not isinstance(hooks, str):
-            return hooks
-        module, _, attr = hooks.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"method {self.name!r}: cannot load its {backend} hooks {hooks!r} ({err})") from err
+        return resolve_hooks(f"method {self.name!r}", self.hooks, backend)
 
     def sampling_defaults(self, settings) -> dict:
         """{knob: the settings' sample_<knob>} for each of `sampling_fields`."""

@@ -21,10 +21,10 @@ of: [B, *data_shape(model_cfg)]), `cond_key` the conditioning a sampler takes.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from meanflow_common.backend_hooks import resolve_hooks
 from meanflow_common.config import MeanFlowConfig
 
 __all__ = ["Task", "EvalOptions"]
@@ -130,16 +130,7 @@ class Task:
     def backend_hooks(self, backend: str):
         """The hooks object of `backend` ("jax" | "torch"), imported on first use when given as
         "package.module:NAME"."""
-        if backend not in self.hooks:
-            raise ValueError(f"task {self.name!r} has no {backend} hooks (it has: {', '.join(sorted(self.hooks))})")
-        hooks = self.hooks[backend]
-        if not isinstance(hooks, str):
-            return hooks
-        module, _, attr = hooks.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"task {self.name!r}: cannot load its {backend} hooks {hooks!r} ({err})") from err
+        return resolve_hooks(f"task {self.name!r}", self.hooks, backend)
 
     def model_info(self, example: Optional[Mapping[str, Any]] = None,
                    info: Optional[Mapping[str, Any]] = None) -> dict:
