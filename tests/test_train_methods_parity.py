@@ -91,7 +91,7 @@ def test_pmf_control_unclipped_conversion_diverges(tmp_path, monkeypatch):
 
 
 def test_the_method_benchmark_times_both_backends_on_one_problem():
-    from parity.bench.methods import bench_method, format_method
+    from parity.train_parity.bench_methods import bench_method, format_method
 
     rec = bench_method("tiny_imf", steps=1, warmup=1, compile_too=False, log=lambda *a: None)
     names = {r["name"] for r in rec["runners"] if "error" not in r}

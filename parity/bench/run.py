@@ -5,7 +5,6 @@
     python -m parity.bench --device cuda            # GPU table: DiT-M, DiT-B/4, FLOWER base/default
     python -m parity.bench --sizes dit-s,flower-small --steps 7 --json bench.json
     python -m parity.bench --parity-suite "default,xla full compile,cache cold,cache warm"
-    python -m parity.bench --sizes "" --parity-suite "" --methods digits_imf,digits_pmf
 
 In one process and one run, for every size: the training step (loss, backward, AdamW,
 EMA) of plain flow matching (FM) and MeanFlow (MF), JAX under jit, PyTorch eager and with
@@ -13,9 +12,8 @@ EMA) of plain flow matching (FM) and MeanFlow (MF), JAX under jit, PyTorch eager
 memory-saving path, the attention implementations under the JVP); median step times,
 warm-up/compilation (separately), peak memory and the ratios MF/FM, PyTorch/JAX and
 compiled/eager against the targets. Then the FLOWER sampling latency (1 step against 4)
-and the time of the CPU parity suite; with --methods, the training steps of those presets'
-methods (iMF, pMF) against flow matching on the same network (`parity.bench.methods`).
-Method: parity/bench/measure.py; the figures and how to read them: docs/BENCHMARKS.md.
+and the time of the CPU parity suite (a training method's step, iMF or pMF: `python -m parity
+bench-methods`). Method: parity/bench/measure.py; the figures and how to read them: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -183,8 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-suite", default="default", help="setups of the `python -m parity` timing "
                    "('' = skip): default (fast compile), xla full compile, cache cold, cache warm, full+cache cold, "
                    "full+cache warm")
-    p.add_argument("--methods", default="", help="training presets whose method's step to time against flow "
-                   "matching on the same network, e.g. digits_imf,digits_pmf (parity.bench.methods; '' = skip)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as Markdown")
@@ -231,11 +227,6 @@ def main(argv=None) -> int:
             report["sampling"] += sampling_latency(s, args.device, batches=batches, tokens=args.tokens,
                                                    calls=5 if args.quick else 20,
                                                    backends=("torch",) if args.quick else ("torch", "jax"))
-    report["methods"] = []
-    for preset in (s.strip() for s in args.methods.split(",") if s.strip()):
-        from parity.bench.methods import bench_method
-
-        report["methods"].append(bench_method(preset, args.steps, args.warmup, None, not args.no_compile))
     setups = [x.strip() for x in args.parity_suite.split(",") if x.strip()]
     report["parity_suite"] = []
     if setups:

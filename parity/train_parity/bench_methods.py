@@ -1,9 +1,9 @@
 """The training step of a training method (iMF, pMF, any `TrainMethod`) in both backends,
 against a flow-matching step of the same network.
 
-    python -m parity.bench --methods digits_imf,digits_pmf     # beside the MeanFlow table
-    python -m parity.bench.methods --presets digits_imf,digits_pmf --steps 7
-    python -m parity.bench.methods --presets tiny_imf --steps 2 --no-compile   # smoke test
+    python -m parity bench-methods                              # digits_imf, digits_pmf
+    python -m parity bench-methods --presets digits_imf,digits_pmf --steps 7
+    python -m parity bench-methods --presets tiny_imf --steps 2 --no-compile   # smoke test
 
 For each training preset, on the same random weights (torch, every parameter randomised, the
 Flax tree converted with the table of the run's parity Arch) and the same batch and
@@ -186,7 +186,7 @@ def format_method(rec: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m parity.bench.methods", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m parity bench-methods", description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", default="digits_imf,digits_pmf", help="comma list of TRAIN_PRESETS entries")
     p.add_argument("--batch", type=positive_int, default=None, help="batch size (default: the preset's)")
     p.add_argument("--steps", type=positive_int, default=7, help="timed steps per runner (median reported)")
