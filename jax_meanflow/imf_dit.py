@@ -115,6 +115,12 @@ class IMFDiT(nn.Module):
         return u, v
 
     def __call__(self, z, t, h, omega, t_min, t_max, y):
+        return self._outputs(z, t, *self.heads(z, t, h, omega, t_min, t_max, y))
+
+    def heads(self, z, t, h, omega, t_min, t_max, y):
+        """The two heads' outputs before the network's own conversion (`_outputs`): iMF's
+        velocities (u, v); pMF's clean-image predictions (x_u, x_v), which pMF's loss and
+        sampler convert with their t_clip_min. `model.apply(..., method="heads")`."""
         cfg = self.config
         check_inputs(cfg, z, t, h, omega, t_min, t_max, y)
         rope = self._rope()
@@ -129,7 +135,7 @@ class IMFDiT(nn.Module):
         n = cfg.prefix_tokens
         u = self.unpatchify(self.u_final_layer(u_seq[:, n:]))
         v = self.unpatchify(self.v_final_layer(v_seq[:, n:]))
-        return self._outputs(z, t, u, v)
+        return u, v
 
 
 def _dummy(cfg, dtype):

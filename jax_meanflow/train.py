@@ -12,9 +12,11 @@ function names, the same TrainConfig, the same run folder.
             (`jax_meanflow.tasks.TaskHooks`): digits, a DiT (NHWC), labels with CFG as
             the MeanFlowConfig says; reach, a FlowerPolicy on observations -> action
             chunks; a user's registered task alike. No branch here on a task's name.
-    method: "meanflow" | "flow_matching" (h = 0, no JVP) | "regression" (tasks that list
-            it, e.g. reach: MSE of -u(0, t=1, h=1 | cond) to the data; sampled with zero
-            noise in one step).
+    method: what cfg.method names (`meanflow_common.train_methods.TrainMethod`), through
+            its JAX hooks (`jax_meanflow.methods.MethodHooks`): its randomness, loss and
+            sampler; "meanflow", "flow_matching" (h = 0, no JVP), "regression" (tasks that
+            list it), "imf" and "pmf" (their own DiT; omega and interval at sampling time).
+            No branch here on a method's name.
     dtype "bfloat16": params, optimizer and EMA in float32; the loss runs on bfloat16
     copies of the params and data (the cast is differentiated, so grads are float32).
 """
@@ -31,8 +33,7 @@ import numpy as np
 
 from jax_meanflow import parallel, x64
 from jax_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
-from jax_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
-from jax_meanflow.solver import generate
+from jax_meanflow.methods import MethodHooks, method_hooks
 from jax_meanflow.tasks import KeyedModel, TaskHooks
 from jax_meanflow.train_state import TrainState, create_train_state, make_train_step, train_step
 from meanflow_common import train_loop
@@ -40,14 +41,14 @@ from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
 from meanflow_common.launch_env import LaunchEnvError
 from meanflow_common.metrics import tensorboardx_writer
-from meanflow_common.sampling import sample_inputs
+from meanflow_common.sampling import sample_inputs, sampling_knobs
 from meanflow_common.tasks import get_task
 from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
 from meanflow_common.train_config import TrainConfig, model_config, objective_config
 from meanflow_common.train_loop import TrainBackend, World, run_training
 
-__all__ = ["BACKEND", "JaxBackend", "task_hooks", "make_model", "make_loss_fn", "step_randomness", "to_batch",
-           "make_sampler", "train", "load_run", "main"]
+__all__ = ["BACKEND", "JaxBackend", "task_hooks", "make_model", "make_loss_fn", "compiled_train_step",
+           "step_randomness", "to_batch", "make_sampler", "train", "load_run", "main"]
 
 BACKEND = "jax"
 
@@ -79,17 +80,11 @@ def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, info: Opt
     read from `example_batch`.
     """
     master, _ = _dtypes(cfg.dtype)
-    return task_hooks(cfg).build(cfg, get_task(cfg.task).model_info(example_batch, info), master)
-
-
-def _regression_loss(u_fn, data, cond, train: bool) -> MeanFlowOutput:
-    """The regression baseline: -u(0, t=1, h=1 | cond) regressed on the data (unweighted MSE)."""
-    one = jnp.ones((data.shape[0],), data.dtype)
-    u = u_fn(jnp.zeros_like(data), one, one, cond, train)
-    target = -data
-    per = jnp.sum((u - target) ** 2, axis=tuple(range(1, u.ndim)))
-    return MeanFlowOutput(u=u, du_dt=jnp.zeros_like(u), v=target, v_g=target, u_tgt=target,
-                          loss_per_sample=per, loss=jnp.mean(per), v_loss=per, weight=jnp.ones_like(per))
+    facts = get_task(cfg.task).model_info(example_batch, info)
+    build = method_hooks(cfg).build
+    if build is not None:  # the method trains its own network family (iMF, pMF)
+        return build(cfg, task_hooks(cfg), facts, master)
+    return task_hooks(cfg).build(cfg, facts, master)
 
 
 def make_loss_fn(cfg: TrainConfig, model) -> Callable:
@@ -99,36 +94,29 @@ def make_loss_fn(cfg: TrainConfig, model) -> Callable:
     train step once per process for repeated runs of the same recipe.
     """
     hooks = task_hooks(cfg)
-    return _loss_fn(get_task(cfg.task), hooks, cfg.method, cfg.dtype, model_config(cfg), objective_config(cfg),
+    return _loss_fn(get_task(cfg.task), hooks, method_hooks(cfg), cfg.dtype, model_config(cfg), objective_config(cfg),
                     KeyedModel(hooks, model))
 
 
 @functools.lru_cache(maxsize=32)
-def _loss_fn(task, hooks, method, dtype_name, mc, mf, keyed):
+def _loss_fn(task, hooks, mhooks: MethodHooks, dtype_name, mc, settings, keyed):
     master, compute = _dtypes(dtype_name)
     cast = functools.partial(jax.tree.map, lambda a: a.astype(compute) if jnp.issubdtype(a.dtype, jnp.floating) else a)
-    objective = meanflow_loss if method == "meanflow" else flow_matching_loss
     model = keyed.model
 
     def loss_fn(params, batch, noise):
-        p = cast(params)
         data, cond = batch[task.data_key].astype(compute), cast(batch[task.cond_key])
-        y = hooks.encode(model, p, cond)
-        u_fn = hooks.u_fn(model, p, batch.get("dropout_rng"))
-        if method == "regression":
-            out = _regression_loss(u_fn, data, y, True)
-        else:
-            out = objective(u_fn, data, y, cast(noise), mf, null_y=hooks.null_cond(model, mf, y), train=True)
+        out = mhooks.loss(hooks, model, cast(params), data, cond, cast(noise), settings, batch.get("dropout_rng"))
         return out.loss.astype(master), out
 
     return loss_fn
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_draw(shape, mf, dtype_name, backend):
+def _compiled_draw(shape, mhooks: MethodHooks, settings, dtype_name, backend):
     def draw(seed_key, step):
         k_noise, k_dropout = jax.random.split(jax.random.fold_in(seed_key, step))
-        return sample_noise(k_noise, shape, mf, jnp.dtype(dtype_name)), k_dropout
+        return mhooks.draw(k_noise, shape, settings, jnp.dtype(dtype_name)), k_dropout
 
     lowered = jax.jit(draw).lower(jax.random.PRNGKey(0), np.uint32(0))
     # A few hundred random numbers per step: XLA's CPU optimiser would spend seconds on
@@ -136,11 +124,13 @@ def _compiled_draw(shape, mf, dtype_name, backend):
     return lowered.compile(compiler_options={"xla_backend_optimization_level": 0} if backend == "cpu" else None)
 
 
-def step_randomness(cfg: TrainConfig, step: int, x_shape) -> tuple[MeanFlowNoise, Any]:
-    """(noise, dropout key) of the update after `step` updates: fold_in(PRNGKey(seed), step)."""
+def step_randomness(cfg: TrainConfig, step: int, x_shape) -> tuple[Any, Any]:
+    """(noise, dropout key) of the update after `step` updates: fold_in(PRNGKey(seed), step);
+    the noise is the method's (MeanFlowNoise; IMFNoise / PMFNoise for imf / pmf)."""
     master, _ = _dtypes(cfg.dtype)
     shape = tuple(int(s) for s in x_shape)
-    draw = _compiled_draw(shape, objective_config(cfg), jnp.dtype(master).name, jax.default_backend())
+    draw = _compiled_draw(shape, method_hooks(cfg), objective_config(cfg), jnp.dtype(master).name,
+                          jax.default_backend())
     return draw(jax.random.PRNGKey(cfg.seed), np.uint32(step))
 
 
@@ -154,7 +144,7 @@ def to_batch(cfg: TrainConfig, batch: dict) -> dict:
 
 
 def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = True) -> Callable:
-    """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False) -> NumPy samples.
+    """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False, **knobs) -> NumPy samples.
 
     The request is checked on the host first (`meanflow_common.sampling.sample_inputs`:
     the task's `check_cond`, e.g. integer labels in [0, num_classes), the null class only
@@ -163,19 +153,24 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
     cond: labels int [B] (digits) or observations [B, obs_dim] (reach). noise: e in the
     data's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn from
     np.random.default_rng(seed), so both backends sample from the same noise.
-    num_steps default cfg.mf.num_steps. flow_matching runs Euler steps with h = 0;
-    regression uses zero noise and one step. Runs jitted, in the master dtype.
+    num_steps default: the method settings' num_steps. flow_matching runs Euler steps with
+    h = 0; regression uses zero noise and one step. knobs: the method's sampling knobs
+    (imf / pmf: omega, t_min, t_max, each a number or [B]; default the settings'
+    sample_omega, sample_t_min, sample_t_max), checked by
+    `meanflow_common.sampling.sampling_knobs`. Runs jitted, in the master dtype.
     """
     master, _ = _dtypes(cfg.dtype)
     params = state.ema_params if use_ema else state.params
     hooks = task_hooks(cfg)
     keyed = KeyedModel(hooks, model)
+    settings = objective_config(cfg)
 
-    def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
+    def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False, **knobs):
         # checked on the host: under jit a bad label would silently index the wrong row
         cond, noise, steps = sample_inputs(cfg, cond, noise, num_steps, seed, allow_null)
-        run = _sampler(hooks, cfg.method, keyed, steps)
-        args = (params, jnp.asarray(noise, master), hooks.cond_array(cond, master))
+        knobs = {k: jnp.asarray(v, master) for k, v in sampling_knobs(cfg, cond.shape[0], knobs).items()}
+        run = _sampler(hooks, method_hooks(cfg), settings, keyed, steps)
+        args = (params, jnp.asarray(noise, master), hooks.cond_array(cond, master), knobs)
         if _fast(cfg):
             return np.asarray(_fast_call(run, functools.partial(run.lower, *args), *args))
         return np.asarray(run(*args))
@@ -184,24 +179,14 @@ def make_sampler(cfg: TrainConfig, model, state: TrainState, use_ema: bool = Tru
 
 
 @functools.lru_cache(maxsize=32)
-def _sampler(hooks, method, keyed, num_steps):
+def _sampler(hooks, mhooks: MethodHooks, settings, keyed, num_steps):
     model = keyed.model
 
     @jax.jit
-    def run(params, e, cond):
-        u_fn, y = hooks.u_fn(model, params, None), hooks.encode(model, params, cond)
-        if method == "flow_matching":
-            u_fn = functools.partial(_zero_h, u_fn)
-        if method == "regression":
-            e = jnp.zeros_like(e)
-        x = generate(u_fn, e, y, num_steps=num_steps)
-        return hooks.finish(model, x)
+    def run(params, e, cond, knobs):
+        return hooks.finish(model, mhooks.sample(hooks, model, params, e, cond, settings, num_steps, knobs))
 
     return run
-
-
-def _zero_h(u_fn, z, t, h, y, train=False):
-    return u_fn(z, t, jnp.zeros_like(h), y, train)
 
 
 def _fast(cfg: TrainConfig) -> bool:
@@ -228,6 +213,12 @@ def _fast_step(loss_fn: Callable, optim_cfg) -> Callable:
         return _fast_call((loss_fn, optim_cfg), lower, state, batch, noise)
 
     return step
+
+
+def compiled_train_step(cfg: TrainConfig, loss_fn: Callable) -> Callable:
+    """step(state, batch, noise) -> (state, metrics) of `train_state.train_step` on one device:
+    jitted, or with cfg.fast_compile on a CPU compiled without XLA's backend optimisations."""
+    return _fast_step(loss_fn, cfg.optim) if _fast(cfg) else make_train_step(loss_fn, cfg.optim)
 
 
 def _checked_params(given, template):
@@ -281,7 +272,7 @@ class JaxBackend(TrainBackend):
         loss_fn = make_loss_fn(cfg, model)
         mesh = parallel.make_mesh(world.devices) if world.devices > 1 else None
         if mesh is None:
-            run = _fast_step(loss_fn, cfg.optim) if _fast(cfg) else make_train_step(loss_fn, cfg.optim)
+            run = compiled_train_step(cfg, loss_fn)
         else:
             jitted = _sharded_step(loss_fn, cfg.optim, mesh)
 
@@ -349,7 +340,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     dataset, batch_fn: the data (default `meanflow_common.tasks.get_dataset(task, seed)`
     and `batch_at`). eval_fn(state, step, run_dir): called every cfg.eval_every updates and
     at the end (e.g. sample grids, rollouts; see `make_sampler`). noise_fn(step, batch) ->
-    MeanFlowNoise of the global batch replaces the built-in randomness (cross-backend
+    the method's noise (MeanFlowNoise, IMFNoise, PMFNoise) of the global batch replaces the built-in randomness (cross-backend
     parity); init_params replaces the initial parameters (checked key by key);
     on_step(step, state, metrics) runs after every update. The loop itself is
     `meanflow_common.train_loop.run_training`.

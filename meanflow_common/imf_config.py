@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["IMFDiTConfig", "PMFDiTConfig", "IMF_PRESETS", "PMF_PRESETS"]
+__all__ = ["IMFDiTConfig", "PMFDiTConfig", "IMF_PRESETS", "PMF_PRESETS", "DIGITS_IMF_PRESETS", "DIGITS_PMF_PRESETS"]
 
 
 def _check_common(cfg) -> None:
@@ -119,4 +119,22 @@ PMF_PRESETS = {
     "tiny": PMFDiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=3, num_heads=2,
                          aux_head_depth=1, num_classes=5, num_class_tokens=2, num_time_tokens=2,
                          num_cfg_tokens=2, num_interval_tokens=1, frequency_embedding_size=16, pca_channels=6),
+}
+
+# The digits task's networks (8x8x1 images, 10 classes) for the imf / pmf training methods:
+# "small" is as wide as the MeanFlow digits DiT (128) with 4 blocks in all (2 shared, one u and
+# one v head block) and 5 prefix tokens, so that an update costs about twice MeanFlow's (the
+# guidance forwards come on top of the JVP; docs/RESULTS.md has the measured costs).
+_DIGITS = dict(input_size=8, patch_size=2, in_channels=1, num_classes=10)
+_DIGITS_TINY = dict(hidden_size=32, depth=3, num_heads=2, aux_head_depth=1, num_class_tokens=2, num_time_tokens=2,
+                    num_cfg_tokens=2, num_interval_tokens=1, frequency_embedding_size=16)
+_DIGITS_SMALL = dict(hidden_size=128, depth=3, num_heads=4, aux_head_depth=1, num_class_tokens=2, num_time_tokens=1,
+                     num_cfg_tokens=1, num_interval_tokens=1, frequency_embedding_size=64)
+DIGITS_IMF_PRESETS = {
+    "tiny": IMFDiTConfig(**_DIGITS, **_DIGITS_TINY),
+    "small": IMFDiTConfig(**_DIGITS, **_DIGITS_SMALL),
+}
+DIGITS_PMF_PRESETS = {
+    "tiny": PMFDiTConfig(**_DIGITS, **_DIGITS_TINY, pca_channels=4),
+    "small": PMFDiTConfig(**_DIGITS, **_DIGITS_SMALL, pca_channels=16),
 }

@@ -4,10 +4,12 @@
 `TrainConfig` (pure Python, no framework import), so a recipe means the same thing on
 both sides. A config is built from a preset (`TRAIN_PRESETS`), then an optional JSON file,
 then `field=value` assignments; an assignment names a field of `TrainConfig`, of its
-nested `OptimConfig` (`optim.`) or `MeanFlowConfig` (`mf.`), or of the model preset's
-config (`model.`: the task's preset table: `DiTConfig` for digits, `FlowerConfig` for
-reach). The prefix may be left out when the name is unambiguous (it always is: the field
-names are disjoint).
+nested `OptimConfig` (`optim.`), of an objective's settings (`mf.` MeanFlowConfig, `imf.`
+IMFConfig, `pmf.` PMFConfig), or of the model preset's config (`model.`: the task's preset
+table for the method: `DiTConfig` for digits, `IMFDiTConfig` / `PMFDiTConfig` for digits
+with imf / pmf, `FlowerConfig` for reach). The prefix may be left out for the optimiser, the
+model and the settings section the run's method reads (`TrainMethod.settings`: mf for
+meanflow, flow_matching and regression); a setting of another section must be prefixed.
 
 Whatever depends on the task (its presets, methods, objective settings, batch and data
 shape) is asked of its `meanflow_common.tasks.Task`, looked up by `TrainConfig.task`.
@@ -25,7 +27,9 @@ from typing import Any, Mapping, Sequence
 
 from meanflow_common.config import MeanFlowConfig, OptimConfig, from_dict, get_preset, override
 from meanflow_common.fields import check_choice, check_range, check_types, parse_value
+from meanflow_common.objective_configs import IMFConfig, PMFConfig
 from meanflow_common.tasks import Task, get_task, registered_tasks
+from meanflow_common.train_methods import TrainMethod, get_method, method_names
 
 __all__ = [
     "METHODS",
@@ -34,6 +38,7 @@ __all__ = [
     "TRAIN_PRESETS",
     "model_config",
     "objective_config",
+    "train_method",
     "apply_assignments",
     "config_from_dict",
     "config_to_dict",
@@ -42,7 +47,7 @@ __all__ = [
     "data_shape",
 ]
 
-METHODS = ("meanflow", "flow_matching", "regression")
+METHODS = method_names()  # the built-ins; a user's method joins the registry (meanflow_common.train_methods)
 DTYPES = ("float32", "bfloat16", "float64")
 
 
@@ -98,19 +103,30 @@ class TrainConfig:
     model_overrides: tuple = ()
     optim: OptimConfig = field(default_factory=OptimConfig)
     mf: MeanFlowConfig = field(default_factory=MeanFlowConfig)
+    imf: IMFConfig = field(default_factory=IMFConfig)
+    pmf: PMFConfig = field(default_factory=PMFConfig)
 
     def __post_init__(self):
         pairs = tuple((str(k), v) for k, v in _pairs(self.model_overrides))
         object.__setattr__(self, "model_overrides", pairs)
         if isinstance(self.task, Task):
             object.__setattr__(self, "task", _registered_name(self.task))
+        if isinstance(self.method, TrainMethod):
+            object.__setattr__(self, "method", _registered_method(self.method))
         check_types(self)
         try:
             task = get_task(self.task)
         except ValueError as err:
             raise ValueError(f"TrainConfig.task: {err}") from None
-        for name, choices in (("method", METHODS), ("dtype", DTYPES)):
-            check_choice(self, name, choices)
+        try:
+            method = get_method(self.method)
+        except ValueError as err:
+            raise ValueError(f"TrainConfig.method: {err}") from None
+        if not hasattr(self, method.settings):
+            raise ValueError(f"method {method.name!r} reads TrainConfig.{method.settings}, which is not a field")
+        if method.check is not None:
+            method.check(getattr(self, method.settings))
+        check_choice(self, "dtype", DTYPES)
         if self.method not in task.methods:
             having = [repr(n) for n, t in registered_tasks().items() if self.method in t.methods]
             raise ValueError(f"method {self.method!r} is not a method of task {self.task!r} "
@@ -136,6 +152,13 @@ def _registered_name(task: Task) -> str:
     return task.name
 
 
+def _registered_method(method: TrainMethod) -> str:
+    if get_method(method.name) is not method:
+        raise ValueError(f"TrainConfig.method: the TrainMethod {method.name!r} is not the one registered under its "
+                         "name; register it first (meanflow_common.train_methods.register_method)")
+    return method.name
+
+
 def _pairs(overrides) -> list[tuple[str, Any]]:
     if isinstance(overrides, Mapping):
         return list(overrides.items())
@@ -155,16 +178,29 @@ def _pairs(overrides) -> list[tuple[str, Any]]:
 
 
 def model_config(cfg: TrainConfig):
-    """The resolved network config: the task's preset table, `cfg.model`, the overrides."""
+    """The resolved network config: the task's preset table (its table for cfg.method when
+    the method trains another network family, `Task.method_presets`), `cfg.model`, the
+    overrides."""
     task = get_task(cfg.task)
-    base = get_preset(task.presets, cfg.model, f"{task.preset_kind} (TrainConfig.model for task {cfg.task!r})")
+    table, kind = task.presets_for(cfg.method)
+    of_method = "" if table is task.presets else f", method {cfg.method!r}"
+    base = get_preset(table, cfg.model, f"{kind} (TrainConfig.model for task {cfg.task!r}{of_method})")
     return override(base, dict(cfg.model_overrides)) if cfg.model_overrides else base
 
 
-def objective_config(cfg: TrainConfig) -> MeanFlowConfig:
-    """The objective settings the trainer uses, as the task adjusts them (a task without
-    class labels, e.g. reach, turns guidance and class dropout off)."""
-    return get_task(cfg.task).objective(cfg.mf)
+def train_method(cfg: TrainConfig) -> TrainMethod:
+    """The `TrainMethod` cfg.method names."""
+    return get_method(cfg.method)
+
+
+def objective_config(cfg: TrainConfig):
+    """The objective settings the trainer uses: the method's settings section (MeanFlowConfig
+    for meanflow / flow_matching / regression, IMFConfig, PMFConfig), as the task adjusts
+    them where the method lets it (a task without class labels, e.g. reach, turns
+    MeanFlow's guidance and class dropout off)."""
+    method = get_method(cfg.method)
+    settings = getattr(cfg, method.settings)
+    return get_task(cfg.task).objective(settings) if method.task_adjusts else settings
 
 
 # ----------------------------------------------------------------------------------
@@ -204,6 +240,33 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         out_dir="runs/digits_1nfe", optim=replace(_FAST_OPTIM, lr=4e-3, ema_decay=0.99),
         mf=MeanFlowConfig(guidance_eq="", class_dropout_prob=0.0, data_proportion=0.5),
     ),
+    # tests: improved MeanFlow / pixel MeanFlow on a 3-block iMF / pMF DiT (8x8x1 digits)
+    "tiny_imf": TrainConfig(
+        task="digits", method="imf", model="tiny", steps=8, batch_size=8, ckpt_every=4, log_every=1,
+        out_dir="runs/tiny_imf", fast_compile=True, optim=OptimConfig(lr=1e-3, ema_decay=0.9),
+        imf=IMFConfig(data_proportion=0.34, class_dropout_prob=0.3, sample_omega=2.0),
+    ),
+    "tiny_pmf": TrainConfig(
+        task="digits", method="pmf", model="tiny", steps=8, batch_size=8, ckpt_every=4, log_every=1,
+        out_dir="runs/tiny_pmf", fast_compile=True, optim=OptimConfig(lr=1e-3, ema_decay=0.9),
+        pmf=PMFConfig(data_proportion=0.34, class_dropout_prob=0.3, tr_uniform=True, tr_uniform_prob=0.3,
+                      sample_omega=2.0),
+    ),
+    # the digits runs of iMF and pMF: the digits_1nfe optimiser, a 4-block iMF / pMF DiT of width
+    # 128 and half as many updates (each costs about twice a MeanFlow update: about the CPU time
+    # of digits_1nfe). iMF: training guidance scales in [1, 2] rather than the official [1, 8]
+    # and sampled without guidance by default (on digits the official range scored worse at
+    # 1 NFE, docs/RESULTS.md); pMF: the official defaults (sampled at omega 8.5 by default).
+    # The evaluator's --sampling sweeps omega and the interval.
+    "digits_imf": TrainConfig(
+        task="digits", method="imf", model="small", steps=750, batch_size=64, ckpt_every=250, log_every=50,
+        out_dir="runs/digits_imf", optim=replace(_FAST_OPTIM, lr=4e-3, ema_decay=0.99),
+        imf=IMFConfig(cfg_max=1.0, sample_omega=1.0),
+    ),
+    "digits_pmf": TrainConfig(
+        task="digits", method="pmf", model="small", steps=750, batch_size=64, ckpt_every=250, log_every=50,
+        out_dir="runs/digits_pmf", optim=replace(_FAST_OPTIM, lr=4e-3, ema_decay=0.99),
+    ),
     # the reach run: FLOWER "small" as a policy for chunks [10, 2] of 2-D velocities
     "reach": TrainConfig(
         task="reach", model="small", steps=4000, batch_size=64, ckpt_every=1000, log_every=50,
@@ -218,9 +281,10 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 # Assignments by name, dicts and files
 # ----------------------------------------------------------------------------------
 
-_TOP = {f.name for f in fields(TrainConfig)} - {"optim", "mf", "model_overrides"}
+_OBJECTIVES = {"mf": MeanFlowConfig, "imf": IMFConfig, "pmf": PMFConfig}  # the settings sections
+_TOP = {f.name for f in fields(TrainConfig)} - {"optim", "model_overrides", *_OBJECTIVES}
 _OPTIM = {f.name for f in fields(OptimConfig)}
-_MF = {f.name for f in fields(MeanFlowConfig)}
+_SETTINGS = {name: {f.name for f in fields(cls)} for name, cls in _OBJECTIVES.items()}
 
 
 def _model_fields(cfg: TrainConfig) -> set[str]:
@@ -238,20 +302,27 @@ def _split(item) -> tuple[str, Any]:
 
 
 def _where(key: str, cfg: TrainConfig) -> tuple[str, str]:
-    """(section, field) of an assignment key, with or without a section prefix."""
+    """(section, field) of an assignment key, with or without a section prefix. An unprefixed
+    objective field that several settings sections share (P_mean, num_steps, ...) goes to
+    the section of cfg.method."""
+    valid = {"optim": _OPTIM, **_SETTINGS, "model": _model_fields(cfg)}
     if "." in key:
         section, name = key.split(".", 1)
-        valid = {"optim": _OPTIM, "mf": _MF, "model": _model_fields(cfg)}
         if section not in valid:
-            raise KeyError(f"unknown section {section!r} in {key!r}; use optim., mf. or model.")
+            raise KeyError(f"unknown section {section!r} in {key!r}; use {', '.join(s + '.' for s in valid)}")
         if name not in valid[section]:
             raise KeyError(f"unknown field {name!r} in section {section!r}; valid: {', '.join(sorted(valid[section]))}")
         return section, name
-    for section, names in (("optim", _OPTIM), ("mf", _MF), ("model", _model_fields(cfg))):
-        if key in names:
+    active = get_method(cfg.method).settings
+    for section in ("optim", active, "model"):
+        if key in valid.get(section, ()):
             return section, key
-    valid = sorted(_TOP | _OPTIM | _MF | _model_fields(cfg))
-    raise KeyError(f"unknown config field {key!r}; valid: {', '.join(valid)}")
+    having = [s for s in _SETTINGS if key in _SETTINGS[s]]
+    if having:  # a setting the run's method does not read: most likely a slip, so it must be spelt out
+        raise KeyError(f"config field {key!r} is a setting of {' and '.join(s + '.' for s in having)} but method "
+                       f"{cfg.method!r} reads {active}.; write {having[0]}.{key} to set it anyway")
+    valid_names = sorted(_TOP | _OPTIM | set().union(*_SETTINGS.values()) | _model_fields(cfg))
+    raise KeyError(f"unknown config field {key!r}; valid: {', '.join(valid_names)}")
 
 
 def apply_assignments(cfg: TrainConfig, assignments: Sequence[str] | Mapping[str, Any]) -> TrainConfig:
@@ -272,17 +343,15 @@ def apply_assignments(cfg: TrainConfig, assignments: Sequence[str] | Mapping[str
         hints = typing.get_type_hints(TrainConfig)
         changes = {k: (parse_value(v, hints[k], f"TrainConfig.{k}") if p else v) for k, v, p in top}
         cfg = _replace_top(cfg, changes)
-    sections = {"optim": {}, "mf": {}, "model": {}}
+    sections = {"optim": {}, **{name: {} for name in _OBJECTIVES}, "model": {}}
     for key, value, p in rest:
         section, name = _where(key, cfg)
         sections[section][name] = (value, p)
-    optim, mf, model = (_typed(section_cfg, sections[name]) for name, section_cfg in
-                        (("optim", cfg.optim), ("mf", cfg.mf), ("model", model_config(cfg))))
-    if sections["optim"]:
-        cfg = replace(cfg, optim=optim)
-    if sections["mf"]:
-        cfg = replace(cfg, mf=mf)
+    for name in ("optim", *_OBJECTIVES):
+        if sections[name]:
+            cfg = replace(cfg, **{name: _typed(getattr(cfg, name), sections[name])})
     if sections["model"]:
+        model = _typed(model_config(cfg), sections["model"])
         typed = dataclasses.asdict(model)  # "64" parsed to 64 and validated by the model config
         merged = {**dict(cfg.model_overrides), **{k: typed[k] for k in sections["model"]}}
         cfg = replace(cfg, model_overrides=tuple(merged.items()))
@@ -325,14 +394,14 @@ def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None) -
     unknown = sorted(set(data) - valid)
     if unknown:
         raise KeyError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(valid)}")
-    changes = {k: v for k, v in data.items() if k not in ("optim", "mf")}
-    for section in ("optim", "mf"):
-        if section in data and not isinstance(data[section], Mapping):
+    sections = {"optim": OptimConfig, **_OBJECTIVES}
+    changes = {k: v for k, v in data.items() if k not in sections}
+    for section, cls in sections.items():
+        if section not in data:
+            continue
+        if not isinstance(data[section], Mapping):
             raise TypeError(f"TrainConfig.{section}={data[section]!r} must be an object of fields")
-    if "optim" in data:
-        changes["optim"] = from_dict(OptimConfig, {**dataclasses.asdict(base.optim), **data["optim"]})
-    if "mf" in data:
-        changes["mf"] = from_dict(MeanFlowConfig, {**dataclasses.asdict(base.mf), **data["mf"]})
+        changes[section] = from_dict(cls, {**dataclasses.asdict(getattr(base, section)), **data[section]})
     same_family = changes.get("task", base.task) == base.task
     if "model_overrides" in changes:
         # merged over the base's overrides (a partial file keeps the preset's own ones)

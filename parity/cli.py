@@ -30,6 +30,7 @@ import sys
 DELEGATED = {
     "bench": ("parity.bench.run", "benchmarks of the MeanFlow train step (see its --help)"),
     "bench-profile": ("parity.bench.profile", "op-by-op profile of a PyTorch train step"),
+    "bench-methods": ("parity.train_parity.bench_methods", "a training method's step (iMF, pMF) against flow matching"),
     "bench-report": ("parity.bench.report", "Markdown tables of a saved benchmark JSON"),
     "rule-sizes": ("parity.bench.rule_sizes", "the calibrated float32 rule across network sizes, with the controls"),
     "parity-cost": ("parity.bench.parity_cost", "time and memory of the parity check, phase by phase"),

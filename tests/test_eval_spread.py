@@ -113,3 +113,11 @@ def test_files_before_the_copying_figures_still_print(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "| runs/a | 1 | 1 training x 1 eval | 1.000 | 3.000 | 0.900 | 0.700 | 0.800 |" in out
     assert "copy_z" not in out and "copy_z" in err and "left out" in err
+
+
+def test_sampling_settings_are_rows_of_their_own():
+    recs = [{**_rec(f"runs/imf_s{s}", 1, 5.0 + w, 0.5), "sampling": {"omega": w, "t_min": 0.4}}
+            for s in range(2) for w in (1.0, 2.0)]
+    rows = spread.spread_rows(recs, ["fd"])
+    assert rows == ["| runs/imf (omega=1 t_min=0.4) | 1 | 2 training x 1 eval | 6.000 ± 0.000 (6.000, 6.000) |",
+                    "| runs/imf (omega=2 t_min=0.4) | 1 | 2 training x 1 eval | 7.000 ± 0.000 (7.000, 7.000) |"]

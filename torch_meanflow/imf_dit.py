@@ -43,7 +43,8 @@ class TimestepEmbedder(FixedTables):
                                  Linear(hidden_size, hidden_size))
 
     def forward(self, s):
-        return self.mlp(timestep_embedding(s.to(self.freqs.dtype), self.freqs))
+        # the features come out in the table's dtype; the MLP runs in the caller's (bfloat16 training)
+        return self.mlp(timestep_embedding(s.to(self.freqs.dtype), self.freqs).to(s.dtype))
 
 
 class PatchEmbedder(nn.Module):
@@ -153,6 +154,12 @@ class IMFDiT(FixedTables):
         return u, v
 
     def forward(self, z, t, h, omega, t_min, t_max, y):
+        return self._outputs(z, t, *self.heads(z, t, h, omega, t_min, t_max, y))
+
+    def heads(self, z, t, h, omega, t_min, t_max, y):
+        """The two heads' outputs before the network's own conversion (`_outputs`): iMF's
+        velocities (u, v); pMF's clean-image predictions (x_u, x_v), which pMF's loss and
+        sampler convert with their t_clip_min."""
         cfg = self.config
         check_inputs(cfg, z, t, h, omega, t_min, t_max, y, dtype=self.u_final_layer.norm.weight.dtype)
         rope = (self.rope_cos, self.rope_sin)
@@ -167,7 +174,7 @@ class IMFDiT(FixedTables):
         n = cfg.prefix_tokens
         u = self.unpatchify(self.u_final_layer(u_seq[:, n:]))
         v = self.unpatchify(self.v_final_layer(v_seq[:, n:]))
-        return self._outputs(z, t, u, v)
+        return u, v
 
     def derived_official_keys(self) -> tuple:
         """Keys of an official state dict that are derived constants, not parameters."""

@@ -15,15 +15,18 @@ same TrainConfig, the same run folder.
             interface's NHWC images are transposed by the hooks); reach, a FlowerPolicy
             on observations -> action chunks; a user's registered task alike. No branch
             here on a task's name.
-    method: "meanflow" | "flow_matching" (h = 0, no JVP) | "regression" (tasks that list
-            it, e.g. reach: MSE of -u(0, t=1, h=1 | cond) to the data; sampled with zero
-            noise in one step).
+    method: what cfg.method names (`meanflow_common.train_methods.TrainMethod`), through
+            its torch hooks (`torch_meanflow.methods.MethodHooks`): its randomness, loss and
+            sampler; "meanflow", "flow_matching" (h = 0, no JVP), "regression" (tasks that
+            list it), "imf" and "pmf" (their own DiT; omega and interval at sampling time).
+            No branch here on a method's name.
     dtype "bfloat16": params, optimizer and EMA in float32; the loss runs on bfloat16
     copies of the params and data (`torch.func.functional_call` with differentiable casts,
     so the gradients land on the float32 parameters).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Callable, Optional
@@ -37,15 +40,14 @@ from meanflow_common.keys import check_keys_and_shapes
 from meanflow_common.checks import check_float_arrays
 from meanflow_common.launch_env import LaunchEnvError
 from meanflow_common.metrics import tensorboardx_writer
-from meanflow_common.sampling import sample_inputs
+from meanflow_common.sampling import sample_inputs, sampling_knobs
 from meanflow_common.tasks import get_task
 from meanflow_common.train_cli import LoadedRun, RunResult, run_cli
 from meanflow_common.train_config import TrainConfig, objective_config
 from meanflow_common.train_loop import TrainBackend, World, run_training
 from torch_meanflow import parallel
 from torch_meanflow.checkpoint import list_checkpoints, remove_partial, restore_checkpoint, save_checkpoint
-from torch_meanflow.objective import MeanFlowNoise, MeanFlowOutput, flow_matching_loss, meanflow_loss, sample_noise
-from torch_meanflow.solver import generate
+from torch_meanflow.methods import method_hooks
 from torch_meanflow.tasks import TaskHooks
 from torch_meanflow.train_state import TrainState, compile_loss, create_train_state, train_step
 
@@ -85,17 +87,11 @@ def make_model(cfg: TrainConfig, example_batch: Optional[dict] = None, info: Opt
     read from `example_batch`.
     """
     master, _ = _dtypes(cfg)
-    return task_hooks(cfg).build(cfg, get_task(cfg.task).model_info(example_batch, info), master, _device())
-
-
-def _regression_loss(u_fn, data, cond, train: bool) -> MeanFlowOutput:
-    """The regression baseline: -u(0, t=1, h=1 | cond) regressed on the data (unweighted MSE)."""
-    one = torch.ones(data.shape[0], dtype=data.dtype, device=data.device)
-    u = u_fn(torch.zeros_like(data), one, one, cond, train)
-    target = -data
-    per = ((u - target) ** 2).sum(dim=tuple(range(1, u.dim())))
-    return MeanFlowOutput(u=u, du_dt=torch.zeros_like(u), v=target, v_g=target, u_tgt=target,
-                          loss_per_sample=per, loss=per.mean(), v_loss=per.detach(), weight=torch.ones_like(per))
+    facts = get_task(cfg.task).model_info(example_batch, info)
+    build = method_hooks(cfg).build
+    if build is not None:  # the method trains its own network family (iMF, pMF)
+        return build(cfg, task_hooks(cfg), facts, master, _device())
+    return task_hooks(cfg).build(cfg, facts, master, _device())
 
 
 class _Call(nn.Module):
@@ -110,18 +106,14 @@ class _Call(nn.Module):
 
 
 def make_loss_fn(cfg: TrainConfig, model: nn.Module) -> Callable:
-    """loss_fn(model, batch, noise) -> MeanFlowOutput, for `train_state.train_step`."""
+    """loss_fn(model, batch, noise) -> the method's output (loss, loss_per_sample, v_loss), for
+    `train_state.train_step`."""
     master, compute = _dtypes(cfg)
-    mf = objective_config(cfg)
-    objective = meanflow_loss if cfg.method == "meanflow" else flow_matching_loss
-    task, hooks = get_task(cfg.task), task_hooks(cfg)
+    settings = objective_config(cfg)
+    task, hooks, mhooks = get_task(cfg.task), task_hooks(cfg), method_hooks(cfg)
 
     def core(net, batch, noise):
-        y = hooks.encode(net, batch[task.cond_key])
-        if cfg.method == "regression":
-            return _regression_loss(hooks.u_fn(net), batch[task.data_key], y, True)
-        return objective(hooks.u_fn(net), batch[task.data_key], y, noise, mf, null_y=hooks.null_cond(net, mf, y),
-                         train=True)
+        return mhooks.loss(hooks, net, batch[task.data_key], batch[task.cond_key], noise, settings)
 
     if compute == master:
         return core
@@ -132,7 +124,7 @@ def make_loss_fn(cfg: TrainConfig, model: nn.Module) -> Callable:
     def loss_fn(net, batch, noise):
         params = {f"inner.{n}": p.to(compute) for n, p in net.named_parameters()}
         low_batch = {k: cast(v) for k, v in batch.items()}
-        low_noise = MeanFlowNoise(cast(noise.e), cast(noise.t), cast(noise.r), noise.drop_mask)
+        low_noise = noise.to(dtype=compute)
         return torch.func.functional_call(_Call(net), params, (core, low_batch, low_noise))
 
     return loss_fn
@@ -143,12 +135,13 @@ def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def step_randomness(cfg: TrainConfig, step: int, x_shape) -> MeanFlowNoise:
-    """The noise of the update after `step` updates, from a Generator seeded by step_seed."""
+def step_randomness(cfg: TrainConfig, step: int, x_shape):
+    """The method's noise (MeanFlowNoise; IMFNoise / PMFNoise for imf / pmf) of the update
+    after `step` updates, from a Generator seeded by step_seed."""
     master, _ = _dtypes(cfg)
     device = _device()
     gen = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step))
-    return sample_noise(tuple(x_shape), objective_config(cfg), generator=gen, device=device, dtype=master)
+    return method_hooks(cfg).draw(tuple(x_shape), objective_config(cfg), gen, device, master)
 
 
 def to_batch(cfg: TrainConfig, batch: dict) -> dict:
@@ -170,34 +163,29 @@ def to_batch(cfg: TrainConfig, batch: dict) -> dict:
 
 
 def make_sampler(cfg: TrainConfig, model: nn.Module, state: TrainState, use_ema: bool = True) -> Callable:
-    """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False) -> NumPy samples
-    (twin of JAX's; the request is checked by `meanflow_common.sampling.sample_inputs`).
+    """sample(cond, noise=None, num_steps=None, seed=0, allow_null=False, **knobs) -> NumPy
+    samples (twin of JAX's; the request is checked by `meanflow_common.sampling.sample_inputs`
+    and the method's knobs, e.g. iMF's omega, t_min, t_max, by `sampling_knobs`).
 
     cond: labels int [B] (digits) or observations [B, obs_dim] (reach). noise: e in the
     data interface's layout (digits [B, H, W, C] NHWC, reach [B, T, A]); default: drawn
     from np.random.default_rng(seed), the same numbers as the JAX sampler. Samples come
-    back in that layout. flow_matching runs Euler steps with h = 0; regression uses zero
-    noise and one step. Uses the state's EMA model (its trained model with use_ema=False);
+    back in that layout. The method's hooks sample (flow_matching: Euler steps with h = 0;
+    regression: zero noise and one step). Uses the state's EMA model (its trained model with use_ema=False);
     `model` is accepted for the JAX twin's signature.
     """
     net = state.ema_model if use_ema else state.model
     master, _ = _dtypes(cfg)
     dev = _device()
-    hooks = task_hooks(cfg)
-    net_u = hooks.u_fn(net)
+    hooks, mhooks, settings = task_hooks(cfg), method_hooks(cfg), objective_config(cfg)
 
-    def u_fn(z, t, h, y, train=False):
-        h = torch.zeros_like(h) if cfg.method == "flow_matching" else h
-        return net_u(z, t, h, y, train)
-
-    def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False):
+    def sample(cond, noise=None, num_steps=None, seed=0, allow_null=False, **knobs):
         cond, noise, steps = sample_inputs(cfg, cond, noise, num_steps, seed, allow_null)
+        knobs = {k: torch.as_tensor(v).to(dev, master) for k, v in sampling_knobs(cfg, cond.shape[0], knobs).items()}
         e = torch.as_tensor(np.ascontiguousarray(hooks.to_layout(noise))).to(dev, master)
-        if cfg.method == "regression":
-            e = torch.zeros_like(e)
         with torch.no_grad():
-            y = hooks.encode(net, hooks.cond_tensor(cond, dev, master))
-            x = hooks.finish(net, generate(u_fn, e, y, num_steps=steps))
+            x = mhooks.sample(hooks, net, e, hooks.cond_tensor(cond, dev, master), settings, steps, knobs)
+            x = hooks.finish(net, x)
         return hooks.from_layout(x.cpu().numpy())
 
     return sample
@@ -214,14 +202,15 @@ def _load_init(model: nn.Module, init_params) -> None:
             v.copy_(src.to(v.dtype))
 
 
-def _slice(batch: dict, noise: MeanFlowNoise, world: World, keys: tuple):
-    """This rank's contiguous slice of the global batch (its entries `keys`) and of its randomness."""
+def _slice(batch: dict, noise, world: World, keys: tuple):
+    """This rank's contiguous slice of the global batch (its entries `keys`) and of its
+    randomness (every field of the method's noise is per sample)."""
     if world.processes == 1:
         return batch, noise
     b = noise.e.shape[0] // world.processes
     part = slice(world.rank * b, (world.rank + 1) * b)
     return ({k: v[part] for k, v in batch.items() if k in keys},
-            MeanFlowNoise(noise.e[part], noise.t[part], noise.r[part], noise.drop_mask[part]))
+            type(noise)(**{f.name: getattr(noise, f.name)[part] for f in dataclasses.fields(noise)}))
 
 
 class TorchBackend(TrainBackend):
@@ -337,7 +326,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 
     Arguments as `jax_meanflow.train.train`: dataset/batch_fn (default the built-in data),
     eval_fn(state, step, run_dir) every cfg.eval_every updates and at the end (rank 0),
-    noise_fn(step, batch) -> MeanFlowNoise of the global batch, init_params (a state dict,
+    noise_fn(step, batch) -> the method's noise of the global batch, init_params (a state dict,
     checked key by key), on_step(step, state, metrics) after every update. Under torchrun
     every rank runs this; rank 0 alone writes the run folder.
     """

@@ -11,6 +11,9 @@ construction:
     --num-steps N [N ...] sampling steps (default: the task's `eval_steps` by method: digits
                           MeanFlow 1 2, flow matching 1 10; reach MeanFlow 1, flow matching
                           1 4, regression 1)
+    --sampling K=V[,V...] a sampling knob of the run's method (imf / pmf: omega, t_min,
+                          t_max; default the settings' sample_omega etc.), repeatable:
+                          one record per combination of the listed values
     --n-per-class 100     digits: samples per class (>= 2);  --rollouts 100  reach: rollouts
     --execute 10          reach: actions executed per chunk before replanning
     --seed 0              evaluation noise / tasks (the same for every backend and method)
@@ -35,9 +38,11 @@ command itself knows no task.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -46,9 +51,28 @@ from meanflow_common.cli_args import non_negative_int, positive_int
 from meanflow_common.evaluate.anchors import anchor_records, finish_records
 from meanflow_common.evaluate.table import format_table
 from meanflow_common.json_io import write_json
+from meanflow_common.sampling import sampling_knobs
 from meanflow_common.tasks import EvalOptions, get_task
+from meanflow_common.train_config import objective_config, train_method
 
-__all__ = ["build_parser", "evaluate_loaded", "format_table", "run_eval_cli"]
+__all__ = ["build_parser", "parse_sampling", "evaluate_loaded", "format_table", "run_eval_cli"]
+
+
+def parse_sampling(items: Sequence[str]) -> list[dict]:
+    """["omega=1,2", "t_min=0.3"] -> [{"omega": 1.0, "t_min": 0.3}, {"omega": 2.0, "t_min": 0.3}]:
+    the grid of the listed values (ValueError naming a malformed item or a repeated knob)."""
+    axes: dict[str, list[float]] = {}
+    for item in items:
+        name, eq, values = (part.strip() for part in item.partition("="))
+        if not eq or not name or not values:
+            raise ValueError(f"--sampling {item!r} is not of the form KNOB=VALUE[,VALUE...]")
+        if name in axes:
+            raise ValueError(f"--sampling names {name!r} twice; list its values once, comma-separated")
+        try:
+            axes[name] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise ValueError(f"--sampling {item!r}: the values must be numbers") from None
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -57,6 +81,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint path (one run only; default: the run's latest)")
     p.add_argument("--raw", action="store_true", help="use the raw parameters instead of the EMA")
     p.add_argument("--num-steps", type=positive_int, nargs="+", metavar="N", help="sampling steps (default: by method)")
+    p.add_argument("--sampling", action="append", default=[], metavar="KNOB=V[,V...]",
+                   help="a sampling knob of the method (imf / pmf: omega, t_min, t_max); repeatable, one record "
+                        "per combination")
     p.add_argument("--n-per-class", type=positive_int, default=100, help="digits: samples per class (default 100)")
     p.add_argument("--rollouts", type=positive_int, default=100, help="reach: closed-loop rollouts (default 100)")
     p.add_argument("--execute", type=positive_int, default=10, help="reach: actions executed per chunk (default 10)")
@@ -81,8 +108,10 @@ def _train_rate(run_dir: str) -> Optional[float]:
 
 def evaluate_loaded(loaded, run_dir: str, backend: str, num_steps: Optional[Sequence[int]] = None,
                     n_per_class: int = 100, rollouts: int = 100, execute: int = 10, seed: int = 0,
-                    plots: bool = True, use_ema: bool = True) -> list[dict]:
-    """One record per sampling-step count for a `LoadedRun` (see the module doc)."""
+                    plots: bool = True, use_ema: bool = True, sampling: Sequence[dict] = ({},)) -> list[dict]:
+    """One record per sampling-step count and sampling setting (`sampling`: {knob: value} each,
+    the method's knobs; record["sampling"] holds every knob used, defaults included) for a
+    `LoadedRun` (see the module doc)."""
     cfg = loaded.cfg
     task = get_task(cfg.task)
     if task.evaluate is None:
@@ -91,12 +120,19 @@ def evaluate_loaded(loaded, run_dir: str, backend: str, num_steps: Optional[Sequ
     options = EvalOptions(n_per_class=n_per_class, rollouts=rollouts, execute=execute, seed=seed)
     base = {"run": run_dir, "backend": backend, "task": cfg.task, "method": cfg.method,
             "train_steps": int(loaded.step), "ema": use_ema, "train_steps_per_s": _train_rate(run_dir)}
+    defaults = train_method(cfg).sampling_defaults(objective_config(cfg))
+    for knobs in sampling:
+        sampling_knobs(cfg, 1, knobs)  # a knob the method lacks, or a bad value: refused before any sampling
     records = []
-    for n in steps:
+    for knobs, n in itertools.product(sampling, steps):
         t0 = time.perf_counter()
-        figure = os.path.join(run_dir, f"eval_{n}nfe.png") if plots else None
-        metrics = task.evaluate(loaded.sample, n, options, figure, f"{backend} {cfg.method}, {n} step(s)")
-        records.append({**base, "num_steps": n, **metrics, "eval_s": time.perf_counter() - t0})
+        used = {**defaults, **knobs}
+        tag = "".join(f"_{k}{v:g}" for k, v in knobs.items())
+        figure = os.path.join(run_dir, f"eval_{n}nfe{tag}.png") if plots else None
+        title = f"{backend} {cfg.method}, {n} step(s)" + "".join(f", {k} {v:g}" for k, v in knobs.items())
+        metrics = task.evaluate(partial(loaded.sample, **knobs), n, options, figure, title)
+        extra = {"sampling": used} if used else {}
+        records.append({**base, "num_steps": n, **extra, **metrics, "eval_s": time.perf_counter() - t0})
     return records
 
 
@@ -112,12 +148,17 @@ def run_eval_cli(load_run: Callable, backend: str, argv: Optional[Sequence[str]]
                      f"got {args.n_per_class}")
     if args.execute > 10:
         parser.error(f"--execute must be in [1, 10] (the chunk length), got {args.execute}")
+    try:
+        sampling = parse_sampling(args.sampling)
+    except ValueError as err:
+        parser.error(str(err))
     records = []
     try:
         for run_dir in args.run:
             loaded = load_run(run_dir, checkpoint=args.checkpoint, use_ema=not args.raw)
             records += evaluate_loaded(loaded, run_dir, backend, args.num_steps, args.n_per_class,
-                                       args.rollouts, args.execute, args.seed, not args.no_plots, not args.raw)
+                                       args.rollouts, args.execute, args.seed, not args.no_plots, not args.raw,
+                                       sampling)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)

@@ -49,10 +49,14 @@ def recipe_of(run: str) -> tuple[str, int | None]:
 
 
 def _group(r: dict) -> tuple[str, int | None]:
-    """(recipe, training seed) of a run record; ("baseline: <name>", None) of an anchor's."""
+    """(recipe, training seed) of a run record, the recipe tagged with the record's sampling
+    knobs when it has any (iMF's omega and interval: each setting its own row);
+    ("baseline: <name>", None) of an anchor's."""
     if r.get("run") is None:
         return f"baseline: {r.get('baseline')}", None
-    return recipe_of(r["run"])
+    recipe, seed = recipe_of(r["run"])
+    knobs = " ".join(f"{k}={v:g}" for k, v in (r.get("sampling") or {}).items())
+    return (f"{recipe} ({knobs})" if knobs else recipe), seed
 
 
 def seed_means(records: Iterable[dict], metrics: Sequence[str]) -> dict:

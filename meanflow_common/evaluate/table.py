@@ -18,7 +18,9 @@ def _num(x, fmt: str) -> str:
 def _who(r: dict) -> list[str]:
     if r.get("baseline"):
         return [f"baseline: {r['baseline']}", "", "", "", ""]
-    return [str(r["run"]), str(r["backend"]), str(r["method"]), str(r["train_steps"]), str(r["num_steps"])]
+    knobs = " ".join(f"{k}={v:g}" for k, v in (r.get("sampling") or {}).items())
+    method = f"{r['method']} ({knobs})" if knobs else str(r["method"])
+    return [str(r["run"]), str(r["backend"]), method, str(r["train_steps"]), str(r["num_steps"])]
 
 
 def _row(cells: Sequence[str]) -> str:

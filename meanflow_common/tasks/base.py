@@ -21,10 +21,10 @@ of: [B, *data_shape(model_cfg)]), `cond_key` the conditioning a sampler takes.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from meanflow_common.backend_hooks import resolve_hooks
 from meanflow_common.config import MeanFlowConfig
 
 __all__ = ["Task", "EvalOptions"]
@@ -66,7 +66,10 @@ class Task:
         model (the keys and batch sizes are checked before it, float_keys after).
     check_cond(model_cfg, cond, allow_null) -> the sampler's conditioning as a checked
         NumPy array [B, ...] (allow_null: the null class of a labelled task).
-    methods: the training methods it supports (of `train_config.METHODS`).
+    methods: the training methods it supports (names of `meanflow_common.train_methods`).
+    method_presets: {method: (presets, preset_kind)} for a method that trains another
+        network family than `presets` (digits: the iMF and pMF DiTs); `TrainConfig.model`
+        then names a preset of that table.
     objective(mf) -> the MeanFlowConfig the trainers use (a task without class labels
         turns guidance and class dropout off).
     run_info(example batch) -> {fact: JSON value}: what a loader needs besides the config
@@ -97,6 +100,7 @@ class Task:
     check_cond: Callable[..., Any]
     hooks: Mapping[str, Any]
     methods: tuple = ("meanflow", "flow_matching")
+    method_presets: Mapping[str, tuple] = field(default_factory=dict)
     objective: Callable[[MeanFlowConfig], MeanFlowConfig] = _same_objective
     run_info: Callable[[Mapping[str, Any]], dict] = _no_info
     evaluate: Optional[Callable[..., dict]] = None
@@ -113,20 +117,20 @@ class Task:
                 raise ValueError(f"task {self.name!r}: {key!r} is not one of its batch_keys {self.batch_keys}")
         if not self.presets:
             raise ValueError(f"task {self.name!r} has no model presets")
+        for method, entry in self.method_presets.items():
+            if method not in self.methods:
+                raise ValueError(f"task {self.name!r}: method_presets names {method!r}, not one of its methods")
+            if not (isinstance(entry, tuple) and len(entry) == 2 and entry[0]):
+                raise ValueError(f"task {self.name!r}: method_presets[{method!r}] must be (presets, preset_kind)")
+
+    def presets_for(self, method: str) -> tuple:
+        """(preset table, preset kind) of the network `method` trains on this task."""
+        return self.method_presets.get(method, (self.presets, self.preset_kind))
 
     def backend_hooks(self, backend: str):
         """The hooks object of `backend` ("jax" | "torch"), imported on first use when given as
         "package.module:NAME"."""
-        if backend not in self.hooks:
-            raise ValueError(f"task {self.name!r} has no {backend} hooks (it has: {', '.join(sorted(self.hooks))})")
-        hooks = self.hooks[backend]
-        if not isinstance(hooks, str):
-            return hooks
-        module, _, attr = hooks.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"task {self.name!r}: cannot load its {backend} hooks {hooks!r} ({err})") from err
+        return resolve_hooks(f"task {self.name!r}", self.hooks, backend)
 
     def model_info(self, example: Optional[Mapping[str, Any]] = None,
                    info: Optional[Mapping[str, Any]] = None) -> dict:

@@ -2,7 +2,8 @@
 
 Batches {"x": float [B, H, W, C] NHWC in [-1, 1], "y": int [B] in [0, num_classes)}; the
 network is a `DIT_PRESETS` DiT (`jax_meanflow.dit`, `torch_meanflow.dit`: NCHW, so the
-torch hooks transpose); labels carry a null class num_classes for CFG. Scored by the fixed
+torch hooks transpose), or for the imf / pmf methods an iMF / pMF DiT of
+`DIGITS_IMF_PRESETS` / `DIGITS_PMF_PRESETS`; labels carry a null class num_classes for CFG. Scored by the fixed
 digit classifier (accuracy, Fréchet distance, k-NN precision / recall, diversity) against
 the trivial generators of `meanflow_common.evaluate.baselines`.
 """
@@ -13,6 +14,7 @@ import numpy as np
 from meanflow_common.checks import check_labels
 from meanflow_common.config import DIT_PRESETS
 from meanflow_common.data import digits_dataset
+from meanflow_common.imf_config import DIGITS_IMF_PRESETS, DIGITS_PMF_PRESETS
 from meanflow_common.tasks.base import EvalOptions, Task
 from meanflow_common.tasks.registry import register_task
 
@@ -84,8 +86,10 @@ DIGITS = register_task(Task(
     check_batch=_check_batch,
     check_cond=_check_cond,
     hooks={"jax": "jax_meanflow.tasks:DIGITS", "torch": "torch_meanflow.tasks:DIGITS"},
+    methods=("meanflow", "flow_matching", "imf", "pmf"),
+    method_presets={"imf": (DIGITS_IMF_PRESETS, "iMF DiT preset"), "pmf": (DIGITS_PMF_PRESETS, "pMF DiT preset")},
     evaluate=_evaluate,
-    eval_steps={"meanflow": (1, 2), "flow_matching": (1, 10)},
+    eval_steps={"meanflow": (1, 2), "flow_matching": (1, 10), "imf": (1, 2), "pmf": (1, 2)},
     summary_metrics=("accuracy", "fd", "precision", "recall", "diversity_ratio", "nn_train_px_median",
                      "nn_train_feat_median", "exact_copy_fraction", "near_copy_fraction", "distinct", "copy_z"),
     anchors=_anchors,

@@ -12,8 +12,8 @@ EMA) of plain flow matching (FM) and MeanFlow (MF), JAX under jit, PyTorch eager
 memory-saving path, the attention implementations under the JVP); median step times,
 warm-up/compilation (separately), peak memory and the ratios MF/FM, PyTorch/JAX and
 compiled/eager against the targets. Then the FLOWER sampling latency (1 step against 4)
-and the time of the CPU parity suite. Method: parity/bench/measure.py; the figures and
-how to read them: docs/BENCHMARKS.md.
+and the time of the CPU parity suite (a training method's step, iMF or pMF: `python -m parity
+bench-methods`). Method: parity/bench/measure.py; the figures and how to read them: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 

@@ -117,12 +117,19 @@ class DebugResult:
         return out
 
 
-def _leaves_error(ref: list, got: list) -> tuple[float, float, str]:
-    """Max abs and max relative error over the leaves (each relative to its own JAX scale)."""
+def _leaves_error(ref: list, got: list, undo_layout=None) -> tuple[float, float, str]:
+    """Max abs and max relative error over the leaves (each relative to its own JAX scale).
+
+    undo_layout: the Arch's `layout.to_torch`. The captures move every rank-4 torch array to
+    the JAX layout, but not every rank-4 activation is an image: a [B, N, heads, head_dim]
+    attention tensor has one layout on both sides. A torch array whose shape misses the JAX
+    one but matches it with the move undone is compared as it was."""
     if len(ref) != len(got):
         return math.inf, math.inf, f"{len(ref)} JAX arrays vs {len(got)} torch arrays"
     worst = (0.0, 0.0, "")
     for k, (a, b) in enumerate(zip(ref, got)):
+        if a.shape != b.shape and undo_layout is not None and undo_layout(b).shape == a.shape:
+            b = undo_layout(b)
         if a.shape != b.shape:
             return math.inf, math.inf, f"array {k}: shape {a.shape} (JAX) vs {b.shape} (torch)"
         ab, rel, where = error_stats(a, b)
@@ -131,18 +138,20 @@ def _leaves_error(ref: list, got: list) -> tuple[float, float, str]:
     return worst
 
 
-def compare_captures(jc: Capture, tc: Capture, jax_paths: dict, tol_p: float, tol_t: float) -> list:
-    """ModuleDiffs over the modules captured on both sides, in torch execution order."""
+def compare_captures(jc: Capture, tc: Capture, jax_paths: dict, tol_p: float, tol_t: float,
+                     undo_layout=None) -> list:
+    """ModuleDiffs over the modules captured on both sides, in torch execution order
+    (undo_layout: see `_leaves_error`)."""
     j = {r.name: r for r in jc.records}
     out = []
     for rec in tc.records:
         if rec.name not in j:
             continue
         ref = j[rec.name]
-        pa, pr, where = _leaves_error(ref.out_primal, rec.out_primal)
-        ta, tr, twhere = _leaves_error(ref.out_tangent, rec.out_tangent)
-        _, ipr, _ = _leaves_error(ref.in_primal, rec.in_primal)
-        _, itr, _ = _leaves_error(ref.in_tangent, rec.in_tangent)
+        pa, pr, where = _leaves_error(ref.out_primal, rec.out_primal, undo_layout)
+        ta, tr, twhere = _leaves_error(ref.out_tangent, rec.out_tangent, undo_layout)
+        _, ipr, _ = _leaves_error(ref.in_primal, rec.in_primal, undo_layout)
+        _, itr, _ = _leaves_error(ref.in_tangent, rec.in_tangent, undo_layout)
         d = ModuleDiff(
             index=len(out), name=rec.name, jax_path=jax_paths.get(rec.name.split("#")[0], "?"),
             shape=tuple(ref.out_primal[0].shape) if ref.out_primal else (),
@@ -277,7 +286,7 @@ def analyse(case: DebugCase) -> DebugResult:
     tol_p, tol_t = (tolerance(dtype, device, q, arch, variant.objective.quantity(q).tol_class)
                     for q in variant.objective.jvp_terms)
     mmap = module_map(arch, variant.model_cfg)
-    modules = compare_captures(jc, tc, mmap.torch_to_jax, tol_p, tol_t)
+    modules = compare_captures(jc, tc, mmap.torch_to_jax, tol_p, tol_t, arch.layout.to_torch)
     blamed, reason, first = blame(modules)
     if first is not None:
         diagnosis = f"divergence in the network: blamed module {blamed}. {reason}"

@@ -2,12 +2,16 @@
 
     python -m parity.train_parity                     # tiny DiT, batch 4, 50 steps, float32 + float64
     python -m parity.train_parity --steps 100 --dtype float64 --png parity_train.png
+    python -m parity.train_parity --preset tiny_imf   # improved MeanFlow (tiny_pmf: pixel MeanFlow)
 
 Both trainers (`jax_meanflow.train.train`, `torch_meanflow.train.train`) run the same
 recipe from the same initial parameters (randomised in torch, converted to Flax through
-the "dit" table), on the same batches (the built-in digits data, `batch_at(seed, step)`),
-with the same randomness: per step, noise e, times (t, r) and the class-dropout mask are
-drawn once in NumPy float64 from (seed, step) and handed to both through `noise_fn`.
+the table of the registered Arch whose presets are of the run's network config: "dit",
+"imf-dit", "pmf-dit"), on the same batches (the built-in digits data, `batch_at(seed,
+step)`), with the same randomness: per step, the method's randomness (MeanFlow: noise e,
+times (t, r), the class-dropout mask; iMF / pMF: also omega, the interval and the r = t
+mask, `meanflow_common.imf_draws`) is drawn once in NumPy float64 from (seed, step) and
+handed to both through `noise_fn`.
 After every update the parameters and the EMA of both sides are compared (torch state
 dict vs the Flax tree converted to torch names), along with loss, v_loss and gradient norm.
 
@@ -26,15 +30,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from meanflow_common.cli_args import positive_int
-from meanflow_common.config import get_preset
+from meanflow_common.config import MeanFlowConfig, get_preset
+from meanflow_common.imf_draws import draw_imf, draw_pmf
+from meanflow_common.objective_configs import IMFConfig, PMFConfig
 from meanflow_common.tasks import get_task
 from meanflow_common.tasks.digits import DIGITS
 from meanflow_common.train_config import TRAIN_PRESETS, TrainConfig, apply_assignments, model_config, objective_config
-from parity.archs import DIT
 from parity.convert import jax_to_torch, torch_to_jax
 from parity.core.inputs import drop_mask_numpy, sample_tr_numpy
 
-__all__ = ["Trajectory", "numpy_noise", "shared_noise", "parity_config", "run_pair", "format_table", "plot", "main"]
+__all__ = ["Trajectory", "numpy_noise", "shared_noise", "arch_of", "parity_config", "run_pair", "format_table",
+           "plot", "main"]
 
 
 @dataclass
@@ -55,14 +61,36 @@ class Trajectory:
                 ("rel_loss", "rel_v_loss", "rel_grad_norm", "rel_params", "rel_ema")}
 
 
-def numpy_noise(cfg: TrainConfig, step: int, x_shape) -> dict:
-    """e [B, *data shape] (the data interface's layout: digits NHWC), t, r [B], drop_mask [B]:
-    float64 NumPy from (seed, step)."""
-    rng = np.random.default_rng([cfg.seed, step, 7])
-    mf = objective_config(cfg)
+def _meanflow_numpy(rng, x_shape, mf: MeanFlowConfig) -> dict:
     e = rng.standard_normal(tuple(x_shape))
     t, r = sample_tr_numpy(rng, x_shape[0], mf)
     return {"e": e, "t": t, "r": r, "drop_mask": drop_mask_numpy(rng, x_shape[0], mf.class_dropout_prob)}
+
+
+def _guided_numpy(draw):
+    def numpy_draw(rng, x_shape, settings) -> dict:
+        fields = draw(rng, tuple(x_shape), settings).as_dict()
+        del fields["num_drop"]  # the count is drop_mask's: the backends' noise carries the mask
+        return fields
+
+    return numpy_draw
+
+
+# The NumPy draw of each kind of objective settings (the method's `TrainConfig` section); the
+# fields are those of the backends' noise classes (`MethodHooks.noise`).
+NUMPY_DRAWS = {MeanFlowConfig: _meanflow_numpy, IMFConfig: _guided_numpy(draw_imf), PMFConfig: _guided_numpy(draw_pmf)}
+
+
+def numpy_noise(cfg: TrainConfig, step: int, x_shape) -> dict:
+    """The method's randomness for data [B, *data shape] (the data interface's layout:
+    digits NHWC), float64 / bool NumPy from (seed, step): MeanFlow e, t, r, drop_mask; iMF /
+    pMF also omega, t_min, t_max, fm_mask."""
+    rng = np.random.default_rng([cfg.seed, step, 7])
+    settings = objective_config(cfg)
+    if type(settings) not in NUMPY_DRAWS:
+        raise ValueError(f"no NumPy draw for objective settings {type(settings).__name__} (method {cfg.method!r}); "
+                         "add one to parity.train_parity.run.NUMPY_DRAWS")
+    return NUMPY_DRAWS[type(settings)](rng, x_shape, settings)
 
 
 def shared_noise(cfg: TrainConfig):
@@ -73,26 +101,30 @@ def shared_noise(cfg: TrainConfig):
     import jax.numpy as jnp
     import torch
 
-    from jax_meanflow.objective import MeanFlowNoise as JaxNoise
-    from torch_meanflow.objective import MeanFlowNoise as TorchNoise
+    from jax_meanflow.methods import method_hooks as jax_method
+    from torch_meanflow.methods import method_hooks as torch_method
     from torch_meanflow.train import task_hooks
 
     task = get_task(cfg.task)
     data_shape = tuple(task.data_shape(model_config(cfg)))
     to_torch_layout = task_hooks(cfg).to_layout
+    jax_cls, torch_cls = jax_method(cfg).noise, torch_method(cfg).noise
 
     def jax_noise(step, batch):
         x = batch[task.data_key]
         n = numpy_noise(cfg, step, (x.shape[0], *data_shape))
-        return JaxNoise(e=jnp.asarray(n["e"], x.dtype), t=jnp.asarray(n["t"], x.dtype),
-                        r=jnp.asarray(n["r"], x.dtype), drop_mask=jnp.asarray(n["drop_mask"]))
+        return jax_cls(**{k: jnp.asarray(v) if v.dtype == bool else jnp.asarray(v, x.dtype) for k, v in n.items()})
 
     def torch_noise(step, batch):
         x = batch[task.data_key]
         n = numpy_noise(cfg, step, (x.shape[0], *data_shape))
-        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a)).to(x.device, x.dtype)  # noqa: E731
-        return TorchNoise(e=as_t(to_torch_layout(n["e"])), t=as_t(n["t"]), r=as_t(n["r"]),
-                          drop_mask=torch.as_tensor(n["drop_mask"], device=x.device))
+        n["e"] = to_torch_layout(n["e"])
+
+        def as_t(a):
+            a = torch.as_tensor(np.ascontiguousarray(a))
+            return a.to(x.device) if a.dtype == torch.bool else a.to(x.device, x.dtype)
+
+        return torch_cls(**{k: as_t(v) for k, v in n.items()})
 
     return jax_noise, torch_noise
 
@@ -101,6 +133,17 @@ def parity_config(dtype: str, steps: int = 50, batch_size: int = 4, preset: str 
     """The recipe of the comparison: `preset` with per-step metrics and no intermediate checkpoints."""
     return apply_assignments(TRAIN_PRESETS[preset], [f"dtype={dtype}", f"steps={steps}", f"batch_size={batch_size}",
                                                      "log_every=1", "ckpt_every=0", *sets])
+
+
+def arch_of(model_cfg):
+    """The registered parity Arch whose presets are of `model_cfg`'s exact type (its
+    conversion table maps the two trainers' weights); chosen by type, never by name."""
+    from parity.archs.registry import registered
+
+    fits = [a for a in registered().values() if any(type(p) is type(model_cfg) for p in a.presets.values())]
+    if not fits:
+        raise ValueError(f"no registered parity Arch has presets of {type(model_cfg).__name__}")
+    return fits[0]
 
 
 def _rel(a: float, b: float) -> float:
@@ -127,19 +170,20 @@ def run_pair(cfg: TrainConfig, out_dir: str, init_seed: int = 1) -> tuple[Trajec
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     mc = model_config(cfg)
+    table = arch_of(mc).table
     dataset = get_dataset("digits", cfg.seed)
     example = batch_at(dataset, cfg.seed, 0, cfg.batch_size)
     model = randomize_params(tt.make_model(cfg, example), init_seed)
     init_sd = {k: v.detach().cpu().double().numpy() for k, v in model.state_dict().items()}
     _, template = jt.make_model(cfg, example)
-    init_jax = torch_to_jax(init_sd, DIT.table, mc, template=template)
+    init_jax = torch_to_jax(init_sd, table, mc, template=template)
 
     jax_noise, torch_noise = shared_noise(cfg)
 
     record = {"jax": [], "torch": []}
 
     def on_jax(step, state, metrics):
-        to_sd = lambda p: jax_to_torch(jax.tree.map(np.asarray, p), DIT.table, mc)  # noqa: E731
+        to_sd = lambda p: jax_to_torch(jax.tree.map(np.asarray, p), table, mc)  # noqa: E731
         record["jax"].append(({k: float(v) for k, v in metrics.items()}, to_sd(state.params), to_sd(state.ema_params)))
 
     def on_torch(step, state, metrics):
