@@ -19,6 +19,7 @@ The run folder and the command line live in `meanflow_common.train_cli`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import os
 import typing
@@ -67,7 +68,9 @@ class TrainConfig:
     steps: total updates; ckpt_every / log_every / eval_every: in updates (0 = only at
     the end); keep_last: checkpoints kept. obs_tokens, clip_actions: the reach policy's
     LowDimEncoder token count and whether sampled actions are clamped to [-1, 1] (the
-    reach actions are normalised to that range). fast_compile: JAX on CPU only, compile
+    reach actions are normalised to that range). obs_noise: std of the Gaussian noise added
+    to the conditioning observations of every training batch (0 = none; tasks with float
+    conditioning only; `meanflow_common.data.augment`). fast_compile: JAX on CPU only, compile
     the train step without XLA's backend optimisations (about half the compile time,
     slower steps: for tests and smoke runs). torch_compile: PyTorch only, run the loss
     (forward and MeanFlow JVP) under torch.compile; on a 2-core CPU the MeanFlow step took
@@ -96,6 +99,7 @@ class TrainConfig:
     out_dir: str = "runs/digits"
     obs_tokens: int = 4
     clip_actions: bool = True
+    obs_noise: float = 0.0
     fast_compile: bool = False
     torch_compile: bool = False
     devices: int = 1
@@ -135,6 +139,12 @@ class TrainConfig:
             check_range(self, name, 1)
         for name in ("ckpt_every", "log_every", "eval_every"):
             check_range(self, name, 0, why="0 = only at the end")
+        check_range(self, "obs_noise", 0.0, why="0 = no observation noise")
+        if not math.isfinite(self.obs_noise):
+            raise ValueError(f"TrainConfig.obs_noise={self.obs_noise!r} must be finite")
+        if self.obs_noise > 0 and task.cond_key not in task.float_keys:
+            raise ValueError(f"TrainConfig.obs_noise={self.obs_noise} needs float conditioning, but task "
+                             f"{self.task!r} conditions on {task.cond_key!r}, which is not float")
         check_range(self, "devices", 0, why="0 = every visible device")
         check_range(self, "sync_check_steps", 0, why="0 = no cross-replica check")
         # JAX's PRNGKey keeps 32 bits without x64: larger seeds would collide silently

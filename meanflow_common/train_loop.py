@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional
 
 from meanflow_common.checks import UnreadableCheckpointError
 from meanflow_common.config_compare import check_checkpoint_config
+from meanflow_common.data.augment import with_obs_noise
 from meanflow_common.metrics import MetricsLogger, ProgressBar, check_finite, plot_losses
 from meanflow_common.run_lock import RunLock
 from meanflow_common.tasks import get_task
@@ -152,7 +153,7 @@ def _data(cfg: TrainConfig, dataset, batch_fn):
 
         dataset = dataset if dataset is not None else get_task(cfg.task).dataset(cfg.seed)
         batch_fn = batch_fn or data.batch_at
-    return dataset, batch_fn
+    return dataset, with_obs_noise(batch_fn, get_task(cfg.task).cond_key, cfg.obs_noise)
 
 
 def _on_writer(world: World, fn: Callable[[], Any]):
