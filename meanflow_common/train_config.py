@@ -284,6 +284,13 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         model_overrides=_REACH_NET,
         mf=MeanFlowConfig(guidance_eq="", class_dropout_prob=0.0),
     ),
+    # the same policy with two-frame observations (position, goal, last displacement)
+    "reach_history": TrainConfig(
+        task="reach_history", model="small", steps=4000, batch_size=64, ckpt_every=1000, log_every=50,
+        out_dir="runs/reach_history", optim=_FAST_OPTIM,
+        model_overrides=_REACH_NET,
+        mf=MeanFlowConfig(guidance_eq="", class_dropout_prob=0.0),
+    ),
 }
 
 

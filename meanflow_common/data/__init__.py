@@ -22,7 +22,7 @@ import numpy as np
 from meanflow_common.data import digits as _digits
 from meanflow_common.data import reach as _reach
 
-__all__ = ["Dataset", "digits_dataset", "reach_dataset", "batch_at", "steps_per_epoch",
+__all__ = ["Dataset", "digits_dataset", "reach_dataset", "reach_history_dataset", "batch_at", "steps_per_epoch",
            "batch_indices"]
 
 REACH_TRAIN_DEMOS = 400
@@ -62,12 +62,12 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
-def _reach_split(seed: int, name: str, n_demos: int) -> dict:
+def _reach_split(seed: int, name: str, n_demos: int, history: bool = False) -> dict:
     rng = np.random.default_rng([seed, _REACH_STREAMS[name]])
     demos = _reach.expert_demos(n_demos, rng)
     if not demos["success"].all():
         raise RuntimeError(f"{int((~demos['success']).sum())} expert demonstrations failed (seed {seed})")
-    out = _reach.chunk_demos(demos)
+    out = _reach.chunk_demos(demos, history=history)
     for a in out.values():
         a.setflags(write=False)
     return out
@@ -81,15 +81,22 @@ def digits_dataset(seed: int = 0) -> Dataset:
     return Dataset("digits", seed, train, test, ("x", "y"), info)
 
 
-def reach_dataset(seed: int = 0) -> Dataset:
+def reach_dataset(seed: int = 0, history: bool = False) -> Dataset:
     """The "reach" data: demonstrations generated from seed (400 train demos, 100 held-out
-    demos drawn from a separate stream, so the splits share no demonstration)."""
+    demos drawn from a separate stream, so the splits share no demonstration). history:
+    the "reach_history" observations (the same demonstrations, obs [M, 6])."""
     seed = _check_seed(seed)
-    train = _reach_split(seed, "train", REACH_TRAIN_DEMOS)
-    test = _reach_split(seed, "test", REACH_TEST_DEMOS)
-    info = {"obs_dim": _reach.OBS_DIM, "action_dim": _reach.ACTION_DIM,
-            "act_window_size": _reach.CHUNK, "max_step": _reach.MAX_STEP, "action_range": (-1.0, 1.0)}
-    return Dataset("reach", seed, train, test, ("obs", "actions"), info)
+    train = _reach_split(seed, "train", REACH_TRAIN_DEMOS, history)
+    test = _reach_split(seed, "test", REACH_TEST_DEMOS, history)
+    info = {"obs_dim": _reach.HISTORY_OBS_DIM if history else _reach.OBS_DIM, "action_dim": _reach.ACTION_DIM,
+            "act_window_size": _reach.CHUNK, "max_step": _reach.MAX_STEP, "action_range": (-1.0, 1.0),
+            "history": bool(history)}
+    return Dataset("reach_history" if history else "reach", seed, train, test, ("obs", "actions"), info)
+
+
+def reach_history_dataset(seed: int = 0) -> Dataset:
+    """`reach_dataset(seed, history=True)`."""
+    return reach_dataset(seed, history=True)
 
 
 def steps_per_epoch(dataset: Dataset, batch_size: int, split: str = "train") -> int:

@@ -27,6 +27,13 @@ a policy must commit to one side; averaging the two leads straight into the obst
 Observations are [x, y, goal_x, goal_y] (obs_dim 4). A training sample is the observation
 at step k and the 10 actions k..k+9 of the same demonstration; past the goal the chunk is
 padded with zero actions (the robot stays).
+
+With `history=True` (the "reach_history" task) an observation also carries the last step's
+displacement over MAX_STEP, [x, y, goal_x, goal_y, dx, dy] (obs_dim 6; zero at the start):
+a two-frame observation, as action-chunk policies in the field take. Without it a position
+seen at step k >= 1 has already moved toward its demonstration's side, and it overlaps
+the start box, so near a start the training chunks mostly go to the side of the start's y
+offset; with it the start (no motion yet) is told apart from the later steps.
 """
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ import numpy as np
 
 __all__ = [
     "OBSTACLE_CENTER", "OBSTACLE_RADIUS", "START_BOX", "GOAL_BOX", "GOAL_TOL", "MAX_STEP",
-    "BOUND", "OBS_DIM", "ACTION_DIM", "CHUNK", "MODES",
+    "BOUND", "OBS_DIM", "HISTORY_OBS_DIM", "ACTION_DIM", "CHUNK", "MODES",
     "sample_tasks", "make_obs", "step", "segment_hits_obstacle", "expert_action",
     "expert_demos", "chunk_demos",
 ]
@@ -47,6 +54,7 @@ GOAL_TOL = 0.05
 MAX_STEP = 0.05
 BOUND = 1.0
 OBS_DIM = 4
+HISTORY_OBS_DIM = 6
 ACTION_DIM = 2
 CHUNK = 10
 MODES = ("above", "below")
@@ -65,9 +73,11 @@ def sample_tasks(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     return starts, goals
 
 
-def make_obs(pos: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """Observation [n, 4] = [x, y, goal_x, goal_y] as float32."""
-    return np.concatenate([pos, goal], axis=-1).astype(np.float32)
+def make_obs(pos: np.ndarray, goal: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
+    """Observation [n, 4] = [x, y, goal_x, goal_y] as float32; given the previous positions
+    prev [n, 2], [n, 6] with the displacement (pos - prev) / MAX_STEP appended."""
+    parts = [pos, goal] if prev is None else [pos, goal, (np.asarray(pos) - prev) / MAX_STEP]
+    return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
 def segment_hits_obstacle(p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
@@ -155,10 +165,11 @@ def expert_demos(n: int, rng: np.random.Generator, max_steps: int = 120) -> dict
             "success": done & ~collided}
 
 
-def chunk_demos(demos: dict, chunk: int = CHUNK) -> dict:
+def chunk_demos(demos: dict, chunk: int = CHUNK, history: bool = False) -> dict:
     """Training samples from demonstrations: one per step k < length of each demo.
 
-    Returns {"obs": float32 [M, 4], "actions": float32 [M, chunk, 2] (zero-padded past the
+    Returns {"obs": float32 [M, 4] ([M, 6] with history: the displacement from step k - 1,
+    zero at k = 0), "actions": float32 [M, chunk, 2] (zero-padded past the
     goal), "mode": int64 [M], "demo": int64 [M] (row of the demo)}.
     """
     obs, acts, modes, demo_ids = [], [], [], []
@@ -170,7 +181,9 @@ def chunk_demos(demos: dict, chunk: int = CHUNK) -> dict:
             raise ValueError(f"demo {i} has length {L}: too long for chunks of {chunk} in {max_steps} steps")
         ks = np.arange(L)
         goal = np.broadcast_to(demos["goal"][i], (L, 2))
-        obs.append(make_obs(demos["pos"][i, :L], goal))
+        pos = demos["pos"][i, :L]
+        prev = np.concatenate([pos[:1], pos[:-1]]) if history else None
+        obs.append(make_obs(pos, goal, prev))
         acts.append(padded[i, ks[:, None] + np.arange(chunk)])
         modes.append(np.full(L, demos["mode"][i]))
         demo_ids.append(np.full(L, i))

@@ -38,8 +38,9 @@ class ExpertPolicy:
 
     def __call__(self, obs, noise) -> np.ndarray:
         obs, noise = np.asarray(obs, np.float64), np.asarray(noise)
-        if obs.ndim != 2 or obs.shape[1] != reach.OBS_DIM:
-            raise ValueError(f"obs must be [n, {reach.OBS_DIM}], got {obs.shape}")
+        if obs.ndim != 2 or obs.shape[1] not in (reach.OBS_DIM, reach.HISTORY_OBS_DIM):
+            raise ValueError(f"obs must be [n, {reach.OBS_DIM}] or [n, {reach.HISTORY_OBS_DIM}] (with history), "
+                             f"got {obs.shape}")
         n = len(obs)
         if self._sign is None:
             self._sign = np.where(noise[:, 0, 0] > 0, 1.0, -1.0)
@@ -47,7 +48,7 @@ class ExpertPolicy:
             self._leg = np.zeros(n, dtype=np.int64)
         elif n != len(self._sign):
             raise ValueError(f"this ExpertPolicy drives {len(self._sign)} rollouts, called with {n}; use a new one")
-        pos, goal = obs[:, :2].copy(), obs[:, 2:]
+        pos, goal = obs[:, :2].copy(), obs[:, 2:4]
         y = self._sign * self._height
         waypoints = np.stack([np.stack([np.full(n, -reach.VIA_X), y], -1),
                               np.stack([np.full(n, reach.VIA_X), y], -1), goal], 1)

@@ -41,7 +41,7 @@ def mode_entropy(modes: np.ndarray) -> float:
 
 def mode_coverage(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], starts: int = COVERAGE_STARTS,
                   draws: int = COVERAGE_DRAWS, min_fraction: float = COVERAGE_MIN_FRACTION, seed: int = 0,
-                  execute: int = reach.CHUNK) -> dict:
+                  execute: int = reach.CHUNK, history: bool = False) -> dict:
     """Per-start mode coverage and entropy of `policy_fn` (one batch of starts * draws rollouts).
 
     Returns {"coverage_covered": starts covered (int), "coverage_starts", "coverage_draws",
@@ -53,7 +53,8 @@ def mode_coverage(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], sta
     if not 0.0 < min_fraction <= 0.5:
         raise ValueError(f"min_fraction must be in (0, 0.5], got {min_fraction}")
     s, g = reach.sample_tasks(starts, np.random.default_rng([seed, 9]))
-    result = rollout(policy_fn, seed=seed, execute=execute, starts=np.repeat(s, draws, 0), goals=np.repeat(g, draws, 0))
+    result = rollout(policy_fn, seed=seed, execute=execute, starts=np.repeat(s, draws, 0), goals=np.repeat(g, draws, 0),
+                     history=history)
     modes = result.mode.reshape(starts, draws)
     above, below = (modes == 0).mean(1), (modes == 1).mean(1)
     covered = (above >= min_fraction) & (below >= min_fraction)
@@ -91,15 +92,16 @@ def path_stats(result: RolloutResult) -> dict:
 
 
 def score_policy(make_policy: Callable[[], Callable[[np.ndarray, np.ndarray], np.ndarray]], rollouts: int = 100,
-                 execute: int = reach.CHUNK, seed: int = 0) -> tuple[dict, RolloutResult]:
+                 execute: int = reach.CHUNK, seed: int = 0, history: bool = False) -> tuple[dict, RolloutResult]:
     """Every reach metric of a policy: the closed-loop rollouts (`rollout_metrics`,
     `path_stats`), the open-loop first chunks and the per-start coverage.
 
     `make_policy()` returns the policy_fn; it is called once per batch of rollouts, so a
-    stateful policy (the expert) starts fresh each time. Returns (metrics, the rollouts).
+    stateful policy (the expert) starts fresh each time; history: the two-frame observations
+    (`rollout`). Returns (metrics, the rollouts).
     """
-    result = rollout(make_policy(), n=rollouts, seed=seed, execute=execute)
+    result = rollout(make_policy(), n=rollouts, seed=seed, execute=execute, history=history)
     metrics = {**rollout_metrics(result), **path_stats(result),
-               **first_chunk_modes(make_policy(), n=rollouts, seed=seed),
-               **mode_coverage(make_policy(), seed=seed, execute=execute)}
+               **first_chunk_modes(make_policy(), n=rollouts, seed=seed, history=history),
+               **mode_coverage(make_policy(), seed=seed, execute=execute, history=history)}
     return metrics, result

@@ -51,16 +51,18 @@ def _covered(above: np.ndarray, min_fraction: float) -> int:
 
 def side_probe(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], train: Mapping[str, np.ndarray],
                starts: int = COVERAGE_STARTS, draws: int = COVERAGE_DRAWS, seed: int = 0,
-               min_fraction: float = COVERAGE_MIN_FRACTION, bandwidths: Sequence[float] = BANDWIDTHS) -> dict:
+               min_fraction: float = COVERAGE_MIN_FRACTION, bandwidths: Sequence[float] = BANDWIDTHS,
+               history: bool = False) -> dict:
     """The probe of the module doc on the coverage starts of evaluation `seed`.
 
-    policy_fn(obs [n, 4], noise [n, 10, 2]) -> first chunks [n, 10, 2]. Returns
+    policy_fn(obs [n, 4] ([n, 6] with history, at rest), noise [n, 10, 2]) -> first chunks
+    [n, 10, 2]; train: the split the policy was trained on (its obs of the same width). Returns
     {"policy_above": [starts] fractions of chunks going above (of those taking a side),
     "policy_covered", "noise_share", "sign_agreement", "start_y": [starts],
     "data_above_h{bandwidth}": [starts], "data_covered_h{bandwidth}": int, ...}.
     """
     s, g = reach.sample_tasks(starts, np.random.default_rng([seed, 9]))
-    obs = reach.make_obs(s, g)
+    obs = reach.make_obs(s, g, s if history else None)
     noise = np.random.default_rng([seed, 10]).standard_normal((starts * draws, reach.CHUNK, reach.ACTION_DIM))
     chunk = np.asarray(policy_fn(np.repeat(obs, draws, 0), noise.astype(np.float32)), np.float64)
     if chunk.shape != (starts * draws, reach.CHUNK, reach.ACTION_DIM):
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     import importlib
     import json
 
-    from meanflow_common.data import reach_dataset
+    from meanflow_common.tasks import get_task
 
     p = argparse.ArgumentParser(prog="python -m meanflow_common.evaluate.reach_probe", description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=("jax", "torch"), required=True, help="the framework the runs were trained in")
@@ -100,10 +102,12 @@ def main(argv=None) -> int:
     load_run = importlib.import_module(f"{args.backend}_meanflow.train").load_run
     for run_dir in args.run:
         run = load_run(run_dir)
-        if run.cfg.task != "reach":
-            p.error(f"{run_dir} is a {run.cfg.task!r} run; the probe reads reach runs")
-        train = reach_dataset(run.cfg.seed).split("train")  # the run's own demonstrations
-        probe = side_probe(lambda o, n: run.sample(o, noise=n, num_steps=args.num_steps), train, seed=args.seed)
+        data = get_task(run.cfg.task).dataset(run.cfg.seed)  # the run's own demonstrations
+        if "mode" not in data.train or "obs" not in data.train:
+            p.error(f"{run_dir} is a {run.cfg.task!r} run, whose data has no demonstration sides; the probe reads "
+                    "reach runs")
+        probe = side_probe(lambda o, n: run.sample(o, noise=n, num_steps=args.num_steps), data.train, seed=args.seed,
+                           history=bool(data.info.get("history", False)))
         print(json.dumps({"run": run_dir, "num_steps": args.num_steps, "seed": args.seed, **probe}))
     return 0
 

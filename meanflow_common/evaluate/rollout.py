@@ -1,6 +1,7 @@
 """Closed-loop rollouts of an action-chunk policy in the reach environment (NumPy only).
 
-A policy is `policy_fn(obs, noise) -> actions` with obs float32 [n, 4] (all n rollouts at
+A policy is `policy_fn(obs, noise) -> actions` with obs float32 [n, 4] ([n, 6] with
+`history`: `reach.make_obs` with the position before the last executed step) (all n rollouts at
 every replan, finished ones included, so the batch shape never changes), noise float32
 [n, 10, 2] (standard normal, drawn here from the rollout seed so that every backend and
 every method sees the same noise; a regression policy ignores it) and actions [n, 10, 2]
@@ -51,8 +52,10 @@ def _crossing_mode(p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
 
 
 def rollout(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int = 100, seed: int = 0,
-            execute: int = reach.CHUNK, max_steps: int = 150, starts=None, goals=None) -> RolloutResult:
-    """Run n closed-loop rollouts from tasks drawn with `seed` (or the given starts/goals)."""
+            execute: int = reach.CHUNK, max_steps: int = 150, starts=None, goals=None,
+            history: bool = False) -> RolloutResult:
+    """Run n closed-loop rollouts from tasks drawn with `seed` (or the given starts/goals);
+    history: observations with the last step's displacement (zero at the start)."""
     if not 1 <= execute <= reach.CHUNK:
         raise ValueError(f"execute must be in [1, {reach.CHUNK}], got {execute}")
     rng = np.random.default_rng([seed, 7])
@@ -61,6 +64,7 @@ def rollout(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int = 
     starts, goals = np.asarray(starts, np.float64), np.asarray(goals, np.float64)
     n = len(starts)
     pos = starts.copy()
+    prev = starts.copy()
     paths = np.zeros((n, max_steps + 1, 2))
     paths[:, 0] = pos
     active = np.ones(n, dtype=bool)
@@ -74,7 +78,7 @@ def rollout(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int = 
         # whatever the others do.
         idx = np.flatnonzero(active)
         noise = rng.standard_normal((n, reach.CHUNK, reach.ACTION_DIM)).astype(np.float32)
-        chunk = np.asarray(policy_fn(reach.make_obs(pos, goals), noise), dtype=np.float64)
+        chunk = np.asarray(policy_fn(reach.make_obs(pos, goals, prev if history else None), noise), dtype=np.float64)
         if chunk.shape != (n, reach.CHUNK, reach.ACTION_DIM):
             raise ValueError(f"policy_fn returned shape {chunk.shape}, expected {(n, reach.CHUNK, reach.ACTION_DIM)}")
         chunk = chunk[idx]
@@ -86,6 +90,7 @@ def rollout(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int = 
             new, hit = reach.step(pos[i], chunk[live, j])
             m = _crossing_mode(pos[i], new)
             mode[i] = np.where((mode[i] < 0) & (m >= 0), m, mode[i])
+            prev[i] = pos[i]
             pos[i] = new
             steps[i] += 1
             reached = ~hit & (np.linalg.norm(new - goals[i], axis=-1) < reach.GOAL_TOL)
@@ -126,7 +131,7 @@ def chunk_sides(chunks: np.ndarray, threshold: float = SIDE_THRESHOLD) -> np.nda
 
 
 def first_chunk_modes(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int = 100,
-                      seed: int = 0, threshold: float = SIDE_THRESHOLD) -> dict:
+                      seed: int = 0, threshold: float = SIDE_THRESHOLD, history: bool = False) -> dict:
     """The policy's first chunk from n start states (open loop, one chunk each).
 
     From the start box both sides are equally good; an expert chunk moves about 0.3 up or
@@ -136,7 +141,7 @@ def first_chunk_modes(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
     rng = np.random.default_rng([seed, 8])
     starts, goals = reach.sample_tasks(n, rng)
     noise = rng.standard_normal((n, reach.CHUNK, reach.ACTION_DIM)).astype(np.float32)
-    chunk = np.asarray(policy_fn(reach.make_obs(starts, goals), noise))
+    chunk = np.asarray(policy_fn(reach.make_obs(starts, goals, starts if history else None), noise))
     if chunk.shape != (n, reach.CHUNK, reach.ACTION_DIM):
         raise ValueError(f"policy_fn returned shape {chunk.shape}, expected {(n, reach.CHUNK, reach.ACTION_DIM)}")
     side = chunk_sides(chunk, threshold)

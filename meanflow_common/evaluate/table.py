@@ -74,11 +74,28 @@ def _reach(rows: Sequence[dict]) -> list[str]:
     return out
 
 
+def _generic(rows: Sequence[dict]) -> list[str]:
+    skip = {"run", "backend", "method", "train_steps", "num_steps", "baseline", "task", "sampling"}
+    names = [k for k in rows[0] if k not in skip and isinstance(rows[0][k], (int, float))]
+    head = ["run", "backend", "method", "train steps", "NFE"] + names
+    return [_row(head), _row(["---"] * len(head))] + [_row(_who(r) + [_num(r.get(k), ".4g") for k in names])
+                                                       for r in rows]
+
+
+def _formatter(rows: Sequence[dict]):
+    # by the metrics the records carry, so a task built like digits or reach (or a user's
+    # task scoring the same way) gets the same table
+    if all("coverage_covered" in r for r in rows):
+        return _reach
+    if all("fd" in r and "copy_z" in r for r in rows):
+        return _digits
+    return _generic
+
+
 def format_table(records: Sequence[dict]) -> str:
-    """Markdown tables of the records: digits, then reach (each only when present)."""
+    """Markdown tables of the records, one per task, in order of first appearance."""
     parts = []
-    for task, fmt in (("digits", _digits), ("reach", _reach)):
+    for task in dict.fromkeys(r["task"] for r in records):
         rows = [r for r in records if r["task"] == task]
-        if rows:
-            parts.append("\n".join(fmt(rows)))
+        parts.append(f"**{task}**\n\n" + "\n".join(_formatter(rows)(rows)))
     return "\n\n".join(parts)

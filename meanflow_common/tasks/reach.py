@@ -6,21 +6,27 @@ a `FLOWER_PRESETS` transformer behind a LowDimEncoder of the observations
 No class labels: guidance and class dropout are off. Besides MeanFlow and flow matching
 it trains the "regression" baseline. Scored by closed-loop rollouts against the scripted
 expert (`meanflow_common.evaluate.reach_metrics`).
+
+"reach_history" is the same task with two-frame observations [B, 6] (the position, the goal
+and the last step's displacement; `meanflow_common.data.reach`), the same demonstrations,
+network presets and metrics, its rollouts observing the same way.
 """
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
 from meanflow_common.config import FLOWER_PRESETS
-from meanflow_common.data import reach_dataset
+from meanflow_common.data import reach_dataset, reach_history_dataset
 from meanflow_common.tasks.base import EvalOptions, Task
 from meanflow_common.tasks.registry import register_task
 
-__all__ = ["REACH", "EXPERT", "add_expert_ratios"]
+__all__ = ["REACH", "REACH_HISTORY", "EXPERT", "add_expert_ratios"]
 
 NAME = "reach"
+HISTORY_NAME = "reach_history"
 EXPERT = "expert"
 
 
@@ -55,13 +61,13 @@ def _run_info(example) -> dict:
     return {"obs_dim": int(example["obs"].shape[1])}
 
 
-def _evaluate(sample, num_steps: int, options: EvalOptions, figure, title: str) -> dict:
+def _evaluate(sample, num_steps: int, options: EvalOptions, figure, title: str, history: bool = False) -> dict:
     from meanflow_common.evaluate.reach_metrics import score_policy
 
     def policy_fn(obs, noise):
         return sample(obs, noise=noise, num_steps=num_steps)
 
-    metrics, result = score_policy(lambda: policy_fn, options.rollouts, options.execute, options.seed)
+    metrics, result = score_policy(lambda: policy_fn, options.rollouts, options.execute, options.seed, history)
     if figure:
         from meanflow_common.evaluate.plots import save_rollouts
 
@@ -69,23 +75,24 @@ def _evaluate(sample, num_steps: int, options: EvalOptions, figure, title: str) 
     return metrics
 
 
-def _anchors(options: EvalOptions):
+def _anchors(options: EvalOptions, history: bool = False):
     """The scripted expert, on the tasks the runs get."""
     from meanflow_common.evaluate.expert_policy import ExpertPolicy
     from meanflow_common.evaluate.reach_metrics import score_policy
 
-    metrics, _ = score_policy(lambda: ExpertPolicy(options.seed), options.rollouts, options.execute, options.seed)
+    metrics, _ = score_policy(lambda: ExpertPolicy(options.seed), options.rollouts, options.execute, options.seed,
+                              history)
     yield EXPERT, metrics
 
 
-def add_expert_ratios(records) -> None:
+def add_expert_ratios(records, task: str = NAME) -> None:
     """Set clearance_vs_expert and path_length_vs_expert (median over the expert's median) on
-    every reach record, in place, when the expert's record is among them."""
-    expert = next((r for r in records if r["task"] == NAME and r.get("baseline") == EXPERT), None)
+    every record of `task`, in place, when the expert's record of that task is among them."""
+    expert = next((r for r in records if r["task"] == task and r.get("baseline") == EXPERT), None)
     if expert is None:
         return
     for r in records:
-        if r["task"] == NAME:
+        if r["task"] == task:
             r["clearance_vs_expert"] = r["clearance_median"] / expert["clearance_median"]
             r["path_length_vs_expert"] = r["path_length_median"] / expert["path_length_median"]
 
@@ -113,4 +120,11 @@ REACH = register_task(Task(
                      "clearance_median", "path_length_median", "first_chunk_between"),
     anchors=_anchors,
     finish_records=add_expert_ratios,
+), builtin=True)
+
+
+REACH_HISTORY = register_task(replace(
+    REACH, name=HISTORY_NAME, dataset=reach_history_dataset,
+    evaluate=partial(_evaluate, history=True), anchors=partial(_anchors, history=True),
+    finish_records=partial(add_expert_ratios, task=HISTORY_NAME),
 ), builtin=True)
