@@ -19,8 +19,8 @@ The run folder and the command line live in `meanflow_common.train_cli`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field, fields, replace

@@ -147,5 +147,6 @@ def test_too_few_samples_is_untested_not_a_pass():
 
     rec = evaluate_digits(DIGIT_BASELINES["copier (training, with replacement)"](0), n_per_class=2)
     assert rec["copying"] is None and np.isnan(rec["copy_z"]) and rec["exact_copy_fraction"] == 1.0
-    row = next(l for l in format_table([{**rec, "task": "digits", "baseline": "copier"}]).splitlines() if l.startswith("| baseline"))
+    table = format_table([{**rec, "task": "digits", "baseline": "copier"}]).splitlines()
+    row = next(line for line in table if line.startswith("| baseline"))
     assert row.endswith("| nan | untested |")

@@ -5,7 +5,6 @@ import pytest
 
 from meanflow_common.data import batch_at
 from meanflow_common.data.augment import obs_noise_draw, with_obs_noise
-from meanflow_common.evaluate.reach_probe import data_above
 from meanflow_common.metrics import read_metrics
 from meanflow_common.tasks import get_dataset
 from meanflow_common.train_config import TRAIN_PRESETS, TrainConfig, apply_assignments
@@ -54,14 +53,3 @@ def test_the_trainer_trains_on_noisy_observations(tmp_path):
     assert losses["noisy"] == losses["noisy_again"]
     assert losses["noisy"][0] != losses["clean"][0]
 
-
-def test_data_above_known_answers():
-    train = {"obs": np.array([[0, 0.1, 0, 0], [0, -0.1, 0, 0], [0, 0.1, 0, 0]], np.float32),
-             "mode": np.array([0, 1, 0])}
-    q = np.array([[0, 0.1, 0, 0], [0, -0.1, 0, 0], [0, 0.0, 0, 0]])
-    np.testing.assert_allclose(data_above(train, q, 0.001), [1.0, 0.0, 2 / 3], atol=1e-9)
-    np.testing.assert_allclose(data_above(train, q, 100.0), [2 / 3] * 3, atol=1e-6)
-    with pytest.raises(ValueError, match="bandwidth"):
-        data_above(train, q, 0.0)
-    with pytest.raises(ValueError, match=r"\[n, 4\]"):
-        data_above(train, q[:, :2], 0.1)

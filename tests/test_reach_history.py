@@ -4,7 +4,7 @@ import pytest
 
 from meanflow_common.data import reach, reach_dataset, reach_history_dataset
 from meanflow_common.evaluate.expert_policy import ExpertPolicy
-from meanflow_common.evaluate.reach_probe import side_probe
+from meanflow_common.evaluate.reach_probe import data_above, side_probe
 from meanflow_common.evaluate.rollout import rollout
 from meanflow_common.evaluate.table import format_table
 from meanflow_common.tasks import get_task
@@ -86,3 +86,15 @@ def test_the_table_formats_a_task_by_its_metrics():
                                "num_steps": 1, "score": 0.5}])
     assert "**reach_history**" in text and "17 / 20" in text
     assert "**other**" in text and "| score |" in text and "0.5" in text
+
+
+def test_data_above_known_answers():
+    train = {"obs": np.array([[0, 0.1, 0, 0], [0, -0.1, 0, 0], [0, 0.1, 0, 0]], np.float32),
+             "mode": np.array([0, 1, 0])}
+    q = np.array([[0, 0.1, 0, 0], [0, -0.1, 0, 0], [0, 0.0, 0, 0]])
+    np.testing.assert_allclose(data_above(train, q, 0.001), [1.0, 0.0, 2 / 3], atol=1e-9)
+    np.testing.assert_allclose(data_above(train, q, 100.0), [2 / 3] * 3, atol=1e-6)
+    with pytest.raises(ValueError, match="bandwidth"):
+        data_above(train, q, 0.0)
+    with pytest.raises(ValueError, match=r"\[n, 4\]"):
+        data_above(train, q[:, :2], 0.1)

@@ -24,7 +24,7 @@ import numpy as np
 
 from meanflow_common.data import reach
 from meanflow_common.evaluate.reach_metrics import COVERAGE_DRAWS, COVERAGE_MIN_FRACTION, COVERAGE_STARTS
-from meanflow_common.evaluate.rollout import chunk_sides
+from meanflow_common.evaluate.rollout import chunk_dy, chunk_sides
 
 __all__ = ["data_above", "side_probe", "BANDWIDTHS"]
 
@@ -67,7 +67,7 @@ def side_probe(policy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], train:
     chunk = np.asarray(policy_fn(np.repeat(obs, draws, 0), noise.astype(np.float32)), np.float64)
     if chunk.shape != (starts * draws, reach.CHUNK, reach.ACTION_DIM):
         raise ValueError(f"policy_fn returned shape {chunk.shape}, expected {(starts * draws, reach.CHUNK, 2)}")
-    dy = (np.clip(chunk, -1, 1)[..., 1].sum(-1) * reach.MAX_STEP).reshape(starts, draws)
+    dy = chunk_dy(chunk).reshape(starts, draws)
     side = chunk_sides(chunk).reshape(starts, draws)
     sided = np.maximum((side >= 0).sum(1), 1)
     above = (side == 0).sum(1) / sided

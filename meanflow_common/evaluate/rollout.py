@@ -22,7 +22,7 @@ import numpy as np
 
 from meanflow_common.data import reach
 
-__all__ = ["RolloutResult", "rollout", "rollout_metrics", "chunk_sides", "first_chunk_modes"]
+__all__ = ["RolloutResult", "rollout", "rollout_metrics", "chunk_dy", "chunk_sides", "first_chunk_modes"]
 
 SIDE_THRESHOLD = 0.1  # |y displacement| of a chunk that counts as committing to a side
 
@@ -123,10 +123,16 @@ def rollout_metrics(result: RolloutResult) -> dict:
     }
 
 
+def chunk_dy(chunks: np.ndarray) -> np.ndarray:
+    """float [...]: the y displacement of action chunks [..., T, 2] run open loop, actions
+    clipped as the environment does."""
+    return np.clip(np.asarray(chunks, np.float64), -1.0, 1.0)[..., 1].sum(-1) * reach.MAX_STEP
+
+
 def chunk_sides(chunks: np.ndarray, threshold: float = SIDE_THRESHOLD) -> np.ndarray:
-    """Side each action chunk [n, T, 2] commits to: 0 above, 1 below, -1 between (its y
-    displacement, actions clipped as the environment does, is within +-threshold)."""
-    dy = np.clip(np.asarray(chunks, np.float64), -1.0, 1.0)[..., 1].sum(-1) * reach.MAX_STEP
+    """Side each action chunk [n, T, 2] commits to: 0 above, 1 below, -1 between (its
+    `chunk_dy` is within +-threshold)."""
+    dy = chunk_dy(chunks)
     return np.where(dy > threshold, 0, np.where(dy < -threshold, 1, -1))
 
 
